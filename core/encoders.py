@@ -1,0 +1,74 @@
+"""Input encoders: word embeddings, an optional character CNN, and a BiLSTM over the sentence.
+
+Shapes: B sentences, T positions, C characters per word, H hidden units per LSTM direction.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class CharCNN(nn.Module):
+    """Character CNN of Ma & Hovy (2016): embed characters, one convolution of width 3, max-pool.
+
+    Gives each word a vector of `filters` features built from its spelling, which helps with
+    unknown and rare words (capitalisation, suffixes, digits).
+    """
+
+    def __init__(self, n_chars: int, char_dim: int = 30, filters: int = 50, width: int = 3, pad_id: int = 0):
+        super().__init__()
+        self.embedding = nn.Embedding(n_chars, char_dim, padding_idx=pad_id)
+        self.conv = nn.Conv1d(char_dim, filters, kernel_size=width, padding=width // 2)
+        self.pad_id = pad_id
+
+    def forward(self, chars: torch.Tensor) -> torch.Tensor:
+        """chars: (B, T, C) long -> (B, T, filters)."""
+        B, T, C = chars.shape
+        flat = chars.reshape(B * T, C)  # (B*T, C)
+        x = self.embedding(flat).transpose(1, 2)  # (B*T, char_dim, C)
+        x = self.conv(x)  # (B*T, filters, C)
+        # Padding characters must not win the max: push them to -inf before pooling.
+        pad = (flat == self.pad_id).unsqueeze(1)  # (B*T, 1, C)
+        x = x.masked_fill(pad, float("-inf"))
+        x = x.max(dim=2).values  # (B*T, filters)
+        # Padding *words* have only padding characters: their max is -inf; make it 0.
+        x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+        return x.view(B, T, -1)  # (B, T, filters)
+
+
+class BiLSTMEncoder(nn.Module):
+    """Word embedding (+ char CNN) -> dropout -> 1-layer BiLSTM -> dropout.
+
+    The LSTM runs on packed sequences, so a sentence's states do not depend on how much padding
+    its batch has: decoding one sentence alone or in a batch gives the same result.
+    """
+
+    def __init__(
+        self,
+        n_words: int,
+        n_chars: int,
+        word_dim: int = 50,
+        char_dim: int = 30,
+        char_filters: int = 50,
+        hidden: int = 128,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.word_embedding = nn.Embedding(n_words, word_dim, padding_idx=0)
+        self.char_cnn = CharCNN(n_chars, char_dim, char_filters) if char_filters > 0 else None
+        input_dim = word_dim + (char_filters if char_filters > 0 else 0)
+        self.lstm = nn.LSTM(input_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+        self.output_dim = 2 * hidden
+
+    def forward(self, words: torch.Tensor, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """words: (B, T), chars: (B, T, C), lengths: (B,) -> states (B, T, 2H), zeros past each length."""
+        x = self.word_embedding(words)  # (B, T, word_dim)
+        if self.char_cnn is not None:
+            x = torch.cat([x, self.char_cnn(chars)], dim=-1)  # (B, T, word_dim + filters)
+        x = self.dropout(x)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
+        return self.dropout(out)

@@ -1,0 +1,57 @@
+"""Small builders shared by the model and search tests (random tiny taggers and inputs)."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from core.seq2seq import Memory, Seq2SeqTagger, TaggerConfig
+
+
+def tiny_tagger(n_labels: int = 3, attention: str = "fixed", seed: int = 0, **overrides) -> Seq2SeqTagger:
+    """A random, untrained tagger in eval mode. Its label distributions are far from uniform
+    (large output weights), so beam search and greedy decoding genuinely differ."""
+    torch.manual_seed(seed)
+    options = dict(n_words=20, n_chars=10, n_labels=n_labels, word_dim=8, char_dim=4, char_filters=5,
+                   encoder_hidden=6, decoder_hidden=12 if attention == "dot" else 7, label_dim=5,
+                   attention=attention, dropout=0.0)
+    options.update(overrides)
+    model = Seq2SeqTagger(TaggerConfig(**options))
+    with torch.no_grad():
+        model.output.weight.mul_(6.0)
+        model.label_embedding.weight.mul_(3.0)
+    return model.eval()
+
+
+def tiny_inputs(lengths: list[int], seed: int = 0, n_words: int = 20, n_chars: int = 10, max_chars: int = 4):
+    """Random (words (B, T), chars (B, T, C), lengths (B,)) with zero padding past each length."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = len(lengths), max(lengths)
+    lengths_t = torch.tensor(lengths)
+    mask = torch.arange(T).unsqueeze(0) < lengths_t.unsqueeze(1)  # (B, T)
+    words = torch.randint(2, n_words, (B, T), generator=g) * mask
+    chars = torch.randint(2, n_chars, (B, T, max_chars), generator=g) * mask.unsqueeze(-1)
+    return words, chars, lengths_t
+
+
+def encode(model: Seq2SeqTagger, lengths: list[int], seed: int = 0) -> Memory:
+    words, chars, lengths_t = tiny_inputs(lengths, seed)
+    with torch.no_grad():
+        return model.encode(words, chars, lengths_t)
+
+
+def brute_force_best(model: Seq2SeqTagger, memory: Memory) -> tuple[list[list[int]], torch.Tensor]:
+    """Exhaustive argmax over all L^T label sequences of each sentence, scored by
+    `sequence_score` (a teacher-forced pass): (best sequences, their scores (B,))."""
+    lengths = memory.mask.sum(dim=1).tolist()
+    best_seqs, best_scores = [], []
+    for b, n in enumerate(lengths):
+        candidates = torch.tensor(list(itertools.product(range(model.n_labels), repeat=n)))  # (L^n, n)
+        one = Memory(memory.states[b : b + 1, :n].expand(len(candidates), -1, -1),
+                     memory.mask[b : b + 1, :n].expand(len(candidates), -1))
+        with torch.no_grad():
+            scores = model.sequence_score(one, candidates)  # (L^n,)
+        i = int(scores.argmax())
+        best_seqs.append(candidates[i].tolist())
+        best_scores.append(scores[i])
+    return best_seqs, torch.stack(best_scores)
