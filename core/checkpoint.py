@@ -1,0 +1,142 @@
+"""Checkpoints: a directory with a JSON manifest and weights-only tensor files.
+
+    DIR/checkpoint.json          format, kind, model config, vocabularies, training metadata,
+                                 and the SHA-256 of each tensor file it points to
+    DIR/weights-<sha12>.pt       model state_dict        (torch.save, read with weights_only=True)
+    DIR/state-<sha12>.pt         optimizer state, epoch   (optional; for resuming)
+
+Writes are atomic without ever leaving a moment with no valid checkpoint: tensor files are
+content-addressed and written first (temp file + fsync + rename), then the manifest is replaced
+atomically, then files no manifest points to are removed. A crash at any point leaves either the
+old or the new checkpoint, whole. Loading never unpickles arbitrary objects, and checks sizes and
+checksums so a truncated or corrupted file gives one clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "beamtune-checkpoint"
+VERSION = 1
+MANIFEST = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A missing, corrupt or mismatched checkpoint; the message names the directory."""
+
+
+@dataclass
+class Checkpoint:
+    directory: Path
+    meta: dict[str, Any]  # everything in checkpoint.json except the file table
+    weights: dict[str, torch.Tensor]
+    training_state: dict[str, Any] | None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _tensor_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    meta: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model`'s weights, JSON-serialisable `meta` (must include "kind") and an optional
+    weights-only-loadable `training_state` to `directory` atomically. Returns the directory."""
+    if "kind" not in meta:
+        raise ValueError("checkpoint meta must name its 'kind' (e.g. 'seq2seq')")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, Any]] = {}
+    blobs = {"weights": model.state_dict()}
+    if training_state is not None:
+        blobs["state"] = training_state
+    for role, obj in blobs.items():
+        data = _tensor_bytes(obj)
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{role}-{digest[:12]}.pt"
+        if not (directory / name).exists():
+            atomic_write(directory / name, data)
+        files[role] = {"file": name, "sha256": digest, "bytes": len(data)}
+    manifest = {"format": FORMAT, "version": VERSION, **meta, "files": files}
+    atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    # Only now that the new manifest is in place may the previous tensor files go.
+    keep = {entry["file"] for entry in files.values()}
+    for old in directory.glob("*-????????????.pt"):
+        if old.name not in keep and old.name.split("-")[0] in ("weights", "state"):
+            old.unlink(missing_ok=True)
+    return directory
+
+
+def _read_tensor_file(directory: Path, entry: dict[str, Any]) -> Any:
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory}: {entry['file']} is missing")
+    data = path.read_bytes()
+    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"checkpoint {directory}: {entry['file']} is corrupt (size or SHA-256 differs from {MANIFEST})")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # a weights-only load refuses pickled code
+        raise CheckpointError(f"checkpoint {directory}: {entry['file']} cannot be loaded safely: {error}") from None
+
+
+def load_checkpoint(directory: str | os.PathLike, kind: str | None = None) -> Checkpoint:
+    """Read and verify a checkpoint; with `kind`, refuse a checkpoint of another kind."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory}: no such directory")
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {directory}: no {MANIFEST} (not a beamtune checkpoint, or never completed)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {directory}: format version {manifest.get('version')} is not supported (expected {VERSION})")
+    if kind is not None and manifest.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {directory}: holds a {manifest.get('kind')!r} model, expected {kind!r}")
+    files = manifest.pop("files", {})
+    if "weights" not in files:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} lists no weights file")
+    weights = _read_tensor_file(directory, files["weights"])
+    state = _read_tensor_file(directory, files["state"]) if "state" in files else None
+    return Checkpoint(directory, manifest, weights, state)
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Load weights into a model built from the checkpoint's config, with a clear error on mismatch."""
+    try:
+        model.load_state_dict(checkpoint.weights, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0:2]
+        raise CheckpointError(f"checkpoint {checkpoint.directory}: weights do not match the model config: {' '.join(first)}") from None

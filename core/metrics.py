@@ -1,0 +1,70 @@
+"""Evaluation metrics on tag strings.
+
+- token accuracy (CCG top-400: a gold `*` is always wrong, as in Tu & Gimpel 2019);
+- span F1, micro-averaged exactly as the CoNLL `conlleval` script counts chunks (seqeval's default
+  mode is a port of conlleval's chunk rules, and it reads BIO, IOB1 and BIOES alike), plus the
+  macro average over entity types that Goyal et al. (2018) report in Table 2.
+
+Metrics work on strings, not label ids, so a dev/test tag never seen in training counts as wrong
+without special handling.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+from seqeval.metrics import f1_score, precision_score, recall_score
+
+from core.data import WRONG_TAG
+
+Tags = Sequence[Sequence[str]]
+
+
+def _check_aligned(gold: Tags, pred: Tags) -> None:
+    if len(gold) != len(pred):
+        raise ValueError(f"gold has {len(gold)} sentences but predictions have {len(pred)}")
+    for i, (g, p) in enumerate(zip(gold, pred)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: gold has {len(g)} tags but prediction has {len(p)}")
+
+
+def token_accuracy(gold: Tags, pred: Tags) -> float:
+    """Fraction of tokens whose predicted tag equals the gold tag; gold `*` is never correct."""
+    _check_aligned(gold, pred)
+    total = sum(len(g) for g in gold)
+    if total == 0:
+        raise ValueError("token_accuracy: no tokens")
+    correct = sum(gt == pt and gt != WRONG_TAG for g, p in zip(gold, pred) for gt, pt in zip(g, p))
+    return correct / total
+
+
+def span_f1(gold: Tags, pred: Tags) -> dict[str, float]:
+    """Chunk precision, recall and F1 (micro, conlleval-equal) and macro F1 over entity types."""
+    _check_aligned(gold, pred)
+    gold_l, pred_l = [list(g) for g in gold], [list(p) for p in pred]
+    with warnings.catch_warnings():
+        # seqeval warns on types with no predicted/gold chunks; those count as 0, which we want.
+        warnings.simplefilter("ignore")
+        return {
+            "precision": float(precision_score(gold_l, pred_l)),
+            "recall": float(recall_score(gold_l, pred_l)),
+            "f1": float(f1_score(gold_l, pred_l)),
+            "macro_f1": float(f1_score(gold_l, pred_l, average="macro")),
+        }
+
+
+def evaluate(gold: Tags, pred: Tags, metric: str) -> dict[str, float]:
+    """All metrics for a task, with the task's main metric copied to "score" (in percent units
+    are left to the reader: values are fractions in [0, 1]).
+
+    metric: "accuracy" (POS, CCG) or "span_f1" (NER).
+    """
+    result = {"accuracy": token_accuracy(gold, pred)}
+    if metric == "span_f1":
+        result.update(span_f1(gold, pred))
+        result["score"] = result["f1"]
+    elif metric == "accuracy":
+        result["score"] = result["accuracy"]
+    else:
+        raise ValueError(f"unknown metric {metric!r}: expected 'accuracy' or 'span_f1'")
+    return result
