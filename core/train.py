@@ -1,0 +1,256 @@
+"""The epoch loop: `train(config, report)`.
+
+Builds data, vocabularies and the tagger from a `TrainConfig`, trains with cross-entropy, decodes
+dev greedily after every epoch, keeps the best-on-dev checkpoint in `config.out`, stops early when
+dev has not improved for `patience` epochs, and finally scores the best checkpoint on dev and test
+with greedy and beam search into `out/metrics.json`.
+
+`report(epoch, metrics, checkpoint_dir)` is called after every epoch; the sweep layer passes one
+that forwards to Ray Tune, the CLI passes none.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from core.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
+from core.data import Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
+from core.embeddings import glove_words, load_glove
+from core.metrics import evaluate
+from core.objectives import cross_entropy_loss
+from core.search.beam import beam_search, greedy_decode
+from core.seq2seq import FEEDS, Seq2SeqTagger, TaggerConfig
+
+Report = Callable[[int, dict[str, float], Path | None], None]
+OBJECTIVES = ("ce",)
+OPTIMIZERS = ("adam", "sgd")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `model` holds TaggerConfig overrides (hidden sizes, attention, ...)."""
+
+    task: str
+    out: str
+    data_root: str | None = None
+    embeddings: str | None = None  # GloVe text file; sets the word dimension
+    objective: str = "ce"
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    clip: float = 5.0  # max gradient norm; 0 turns clipping off
+    patience: int = 5  # epochs without dev improvement before stopping; 0 never stops early
+    feed: str = "gold"  # decoder input while training: gold labels or its own predictions
+    seed: int = 0
+    min_count: int = 1
+    lowercase: bool = True
+    eval_beam_size: int = 3
+    device: str = "auto"
+    progress: bool = True
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.feed in FEEDS, f"feed must be one of {FEEDS}"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.clip >= 0, "clip must be >= 0"),
+            (self.patience >= 0, "patience must be >= 0"),
+            (self.eval_beam_size >= 1, "eval_beam_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict(
+    model: Seq2SeqTagger,
+    sentences: Sequence[Sentence],
+    vocabs: Vocabs,
+    decoder: str = "greedy",
+    beam_size: int = 1,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[list[str]]:
+    """Decode `sentences` and return predicted tag strings, in input order."""
+    if decoder not in ("greedy", "beam"):
+        raise ValueError(f"decoder must be 'greedy' or 'beam', got {decoder!r}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[list[str] | None] = [None] * len(sentences)
+    batches = make_batches(sentences, vocabs, batch_size, shuffle=False)
+    for batch in tqdm(batches, desc=f"decode {decoder}", disable=not progress, leave=False):
+        batch = batch.to(device)
+        memory = model.encode(batch.words, batch.chars, batch.lengths)
+        result = greedy_decode(model, memory) if decoder == "greedy" else beam_search(model, memory, beam_size)
+        labels = result.labels.cpu().tolist()
+        for row, i in enumerate(batch.index.tolist()):
+            n = len(sentences[i].words)
+            out[i] = [vocabs.labels.itos[y] for y in labels[row][:n]]
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def score_split(
+    model: Seq2SeqTagger,
+    sentences: Sequence[Sentence],
+    vocabs: Vocabs,
+    metric: str,
+    decoder: str = "greedy",
+    beam_size: int = 1,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Decode a split and evaluate it against its gold tags."""
+    start = time.perf_counter()
+    pred = predict(model, sentences, vocabs, decoder, beam_size, progress=progress)
+    seconds = time.perf_counter() - start
+    result = evaluate([s.tags for s in sentences], pred, metric)
+    result["sentences_per_second"] = len(sentences) / seconds
+    return result
+
+
+def build_model(config: TrainConfig, task: TaskData) -> tuple[Seq2SeqTagger, Vocabs]:
+    """Vocabularies from the training split (+ pretrained words seen in dev/test) and a fresh tagger,
+    its word embeddings initialised from GloVe when `config.embeddings` is given."""
+    extra: set[str] = set()
+    if config.embeddings:
+        known = glove_words(config.embeddings)
+        extra = {w.lower() for s in task.dev + task.test for w in s.words} & known
+    vocabs = build_vocabs(task.train, min_count=config.min_count, lowercase=config.lowercase, extra_words=sorted(extra))
+    overrides = dict(config.model)
+    pretrained = None
+    if config.embeddings:
+        pretrained, _found = load_glove(config.embeddings, vocabs.words)
+        overrides["word_dim"] = pretrained.shape[1]
+    tagger_config = TaggerConfig(n_words=len(vocabs.words), n_chars=len(vocabs.chars), n_labels=len(vocabs.labels), **overrides)
+    model = Seq2SeqTagger(tagger_config)
+    if pretrained is not None:
+        model.encoder.word_embedding.weight.data.copy_(pretrained)
+    return model, vocabs
+
+
+def checkpoint_meta(config: TrainConfig, model: Seq2SeqTagger, vocabs: Vocabs, task: TaskData, extra: dict) -> dict:
+    return {
+        "kind": "seq2seq",
+        "model_config": model.config.to_dict(),
+        "vocabs": vocabs.to_dict(),
+        "task": {"name": task.name, "metric": task.metric, "scheme": task.scheme},
+        "train_config": asdict(config),
+        **extra,
+    }
+
+
+def load_tagger(directory: str | Path, device: str = "cpu") -> tuple[Seq2SeqTagger, Vocabs, dict]:
+    """Rebuild a trained tagger from its checkpoint directory: (model in eval mode, vocabs, meta)."""
+    checkpoint = load_checkpoint(directory, kind="seq2seq")
+    model = Seq2SeqTagger(TaggerConfig.from_dict(checkpoint.meta["model_config"]))
+    load_weights(model, checkpoint)
+    vocabs = Vocabs.from_dict(checkpoint.meta["vocabs"])
+    return model.to(resolve_device(device)).eval(), vocabs, checkpoint.meta
+
+
+def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
+    """Train a tagger as `config` says; returns the final metrics (also in out/metrics.json)."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = load_task(config.task, config.data_root)
+    model, vocabs = build_model(config, task)
+    model.to(device)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+
+    best_score, best_epoch, bad_epochs = -math.inf, 0, 0
+    train_seconds, train_sentences = 0.0, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        # Same (seed, epoch) -> same batches in the same order.
+        batches = make_batches(task.train, vocabs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
+        start, total_loss, total_tokens = time.perf_counter(), 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
+        for step, batch in enumerate(bar):
+            batch = batch.to(device)
+            memory = model.encode(batch.words, batch.chars, batch.lengths)
+            loss = cross_entropy_loss(model, memory, batch.labels, feed=config.feed)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"epoch {epoch}, batch {step}: loss is {loss.item()} (try a lower --lr or clipping)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            optimizer.step()
+            tokens = int(batch.lengths.sum())
+            total_loss += loss.item() * tokens
+            total_tokens += tokens
+            bar.set_postfix(loss=f"{total_loss / total_tokens:.4f}")
+        train_seconds += time.perf_counter() - start
+        train_sentences += len(task.train)
+
+        dev = score_split(model, task.dev, vocabs, task.metric, "greedy")
+        metrics = {"epoch": epoch, "train_loss": total_loss / total_tokens, "dev_score": dev["score"],
+                   "train_sentences_per_second": train_sentences / train_seconds}
+        improved = dev["score"] > best_score
+        if improved:
+            best_score, best_epoch, bad_epochs = dev["score"], epoch, 0
+            save_checkpoint(
+                out, model,
+                checkpoint_meta(config, model, vocabs, task, {"epoch": epoch, "dev": dev}),
+                {"optimizer": optimizer.state_dict(), "epoch": epoch, "best_score": best_score},
+            )
+        else:
+            bad_epochs += 1
+        metrics["best_dev_score"] = best_score
+        if config.progress:
+            tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.4f}  dev {dev['score']:.4f}" + ("  *" if improved else ""))
+        if report is not None:
+            report(epoch, metrics, out if improved else None)
+        if config.patience and bad_epochs >= config.patience:
+            break
+
+    # Score the best checkpoint, not the last epoch's weights.
+    model, vocabs, _ = load_tagger(out, device=str(device))
+    k = config.eval_beam_size
+    final: dict[str, Any] = {"task": task.name, "metric": task.metric, "best_epoch": best_epoch,
+                             "train_sentences_per_second": train_sentences / train_seconds}
+    for split, sentences in (("dev", task.dev), ("test", task.test)):
+        final[split] = {
+            "greedy": score_split(model, sentences, vocabs, task.metric, "greedy", progress=config.progress),
+            f"beam{k}": score_split(model, sentences, vocabs, task.metric, "beam", k, progress=config.progress),
+        }
+    atomic_write(out / "metrics.json", json.dumps(final, indent=2).encode())
+    return final

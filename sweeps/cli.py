@@ -1,0 +1,164 @@
+"""The `beamtune` command line: train and decode (sweep, best and report join as they land).
+
+Every expected failure (bad data, bad checkpoint, bad option, NaN loss) ends in one line on
+stderr, `error: ...`, and exit status 2; never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="beamtune: search-aware training of neural sequence taggers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DATA_ROOT_HELP = "Folder laid out like shared/data (also from $BEAMTUNE_DATA). Not needed for --task synthetic."
+
+
+class Objective(str, Enum):
+    ce = "ce"
+
+
+class Decoder(str, Enum):
+    greedy = "greedy"
+    beam = "beam"
+
+
+class Split(str, Enum):
+    dev = "dev"
+    test = "test"
+
+
+class Attention(str, Enum):
+    fixed = "fixed"
+    dot = "dot"
+    general = "general"
+    mlp = "mlp"
+
+
+class Feed(str, Enum):
+    gold = "gold"
+    predicted = "predicted"
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Call fn, turning the errors a user can cause into one clear line."""
+    from core.checkpoint import CheckpointError
+    from core.data import DataError
+    from core.train import TrainingError
+
+    try:
+        return fn(*args, **kwargs)
+    except (DataError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as error:
+        fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+
+@app.command()
+def train(
+    task: str = typer.Option(..., help="synthetic, twitter_pos, conll2003_en, conll2003_de, ccgbank, ccgbank400, ud_en_ewt"),
+    out: Path = typer.Option(..., help="Directory for the best-on-dev checkpoint and metrics.json."),
+    objective: Objective = typer.Option(Objective.ce, help="Training objective."),
+    data_root: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_DATA", help=DATA_ROOT_HELP),
+    embeddings: Optional[Path] = typer.Option(None, help="GloVe text file (.txt or .txt.gz) to initialise word vectors."),
+    epochs: int = typer.Option(30, min=1, help="Maximum number of epochs."),
+    patience: int = typer.Option(5, min=0, help="Stop after this many epochs without dev improvement (0: never)."),
+    batch_size: int = typer.Option(32, min=1),
+    optimizer: Optimizer = typer.Option(Optimizer.adam),
+    lr: float = typer.Option(1e-3, min=0.0, help="Learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    clip: float = typer.Option(5.0, min=0.0, help="Gradient-norm clipping (0: off)."),
+    feed: Feed = typer.Option(Feed.gold, help="Decoder input in training: gold labels (teacher forcing) or its own predictions."),
+    seed: int = typer.Option(0, help="Random seed; one seed gives identical metrics."),
+    min_count: int = typer.Option(1, min=1, help="Words seen fewer times in training become <unk>."),
+    attention: Attention = typer.Option(Attention.fixed, help="fixed (attend to position t), or a learned attention."),
+    encoder_hidden: int = typer.Option(128, min=1, help="BiLSTM hidden size per direction."),
+    decoder_hidden: int = typer.Option(128, min=1, help="Decoder LSTM hidden size."),
+    label_dim: int = typer.Option(32, min=1, help="Label embedding size."),
+    word_dim: int = typer.Option(50, min=1, help="Word embedding size (ignored with --embeddings)."),
+    char_filters: int = typer.Option(50, min=0, help="Character-CNN filters (0: no character CNN)."),
+    dropout: float = typer.Option(0.5, min=0.0, max=0.99),
+    eval_beam_size: int = typer.Option(3, min=1, help="Beam size of the final beam-search scores."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train a seq2seq tagger; keep the best-on-dev checkpoint in OUT and write OUT/metrics.json."""
+    from core.train import TrainConfig, train as run_training
+
+    model = {"attention": attention.value, "encoder_hidden": encoder_hidden, "decoder_hidden": decoder_hidden,
+             "label_dim": label_dim, "word_dim": word_dim, "char_filters": char_filters, "dropout": dropout}
+    config = run_guarded(
+        TrainConfig,
+        task=task, out=str(out), data_root=str(data_root) if data_root else None,
+        embeddings=str(embeddings) if embeddings else None, objective=objective.value, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer.value, lr=lr, momentum=momentum, clip=clip, patience=patience,
+        feed=feed.value, seed=seed, min_count=min_count, eval_beam_size=eval_beam_size, device=device,
+        progress=not quiet, model=model,
+    )
+    final = run_guarded(run_training, config)
+    k = eval_beam_size
+    typer.echo(f"best epoch {final['best_epoch']}; checkpoint and metrics.json in {out}")
+    for split in ("dev", "test"):
+        typer.echo(f"{split:5s} greedy {final[split]['greedy']['score']:.4f}   beam{k} {final[split][f'beam{k}']['score']:.4f}"
+                   f"   ({final['metric']})")
+
+
+@app.command()
+def decode(
+    checkpoint: Path = typer.Option(..., help="Checkpoint directory (a `beamtune train --out` folder)."),
+    decoder: Decoder = typer.Option(Decoder.greedy),
+    beam_size: int = typer.Option(3, min=1, help="Beam size for --decoder beam."),
+    split: Split = typer.Option(Split.test),
+    data_root: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_DATA", help=DATA_ROOT_HELP),
+    predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input)."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Decode a split with a trained checkpoint and print its metrics."""
+    from core.checkpoint import atomic_write
+    from core.data import load_task
+    from core.metrics import evaluate
+    from core.train import load_tagger, predict
+
+    model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
+    task = run_guarded(load_task, meta["task"]["name"], str(data_root) if data_root else None)
+    sentences = task.dev if split == Split.dev else task.test
+    k = beam_size if decoder == Decoder.beam else 1
+    pred = run_guarded(predict, model, sentences, vocabs, decoder.value, k, progress=not quiet)
+    metrics = evaluate([s.tags for s in sentences], pred, task.metric)
+    if predictions:
+        lines = []
+        for sentence, tags in zip(sentences, pred):
+            lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, sentence.tags, tags)] + [""]
+        atomic_write(predictions, "\n".join(lines).encode())
+    result = {"task": task.name, "split": split.value, "decoder": decoder.value, "beam_size": k, **metrics}
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo("  ".join(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in result.items()))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
