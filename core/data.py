@@ -654,22 +654,35 @@ def encode_batch(sentences: Sequence[Sentence], index: Sequence[int], vocabs: Vo
     lengths = [len(s.words) for s in sentences]
     if not sentences or min(lengths) < 1:
         raise ValueError("encode_batch needs at least one sentence, each with >= 1 token")
-    B, T = len(sentences), max(lengths)
+    T = max(lengths)
     C = min(MAX_WORD_CHARS, max(len(w) for s in sentences for w in s.words))
-    words = torch.zeros(B, T, dtype=torch.long)
-    chars = torch.zeros(B, T, C, dtype=torch.long)
-    labels = torch.zeros(B, T, dtype=torch.long)
-    label_ids = vocabs.labels.stoi
-    for b, sentence in enumerate(sentences):
-        n = lengths[b]
-        words[b, :n] = torch.tensor([vocabs.words.encode(w) for w in sentence.words])
-        labels[b, :n] = torch.tensor([label_ids.get(t, UNSEEN_LABEL) for t in sentence.tags])
-        for t, word in enumerate(sentence.words):
+    # Build padded Python lists and convert once: much faster than filling
+    # tensors token by token (this runs over the whole training set every epoch).
+    char_ids: dict[str, list[int]] = {}  # per word type, already padded to C
+
+    def chars_of(word: str) -> list[int]:
+        if word not in char_ids:
             ids = [vocabs.chars.encode(c) for c in word[:C]]
-            chars[b, t, : len(ids)] = torch.tensor(ids)
+            char_ids[word] = ids + [0] * (C - len(ids))
+        return char_ids[word]
+
+    label_ids = vocabs.labels.stoi
+    words, chars, labels = [], [], []
+    for sentence, n in zip(sentences, lengths):
+        pad = T - n
+        words.append([vocabs.words.encode(w) for w in sentence.words] + [0] * pad)
+        chars.append([chars_of(w) for w in sentence.words] + [[0] * C] * pad)
+        labels.append([label_ids.get(t, UNSEEN_LABEL) for t in sentence.tags] + [0] * pad)
     lengths_t = torch.tensor(lengths, dtype=torch.long)
     mask = torch.arange(T).unsqueeze(0) < lengths_t.unsqueeze(1)
-    return Batch(words, chars, labels, lengths_t, mask, torch.tensor(list(index), dtype=torch.long))
+    return Batch(
+        words=torch.tensor(words, dtype=torch.long),
+        chars=torch.tensor(chars, dtype=torch.long),
+        labels=torch.tensor(labels, dtype=torch.long),
+        lengths=lengths_t,
+        mask=mask,
+        index=torch.tensor(list(index), dtype=torch.long),
+    )
 
 
 def make_batches(
