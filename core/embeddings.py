@@ -74,6 +74,9 @@ def load_glove(
             vector = np.array(values.split(" "), dtype=np.float32)
         except ValueError:
             raise DataError(f"{path}:{lineno}: non-numeric value in the vector of {word!r}") from None
+        if not np.isfinite(vector).all():
+            # A NaN or inf vector would turn the first training loss into NaN; catch it at its line.
+            raise DataError(f"{path}:{lineno}: non-finite value (nan or inf) in the vector of {word!r}")
         for row in rows:
             vectors.setdefault(row, vector)  # first line wins if a file repeats a word
     if d is None:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
-from core.data import Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
+from core.data import Batch, Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
 from core.embeddings import glove_words, load_glove
 from core.metrics import evaluate
 from core.objectives import cross_entropy_loss
@@ -61,6 +61,8 @@ class TrainConfig:
     lowercase: bool = True
     eval_beam_size: int = 3
     device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default. Use 1 when runs share cores:
+    # oversubscribed OpenMP threads made backward ~100x slower here (2 runs x 2 threads, 2 cores).
     progress: bool = True
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +77,7 @@ class TrainConfig:
             (self.clip >= 0, "clip must be >= 0"),
             (self.patience >= 0, "patience must be >= 0"),
             (self.eval_beam_size >= 1, "eval_beam_size must be >= 1"),
+            (self.threads >= 0, "threads must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -181,9 +184,42 @@ def load_tagger(directory: str | Path, device: str = "cpu") -> tuple[Seq2SeqTagg
     return model.to(resolve_device(device)).eval(), vocabs, checkpoint.meta
 
 
+def run_epoch(
+    model: Seq2SeqTagger,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Batch],
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+) -> float:
+    """One pass of cross-entropy training over `batches`; returns the mean loss per token.
+    Raises TrainingError, naming the epoch and batch, as soon as a loss is not finite."""
+    model.train()
+    total_loss, total_tokens = 0.0, 0
+    bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
+    for step, batch in enumerate(bar):
+        batch = batch.to(device)
+        memory = model.encode(batch.words, batch.chars, batch.lengths)
+        loss = cross_entropy_loss(model, memory, batch.labels, feed=config.feed)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"epoch {epoch}, batch {step}: loss is {loss.item()} (try a lower --lr or clipping)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        tokens = int(batch.lengths.sum())
+        total_loss += loss.item() * tokens
+        total_tokens += tokens
+        bar.set_postfix(loss=f"{total_loss / total_tokens:.4f}")
+    return total_loss / total_tokens
+
+
 def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     """Train a tagger as `config` says; returns the final metrics (also in out/metrics.json)."""
     seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,31 +234,14 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     best_score, best_epoch, bad_epochs = -math.inf, 0, 0
     train_seconds, train_sentences = 0.0, 0
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        # Same (seed, epoch) -> same batches in the same order.
         batches = make_batches(task.train, vocabs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
-        start, total_loss, total_tokens = time.perf_counter(), 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
-        for step, batch in enumerate(bar):
-            batch = batch.to(device)
-            memory = model.encode(batch.words, batch.chars, batch.lengths)
-            loss = cross_entropy_loss(model, memory, batch.labels, feed=config.feed)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"epoch {epoch}, batch {step}: loss is {loss.item()} (try a lower --lr or clipping)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
-            tokens = int(batch.lengths.sum())
-            total_loss += loss.item() * tokens
-            total_tokens += tokens
-            bar.set_postfix(loss=f"{total_loss / total_tokens:.4f}")
+        start = time.perf_counter()
+        train_loss = run_epoch(model, optimizer, batches, config, epoch, device)
         train_seconds += time.perf_counter() - start
         train_sentences += len(task.train)
 
         dev = score_split(model, task.dev, vocabs, task.metric, "greedy")
-        metrics = {"epoch": epoch, "train_loss": total_loss / total_tokens, "dev_score": dev["score"],
+        metrics = {"epoch": epoch, "train_loss": train_loss, "dev_score": dev["score"],
                    "train_sentences_per_second": train_sentences / train_seconds}
         improved = dev["score"] > best_score
         if improved:

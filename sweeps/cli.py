@@ -97,6 +97,7 @@ def train(
     dropout: float = typer.Option(0.5, min=0.0, max=0.99),
     eval_beam_size: int = typer.Option(3, min=1, help="Beam size of the final beam-search scores."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threads: int = typer.Option(0, min=0, help="CPU threads for torch (0: torch's default; 1 when runs share cores)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a seq2seq tagger; keep the best-on-dev checkpoint in OUT and write OUT/metrics.json."""
@@ -109,7 +110,7 @@ def train(
         task=task, out=str(out), data_root=str(data_root) if data_root else None,
         embeddings=str(embeddings) if embeddings else None, objective=objective.value, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer.value, lr=lr, momentum=momentum, clip=clip, patience=patience,
-        feed=feed.value, seed=seed, min_count=min_count, eval_beam_size=eval_beam_size, device=device,
+        feed=feed.value, seed=seed, min_count=min_count, eval_beam_size=eval_beam_size, device=device, threads=threads,
         progress=not quiet, model=model,
     )
     final = run_guarded(run_training, config)
