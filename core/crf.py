@@ -1,0 +1,404 @@
+"""Linear-chain CRF energies of Tu & Gimpel (2019, §2), exact inference, and the BLSTM-CRF(+).
+
+The energy of a labelling y of a sentence x (lower is better) is
+
+    E(x, y) = -( sum_t sum_i y_{t,i} U_{t,i}  +  sum_t y_{t-1}^T W y_t  +  s^T y_first  +  e^T y_last )
+
+where U (B, T, L) are the unary scores u_i^T f(x, t) from a feature network, W (L, L) the transition
+matrix (W[i, j]: label i followed by label j), and s, e (L,) start/end scores as in pytorch-crf.
+y is either discrete (labels (B, T) long) or relaxed (distributions (B, T, L) float, e.g. one-hot,
+a softmax of logits, an inference network's output); the formula is the same for both, so the
+relaxed energy at one-hot inputs equals the discrete one. -E is pytorch-crf's sequence score.
+
+Masks: any boolean mask (B, T) is valid. A sentence is the subsequence of its on-positions, in
+order: prefix masks (the usual `lengths`), rows with no tokens (E = log Z = 0), and on-positions
+that do not start at t = 0 are all handled by the same code. Off positions carry the recursion
+through unchanged (Viterbi backpointers there are the identity), so no per-sample Python loops or
+host syncs (`.item()`, data-dependent branches) happen in log Z, Viterbi or the energy.
+
+log Z runs the forward algorithm as a rescaled matrix product in probability space
+(`method="matmul"`, the default): alpha_t = log(exp(alpha_{t-1} - m) @ exp(W - w)) + m + w + U_t,
+which is a BLAS GEMM per step instead of a (B, L, L) log-sum-exp, and whose backward pass is GEMMs
+too. It is exact up to float rounding unless a label's whole incoming mass lies more than ~87 nats
+(float32; ~708 in float64) below the step's best path, where it is clamped (it cannot become -inf
+or NaN); `method="logsumexp"` is the plain, always-stable recursion. `method="scan"` is the
+log-depth parallel scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which
+pays off on a GPU for small L and long sentences.
+
+Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from core.encoders import BiLSTMEncoder
+
+LOG_Z_METHODS = ("matmul", "logsumexp", "scan")
+
+
+class ViterbiResult(NamedTuple):
+    labels: torch.Tensor  # (B, T) long, 0 at off positions
+    scores: torch.Tensor  # (B,) best sequence score = -energy of `labels`
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks (shapes and dtypes only: no host syncs)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_unary(unary: torch.Tensor, transitions: torch.Tensor) -> None:
+    if unary.dim() != 3:
+        raise ValueError(f"unary must have 3 dimensions (B, T, L), got {unary.dim()} with shape {tuple(unary.shape)}")
+    if not unary.is_floating_point():
+        raise ValueError(f"unary must be a floating-point tensor, got {unary.dtype}")
+    L = transitions.shape[0]
+    if transitions.shape != (L, L):
+        raise ValueError(f"transitions must be square (L, L), got {tuple(transitions.shape)}")
+    if unary.shape[2] != L:
+        raise ValueError(f"expected last dimension of unary to be {L} (the number of labels), got {unary.shape[2]}")
+
+
+def _check_mask(mask: torch.Tensor, unary: torch.Tensor) -> torch.Tensor:
+    if mask.shape != unary.shape[:2]:
+        raise ValueError(
+            f"the first two dimensions of unary and mask must match, got {tuple(unary.shape[:2])} and {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point():
+            raise ValueError(f"mask must be bool or integer 0/1, got {mask.dtype}")
+        mask = mask != 0
+    return mask
+
+
+def _check_ends(start: torch.Tensor, end: torch.Tensor, L: int) -> None:
+    for name, t in (("start", start), ("end", end)):
+        if t.shape != (L,):
+            raise ValueError(f"{name} scores must have shape ({L},), got {tuple(t.shape)}")
+
+
+def _check_labels(labels: torch.Tensor, unary: torch.Tensor) -> None:
+    if labels.is_floating_point():
+        if labels.shape != unary.shape:
+            raise ValueError(
+                f"relaxed labels must have the shape of unary {tuple(unary.shape)}, got {tuple(labels.shape)}"
+            )
+    else:
+        if labels.shape != unary.shape[:2]:
+            raise ValueError(
+                f"the first two dimensions of unary and labels must match, got {tuple(unary.shape[:2])} and {tuple(labels.shape)}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Energy (discrete and relaxed)
+# ---------------------------------------------------------------------------------------------
+
+
+def _neighbours(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For an arbitrary mask (B, T): index of the previous on-position of each position (clamped
+    to 0), whether it exists, and which positions are the first / last on-positions."""
+    B, T = mask.shape
+    positions = torch.arange(1, T + 1, device=mask.device).expand(B, T)  # (B, T), 1-based
+    last_on_upto = (positions * mask).cummax(dim=1).values  # (B, T): 1-based last on-position <= t, 0 if none
+    prev = torch.cat([last_on_upto.new_zeros(B, 1), last_on_upto[:, :-1]], dim=1)  # (B, T): last on < t
+    has_prev = prev > 0  # (B, T)
+    first = mask & ~has_prev  # (B, T)
+    on_after = mask.flip(1).cumsum(dim=1).flip(1) - mask.long()  # (B, T): on-positions after t
+    last = mask & (on_after == 0)  # (B, T)
+    return (prev - 1).clamp(min=0), has_prev, first, last
+
+
+def crf_score(
+    unary: torch.Tensor,
+    transitions: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Sequence score -E(x, y) (B,) of discrete labels (B, T) long or relaxed labels (B, T, L)."""
+    _check_unary(unary, transitions)
+    mask = _check_mask(mask, unary)
+    _check_ends(start, end, transitions.shape[0])
+    _check_labels(labels, unary)
+    L = transitions.shape[0]
+    if not labels.is_floating_point():
+        bad = ((labels < 0) | (labels >= L)) & mask  # (B, T)
+        if bool(bad.any()):  # one check at the API boundary, not in a hot loop
+            raise ValueError(f"labels must lie in [0, {L}) at every on-position (unseen tags are -1: drop or map them first)")
+        y = torch.nn.functional.one_hot(labels.clamp(0, L - 1), L).to(unary.dtype)  # (B, T, L)
+    else:
+        y = labels  # (B, T, L)
+    maskf = mask.to(unary.dtype)  # (B, T)
+    prev_idx, has_prev, first, last = _neighbours(mask)
+    unary_term = (y * unary).sum(dim=2)  # (B, T)
+    y_prev = y.gather(1, prev_idx.unsqueeze(-1).expand(-1, -1, L))  # (B, T, L): y at the previous on-position
+    pair_term = ((y_prev @ transitions) * y).sum(dim=2)  # (B, T)
+    pair_term = pair_term * (mask & has_prev).to(unary.dtype)  # (B, T)
+    start_term = (y @ start) * first.to(unary.dtype)  # (B, T)
+    end_term = (y @ end) * last.to(unary.dtype)  # (B, T)
+    return (unary_term * maskf + pair_term + start_term + end_term).sum(dim=1)  # (B,)
+
+
+def crf_energy(unary, transitions, start, end, labels, mask) -> torch.Tensor:
+    """Energy E(x, y) = -score (B,), for discrete (B, T) or relaxed (B, T, L) labels."""
+    return -crf_score(unary, transitions, start, end, labels, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# log Z: the forward algorithm
+# ---------------------------------------------------------------------------------------------
+
+
+def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
+    B, T, L = unary.shape
+    alpha = start.expand(B, L)  # (B, L): placeholder until the first on-position
+    started = torch.zeros(B, dtype=torch.bool, device=unary.device)  # (B,)
+    for t in range(T):
+        step = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + unary[:, t]  # (B, L)
+        first = start + unary[:, t]  # (B, L)
+        new = torch.where(started.unsqueeze(1), step, first)  # (B, L)
+        on = mask[:, t]  # (B,)
+        alpha = torch.where(on.unsqueeze(1), new, alpha)  # (B, L)
+        started = started | on
+    log_z = torch.logsumexp(alpha + end, dim=1)  # (B,)
+    return torch.where(started, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
+
+
+def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
+    B, T, L = unary.shape
+    tiny = torch.finfo(unary.dtype).tiny
+    w = transitions.max()  # (): one shift for the whole matrix keeps exp(W - w) in (0, 1]
+    expW = (transitions - w).exp()  # (L, L)
+    alpha = start.expand(B, L)  # (B, L)
+    started = torch.zeros(B, dtype=torch.bool, device=unary.device)  # (B,)
+    for t in range(T):
+        m = alpha.max(dim=1, keepdim=True).values  # (B, 1)
+        mass = (alpha - m).exp() @ expW  # (B, L): sum_i exp(alpha_i - m) exp(W_ij - w)
+        step = mass.clamp_min(tiny).log() + m + w + unary[:, t]  # (B, L)
+        first = start + unary[:, t]  # (B, L)
+        new = torch.where(started.unsqueeze(1), step, first)  # (B, L)
+        on = mask[:, t]  # (B,)
+        alpha = torch.where(on.unsqueeze(1), new, alpha)  # (B, L)
+        started = started | on
+    log_z = torch.logsumexp(alpha + end, dim=1)  # (B,)
+    return torch.where(started, log_z, torch.zeros_like(log_z))
+
+
+def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Log-semiring product of batched matrices: a (..., L, L), b (..., L, L) -> (..., L, L), as a
+    rescaled probability-space bmm (rows of a and columns of b shifted by their max)."""
+    tiny = torch.finfo(a.dtype).tiny
+    am = a.amax(dim=-1, keepdim=True).clamp_min(-1e30)  # (..., L, 1); all -inf rows stay -inf below
+    bm = b.amax(dim=-2, keepdim=True).clamp_min(-1e30)  # (..., 1, L)
+    prod = (a - am).exp() @ (b - bm).exp()  # (..., L, L)
+    return prod.clamp_min(tiny).log() + am + bm
+
+
+def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
+    """Log-depth parallel scan: one (L, L) potential per position, multiplied in a balanced tree.
+
+    Position t's potential is Phi_t[i, j] = W[i, j] + U_t[j] after the first on-position,
+    Phi[i, j] = s[j] + U_t[j] (any i) at it, and the log-semiring identity at off positions.
+    The initial vector is one-hot(0), so the product's row 0 is alpha_T."""
+    B, T, L = unary.shape
+    dtype, device = unary.dtype, unary.device
+    neg = torch.finfo(dtype).min
+    _, has_prev, first, _ = _neighbours(mask)
+    inner = transitions.unsqueeze(0).unsqueeze(0) + unary.unsqueeze(2)  # (B, T, L, L)
+    opening = (start + unary).unsqueeze(2).expand(B, T, L, L)  # (B, T, L, L)
+    identity = torch.full((L, L), neg, dtype=dtype, device=device)  # (L, L)
+    identity.fill_diagonal_(0.0)
+    phi = torch.where((mask & has_prev)[:, :, None, None], inner, identity)  # (B, T, L, L)
+    phi = torch.where(first[:, :, None, None], opening, phi)  # (B, T, L, L)
+    size = 1
+    while size < T:
+        size *= 2
+    if size > T:
+        pad = identity.expand(B, size - T, L, L)  # (B, size - T, L, L)
+        phi = torch.cat([phi, pad], dim=1)  # (B, size, L, L)
+    while phi.shape[1] > 1:
+        phi = _log_matmul(phi[:, 0::2], phi[:, 1::2])  # (B, n/2, L, L)
+    alpha = phi[:, 0, 0]  # (B, L)
+    log_z = torch.logsumexp(alpha + end, dim=1)  # (B,)
+    return torch.where(mask.any(dim=1), log_z, torch.zeros_like(log_z))
+
+
+def crf_log_partition(unary, transitions, start, end, mask, method: str = "matmul") -> torch.Tensor:
+    """log Z (B,): log-sum-exp of the scores of all labellings of each sentence."""
+    _check_unary(unary, transitions)
+    mask = _check_mask(mask, unary)
+    _check_ends(start, end, transitions.shape[0])
+    if method == "matmul":
+        return _forward_matmul(unary, transitions, start, end, mask)
+    if method == "logsumexp":
+        return _forward_logsumexp(unary, transitions, start, end, mask)
+    if method == "scan":
+        return _forward_scan(unary, transitions, start, end, mask)
+    raise ValueError(f"method must be one of {LOG_Z_METHODS}, got {method!r}")
+
+
+def crf_nll(unary, transitions, start, end, labels, mask, method: str = "matmul") -> torch.Tensor:
+    """Negative conditional log-likelihood log Z - score(y) (B,) = E(x, y) + log Z."""
+    return crf_log_partition(unary, transitions, start, end, mask, method) - crf_score(
+        unary, transitions, start, end, labels, mask
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Viterbi
+# ---------------------------------------------------------------------------------------------
+
+
+def crf_viterbi(unary, transitions, start, end, mask) -> ViterbiResult:
+    """The minimum-energy labelling of each sentence: labels (B, T) (0 off the mask) and their
+    scores (B,) = -E. Backpointers are kept on the device and followed with one gather per
+    position for the whole batch."""
+    _check_unary(unary, transitions)
+    mask = _check_mask(mask, unary)
+    _check_ends(start, end, transitions.shape[0])
+    B, T, L = unary.shape
+    device = unary.device
+    with torch.no_grad():
+        keep = torch.arange(L, device=device).expand(B, L)  # (B, L): identity backpointers
+        alpha = start.expand(B, L)  # (B, L)
+        started = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+        pointers = []
+        transitions_t = transitions.t().contiguous()  # (L_j, L_i): reduce over the contiguous dim
+        for t in range(T):
+            best, arg = (alpha.unsqueeze(1) + transitions_t).max(dim=2)  # (B, L_j) each
+            step = best + unary[:, t]  # (B, L)
+            first = start + unary[:, t]  # (B, L)
+            new = torch.where(started.unsqueeze(1), step, first)  # (B, L)
+            on = mask[:, t]  # (B,)
+            alpha = torch.where(on.unsqueeze(1), new, alpha)  # (B, L)
+            pointers.append(torch.where((on & started).unsqueeze(1), arg, keep))  # (B, L)
+            started = started | on
+        final = alpha + end  # (B, L)
+        scores, label = final.max(dim=1)  # (B,), (B,)
+        labels = [label]
+        for t in range(T - 1, 0, -1):
+            label = pointers[t].gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
+            labels.append(label)
+        labels.reverse()
+        path = torch.stack(labels, dim=1) * mask  # (B, T)
+        scores = torch.where(started, scores, torch.zeros_like(scores))  # (B,)
+    return ViterbiResult(path, scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+
+
+class LinearChainCRF(nn.Module):
+    """Transition, start and end scores (initialised U(-0.1, 0.1) like pytorch-crf), and the
+    energy / log Z / NLL / Viterbi functions above bound to them."""
+
+    def __init__(self, n_labels: int):
+        if n_labels < 1:
+            raise ValueError(f"n_labels must be >= 1, got {n_labels}")
+        super().__init__()
+        self.n_labels = n_labels
+        self.transitions = nn.Parameter(torch.empty(n_labels, n_labels))  # (L, L)
+        self.start = nn.Parameter(torch.empty(n_labels))  # (L,)
+        self.end = nn.Parameter(torch.empty(n_labels))  # (L,)
+        for p in (self.transitions, self.start, self.end):
+            nn.init.uniform_(p, -0.1, 0.1)
+
+    def score(self, unary, labels, mask) -> torch.Tensor:
+        return crf_score(unary, self.transitions, self.start, self.end, labels, mask)
+
+    def energy(self, unary, labels, mask) -> torch.Tensor:
+        return crf_energy(unary, self.transitions, self.start, self.end, labels, mask)
+
+    def log_partition(self, unary, mask, method: str = "matmul") -> torch.Tensor:
+        return crf_log_partition(unary, self.transitions, self.start, self.end, mask, method)
+
+    def nll(self, unary, labels, mask, method: str = "matmul") -> torch.Tensor:
+        return crf_nll(unary, self.transitions, self.start, self.end, labels, mask, method)
+
+    def viterbi(self, unary, mask) -> ViterbiResult:
+        return crf_viterbi(unary, self.transitions, self.start, self.end, mask)
+
+
+@dataclass
+class CRFConfig:
+    """Everything needed to rebuild a BLSTM-CRF; stored as JSON in "crf" checkpoints.
+
+    Plain BLSTM-CRF (Tu & Gimpel §2): no character CNN, no dropout, pretrained word embeddings
+    kept fixed (`finetune_embeddings=False`; without pretrained vectors set it True).
+    BLSTM-CRF+ (§2.1): `CRFConfig.plus(...)`: char-CNN (width 3, 30-dim characters), fine-tuned
+    embeddings, dropout 0.5 on the BLSTM input and output."""
+
+    n_words: int
+    n_chars: int
+    n_labels: int
+    word_dim: int = 100
+    char_dim: int = 30
+    char_filters: int = 0  # 0: no character CNN
+    hidden: int = 100  # per direction (the paper's H)
+    dropout: float = 0.0
+    finetune_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_words", "n_chars", "n_labels", "word_dim", "char_dim", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CRFConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.char_filters < 0:
+            raise ValueError(f"CRFConfig.char_filters must be >= 0, got {self.char_filters}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CRFConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def plus(cls, n_words: int, n_chars: int, n_labels: int, **overrides) -> "CRFConfig":
+        options = dict(char_filters=50, dropout=0.5, finetune_embeddings=True)
+        options.update(overrides)
+        return cls(n_words, n_chars, n_labels, **options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CRFConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"CRFConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class BLSTMCRF(nn.Module):
+    """BiLSTM features f(x, t) -> unary scores U = f u^T + b, plus a LinearChainCRF."""
+
+    def __init__(self, config: CRFConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = BiLSTMEncoder(
+            config.n_words, config.n_chars, word_dim=config.word_dim, char_dim=config.char_dim,
+            char_filters=config.char_filters, hidden=config.hidden, dropout=config.dropout,
+        )
+        self.encoder.word_embedding.weight.requires_grad_(config.finetune_embeddings)
+        self.unary_layer = nn.Linear(self.encoder.output_dim, config.n_labels)
+        self.crf = LinearChainCRF(config.n_labels)
+
+    @property
+    def n_labels(self) -> int:
+        return self.config.n_labels
+
+    def unary(self, words: torch.Tensor, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """words (B, T), chars (B, T, C), lengths (B,) -> unary scores (B, T, L)."""
+        return self.unary_layer(self.encoder(words, chars, lengths))  # (B, T, L)
+
+    def energy(self, unary, labels, mask) -> torch.Tensor:
+        """E(x, y) (B,) for labels (B, T) long or distributions (B, T, L)."""
+        return self.crf.energy(unary, labels, mask)
+
+    def nll(self, unary, labels, mask) -> torch.Tensor:
+        return self.crf.nll(unary, labels, mask)
+
+    def viterbi(self, unary, mask) -> ViterbiResult:
+        return self.crf.viterbi(unary, mask)
