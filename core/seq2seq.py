@@ -13,7 +13,7 @@ H decoder hidden size, S = encoder output size (2 x encoder hidden).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -64,6 +64,9 @@ class TaggerConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"TaggerConfig: unknown fields {sorted(unknown)}")
+        missing = {f.name for f in fields(cls) if f.default is MISSING} - set(d)
+        if missing:
+            raise ValueError(f"TaggerConfig: missing fields {sorted(missing)}")
         return cls(**d)
 
 

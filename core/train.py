@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
+from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, save_checkpoint
 from core.data import Batch, Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
 from core.embeddings import glove_words, load_glove
 from core.metrics import evaluate
@@ -65,6 +65,7 @@ class TrainConfig:
     # oversubscribed OpenMP threads made backward ~100x slower here (2 runs x 2 threads, 2 cores).
     progress: bool = True
     model: dict[str, Any] = field(default_factory=dict)
+    resume_from: str | None = None  # a checkpoint with training state (e.g. OUT/last) to continue from
 
     def __post_init__(self) -> None:
         checks = [
@@ -178,9 +179,12 @@ def checkpoint_meta(config: TrainConfig, model: Seq2SeqTagger, vocabs: Vocabs, t
 def load_tagger(directory: str | Path, device: str = "cpu") -> tuple[Seq2SeqTagger, Vocabs, dict]:
     """Rebuild a trained tagger from its checkpoint directory: (model in eval mode, vocabs, meta)."""
     checkpoint = load_checkpoint(directory, kind="seq2seq")
-    model = Seq2SeqTagger(TaggerConfig.from_dict(checkpoint.meta["model_config"]))
+    try:
+        model = Seq2SeqTagger(TaggerConfig.from_dict(checkpoint.meta["model_config"]))
+        vocabs = Vocabs.from_dict(checkpoint.meta["vocabs"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {directory}: bad model config or vocabularies: {error}") from None
     load_weights(model, checkpoint)
-    vocabs = Vocabs.from_dict(checkpoint.meta["vocabs"])
     return model.to(resolve_device(device)).eval(), vocabs, checkpoint.meta
 
 
@@ -215,8 +219,19 @@ def run_epoch(
     return total_loss / total_tokens
 
 
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+
+
 def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
-    """Train a tagger as `config` says; returns the final metrics (also in out/metrics.json)."""
+    """Train a tagger as `config` says; returns the final metrics (also in out/metrics.json).
+
+    Every epoch's full state (weights, optimizer, counters, RNG) goes to `out/last/`, which is what
+    `report` receives and what `config.resume_from` continues from; the best-on-dev checkpoint is
+    kept in `out/` itself.
+    """
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -224,48 +239,57 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(config.task, config.data_root)
-    model, vocabs = build_model(config, task)
-    model.to(device)
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # Counters that a resumed run continues from.
+    progress: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
+                                "train_seconds": 0.0, "train_sentences": 0}
+    if config.resume_from:
+        model, vocabs, _ = load_tagger(config.resume_from, device=str(device))
+        state = load_checkpoint(config.resume_from).training_state or {}
+        if "progress" not in state:
+            raise CheckpointError(f"checkpoint {config.resume_from}: has no training state to resume from")
+        optimizer = make_optimizer(config, model)
+        optimizer.load_state_dict(state["optimizer"])
+        progress.update(state["progress"])
+        torch.set_rng_state(state["torch_rng"])
     else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+        model, vocabs = build_model(config, task)
+        model.to(device)
+        optimizer = make_optimizer(config, model)
 
-    best_score, best_epoch, bad_epochs = -math.inf, 0, 0
-    train_seconds, train_sentences = 0.0, 0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+        if config.patience and progress["bad_epochs"] >= config.patience:
+            break
         batches = make_batches(task.train, vocabs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
         start = time.perf_counter()
         train_loss = run_epoch(model, optimizer, batches, config, epoch, device)
-        train_seconds += time.perf_counter() - start
-        train_sentences += len(task.train)
+        progress["train_seconds"] += time.perf_counter() - start
+        progress["train_sentences"] += len(task.train)
 
         dev = score_split(model, task.dev, vocabs, task.metric, "greedy")
-        metrics = {"epoch": epoch, "train_loss": train_loss, "dev_score": dev["score"],
-                   "train_sentences_per_second": train_sentences / train_seconds}
-        improved = dev["score"] > best_score
+        improved = dev["score"] > progress["best_score"]
         if improved:
-            best_score, best_epoch, bad_epochs = dev["score"], epoch, 0
-            save_checkpoint(
-                out, model,
-                checkpoint_meta(config, model, vocabs, task, {"epoch": epoch, "dev": dev}),
-                {"optimizer": optimizer.state_dict(), "epoch": epoch, "best_score": best_score},
-            )
+            progress.update(best_score=dev["score"], best_epoch=epoch, bad_epochs=0)
         else:
-            bad_epochs += 1
-        metrics["best_dev_score"] = best_score
+            progress["bad_epochs"] += 1
+        progress["epoch"] = epoch
+        meta = checkpoint_meta(config, model, vocabs, task, {"epoch": epoch, "dev": dev})
+        state = {"optimizer": optimizer.state_dict(), "progress": dict(progress), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(out / "last", model, meta, state)
+        if improved:
+            save_checkpoint(out, model, meta, state)
+        metrics = {"epoch": epoch, "train_loss": train_loss, "dev_score": dev["score"],
+                   "best_dev_score": progress["best_score"],
+                   "train_sentences_per_second": progress["train_sentences"] / progress["train_seconds"]}
         if config.progress:
-            tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.4f}  dev {dev['score']:.4f}" + ("  *" if improved else ""))
+            tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev {dev['score']:.4f}" + ("  *" if improved else ""))
         if report is not None:
-            report(epoch, metrics, out if improved else None)
-        if config.patience and bad_epochs >= config.patience:
-            break
+            report(epoch, metrics, out / "last")
 
     # Score the best checkpoint, not the last epoch's weights.
     model, vocabs, _ = load_tagger(out, device=str(device))
     k = config.eval_beam_size
-    final: dict[str, Any] = {"task": task.name, "metric": task.metric, "best_epoch": best_epoch,
-                             "train_sentences_per_second": train_sentences / train_seconds}
+    final: dict[str, Any] = {"task": task.name, "metric": task.metric, "best_epoch": progress["best_epoch"],
+                             "train_sentences_per_second": progress["train_sentences"] / max(progress["train_seconds"], 1e-9)}
     for split, sentences in (("dev", task.dev), ("test", task.test)):
         final[split] = {
             "greedy": score_split(model, sentences, vocabs, task.metric, "greedy", progress=config.progress),

@@ -34,7 +34,7 @@ class TestTrain:
             assert set(final[split]) == {"greedy", "beam3"}
             assert 0.3 < final[split]["greedy"]["accuracy"] <= 1.0
         assert [r[0] for r in reports] == [1, 2]
-        assert reports[0][2] == out  # the first epoch always improves on nothing
+        assert all(r[2] == out / "last" for r in reports)  # each epoch's full state, for resuming
         model, vocabs, meta = load_tagger(out)
         assert meta["epoch"] == final["best_epoch"] and meta["task"]["name"] == "synthetic"
         assert len(vocabs.labels) == model.n_labels
@@ -50,6 +50,29 @@ class TestTrain:
         other = train(_config(tmp_path, "c", seed=4))
         assert _without_timings(first) == _without_timings(second)
         assert _without_timings(first) != _without_timings(other)
+
+    def test_resume_continues_exactly(self, tmp_path):
+        whole = train(_config(tmp_path, "whole", epochs=4, patience=0))
+        train(_config(tmp_path, "split", epochs=2, patience=0))
+        resumed = train(_config(tmp_path, "split", epochs=4, patience=0, resume_from=str(tmp_path / "split" / "last")))
+        assert _without_timings(resumed) == _without_timings(whole)
+
+    def test_resume_needs_training_state(self, tmp_path):
+        from core.checkpoint import CheckpointError, save_checkpoint
+
+        model, vocabs = build_model(_config(tmp_path), load_task("synthetic"))
+        meta = {"kind": "seq2seq", "model_config": model.config.to_dict(), "vocabs": vocabs.to_dict()}
+        save_checkpoint(tmp_path / "bare", model, meta)  # weights only, no training state
+        with pytest.raises(CheckpointError, match="no training state"):
+            train(_config(tmp_path, resume_from=str(tmp_path / "bare")))
+
+    def test_bad_model_config_is_a_checkpoint_error(self, tmp_path):
+        from core.checkpoint import CheckpointError, save_checkpoint
+        from helpers import tiny_tagger
+
+        save_checkpoint(tmp_path / "bad", tiny_tagger(), {"kind": "seq2seq", "model_config": {}, "vocabs": {}})
+        with pytest.raises(CheckpointError, match="bad model config"):
+            load_tagger(tmp_path / "bad")
 
     def test_early_stopping(self, tmp_path):
         # With a vanishing learning rate, dev never improves after epoch 1.
