@@ -1,0 +1,181 @@
+"""Soft beam search (Goyal et al. 2018, Alg. 2-3) against its hard limit, brute force and gradcheck."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from core.objectives import direct_loss, hamming_cost, hamming_o2_cost, soft_hinge_loss
+from core.search.beam import beam_search, greedy_decode
+from core.search.soft_beam import continuous_top_k_argmax, soft_beam_search
+from core.seq2seq import Memory
+from helpers import encode, tiny_tagger
+
+HARD = 1e12  # "alpha -> infinity" in float64: resolves candidate near-ties down to ~3e-6 apart
+# (seen here: two beam candidates 5.6e-5 apart still mix 4.5% at alpha = 1e9). Convergence needs no ties.
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _gold(lengths, n_labels, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    gold = torch.randint(0, n_labels, (len(lengths), T), generator=g)
+    mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return gold * mask
+
+
+class TestContinuousTopKArgmax:
+    def test_argmax_of_each_p_i_is_the_ith_topk_index(self):
+        g = torch.Generator().manual_seed(0)
+        # Distinct values at least 0.25 apart: at small alpha, nearer neighbours round to the same
+        # float32 probability, a tie in p that is not a tie in the scores.
+        scores = torch.stack([torch.randperm(40, generator=g) for _ in range(50)]).float() * 0.25
+        for alpha in (0.5, 1.0, 10.0, 1e4):
+            p = continuous_top_k_argmax(scores, 5, alpha)  # (50, 5, 40)
+            assert torch.equal(p.argmax(dim=-1), scores.topk(5, dim=-1).indices)
+
+    @pytest.mark.parametrize("alpha", [0.1, 1.0, 100.0, 1e4, 1e6])
+    def test_stable_and_normalised(self, alpha):
+        g = torch.Generator().manual_seed(1)
+        scores = torch.randn(8, 30, generator=g) * 50 - 200  # large, negative, log-prob-like
+        p = continuous_top_k_argmax(scores, 3, alpha)
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p.sum(-1), torch.ones(8, 3))
+
+    def test_hard_limit_is_one_hot(self):
+        scores = torch.tensor([[0.3, 2.0, -1.0, 1.1]])
+        p = continuous_top_k_argmax(scores, 2, 1e6)
+        torch.testing.assert_close(p, torch.tensor([[[0.0, 1, 0, 0], [0, 0, 0, 1]]]))
+
+    def test_gradcheck(self, float64):
+        scores = torch.randn(2, 7, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda s: continuous_top_k_argmax(s, 3, 2.0), (scores,))
+
+    def test_rejects_bad_arguments(self):
+        with pytest.raises(ValueError, match="k must be"):
+            continuous_top_k_argmax(torch.zeros(1, 3), 4, 1.0)
+        with pytest.raises(ValueError, match="alpha"):
+            continuous_top_k_argmax(torch.zeros(1, 3), 2, 0.0)
+
+
+class TestSoftBeamSearch:
+    @pytest.mark.parametrize("seed", range(4))
+    def test_hard_limit_equals_beam_search(self, float64, seed):
+        model = tiny_tagger(n_labels=5, seed=seed)
+        lengths = [6, 3, 1, 5]
+        memory = encode(model, lengths, seed=seed + 10)
+        hard = beam_search(model, memory, beam_size=3)
+        soft = soft_beam_search(model, memory, 3, HARD)
+        assert torch.equal(soft.labels, hard.labels)
+        torch.testing.assert_close(soft.scores, hard.beam_scores, rtol=1e-6, atol=1e-6)
+
+    def test_k1_hard_limit_is_greedy(self, float64):
+        model = tiny_tagger(n_labels=4, seed=3)
+        memory = encode(model, [5, 2, 4], seed=4)
+        soft = soft_beam_search(model, memory, 1, HARD)
+        greedy = greedy_decode(model, memory)
+        assert torch.equal(soft.labels, greedy.labels)
+        torch.testing.assert_close(soft.scores[:, 0], greedy.scores)
+
+    def test_small_alpha_differs_from_hard_beam(self, float64):
+        # The relaxation is real: with a soft alpha, scores are mixtures, not hard beam scores.
+        model = tiny_tagger(n_labels=5, seed=5)
+        memory = encode(model, [6, 6], seed=6)
+        soft = soft_beam_search(model, memory, 3, 0.5)
+        hard = beam_search(model, memory, beam_size=3)
+        assert not torch.allclose(soft.scores, hard.beam_scores, atol=1e-3)
+
+    def test_batch_padding_does_not_change_results(self, float64):
+        model = tiny_tagger(n_labels=4, seed=7)
+        lengths = [3, 7, 5]
+        from helpers import tiny_inputs
+
+        words, chars, lengths_t = tiny_inputs(lengths, seed=8)
+        batched = soft_beam_search(model, model.encode(words, chars, lengths_t), 3, 2.0)
+        for b, n in enumerate(lengths):
+            alone = model.encode(words[b : b + 1, :n], chars[b : b + 1, :n], lengths_t[b : b + 1])
+            single = soft_beam_search(model, alone, 3, 2.0)
+            torch.testing.assert_close(single.scores, batched.scores[b : b + 1])
+            assert single.labels[0].tolist() == batched.labels[b, :n].tolist()
+
+    def test_rejects_beam_wider_than_label_set(self):
+        model = tiny_tagger(n_labels=3)
+        with pytest.raises(ValueError, match="beam_size"):
+            soft_beam_search(model, encode(model, [2]), 4, 1.0)
+
+
+class TestDirectLoss:
+    @pytest.mark.parametrize("seed", range(3))
+    def test_hard_limit_is_hamming_loss_of_beam_output(self, float64, seed):
+        model = tiny_tagger(n_labels=5, seed=seed)
+        lengths = [6, 4, 1]
+        memory = encode(model, lengths, seed=seed + 20)
+        gold = _gold(lengths, 5, seed)
+        hard = beam_search(model, memory, beam_size=3).labels
+        hamming = ((hard != gold) & memory.mask).sum(dim=1).to(torch.float64)
+        torch.testing.assert_close(direct_loss(model, memory, gold, 3, HARD), hamming, rtol=1e-6, atol=1e-6)
+
+    def test_o2_cost_doubles_wrong_outside(self, float64):
+        gold = torch.tensor([[0, 2]])  # label 2 plays `O`
+        table = hamming_o2_cost(outside_label=2)(gold, 3)
+        assert table[0, 0].tolist() == [0.0, 1.0, 2.0]  # predicting O on an entity costs 2
+        assert table[0, 1].tolist() == [1.0, 1.0, 0.0]
+
+    def test_unseen_gold_is_always_wrong(self):
+        assert hamming_cost(torch.tensor([[-1]]), 3)[0, 0].tolist() == [1.0, 1.0, 1.0]
+
+    def test_gradcheck_through_the_soft_beam(self, float64):
+        model = tiny_tagger(n_labels=4, seed=9)
+        memory = encode(model, [3, 2], seed=10)
+        gold = _gold([3, 2], 4, seed=1)
+        states = memory.states.detach().clone().requires_grad_(True)
+        loss = lambda s: direct_loss(model, Memory(s, memory.mask), gold, 3, 1.5)  # noqa: E731
+        assert torch.autograd.gradcheck(loss, (states,))
+
+    def test_gradient_reaches_every_parameter_group(self):
+        model = tiny_tagger(n_labels=4, seed=11).train()
+        from helpers import tiny_inputs
+
+        words, chars, lengths = tiny_inputs([5, 3], seed=12)
+        memory = model.encode(words, chars, lengths)
+        direct_loss(model, memory, _gold([5, 3], 4), 3, 1.0).sum().backward()
+        for name in ("label_embedding.weight", "decoder.weight_hh", "output.weight", "encoder.lstm.weight_ih_l0"):
+            grad = dict(model.named_parameters())[name].grad
+            assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+class TestSoftHingeLoss:
+    def test_hard_limit_equals_brute_force_cost_augmented_max(self, float64):
+        # With k = V and T = 2 the beam keeps every prefix, so its best entry is the exact
+        # cost-augmented argmax over all V^2 sequences.
+        V = 3
+        model = tiny_tagger(n_labels=V, seed=13)
+        memory = encode(model, [2, 2, 2], seed=14)
+        gold = _gold([2, 2, 2], V, seed=2)
+        sequences = torch.tensor(list(itertools.product(range(V), repeat=2)))  # (9, 2)
+        expected = []
+        for b in range(3):
+            one = Memory(memory.states[b : b + 1].expand(9, -1, -1), memory.mask[b : b + 1].expand(9, -1))
+            augmented = model.sequence_score(one, sequences) + (sequences != gold[b]).sum(1)
+            gold_score = model.sequence_score(Memory(memory.states[b : b + 1], memory.mask[b : b + 1]), gold[b : b + 1])
+            expected.append(torch.relu(augmented.max() - gold_score[0]))
+        torch.testing.assert_close(soft_hinge_loss(model, memory, gold, V, HARD), torch.stack(expected))
+
+    def test_zero_when_gold_wins_by_the_margin(self, float64):
+        # Make the model's greedy output the gold and give it a huge margin: the hinge vanishes.
+        model = tiny_tagger(n_labels=4, seed=15)
+        memory = encode(model, [4], seed=16)
+        gold = greedy_decode(model, memory).labels
+        with torch.no_grad():
+            model.output.weight.mul_(50.0)
+            model.output.bias.zero_()
+        gold = greedy_decode(model, memory).labels
+        assert soft_hinge_loss(model, memory, gold, 2, HARD).item() == pytest.approx(0.0, abs=1e-9)
