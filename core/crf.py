@@ -126,6 +126,8 @@ def crf_score(
     _check_ends(start, end, transitions.shape[0])
     _check_labels(labels, unary)
     L = transitions.shape[0]
+    if unary.shape[1] == 0:
+        return unary.new_zeros(unary.shape[0])
     if not labels.is_floating_point():
         bad = ((labels < 0) | (labels >= L)) & mask  # (B, T)
         if bool(bad.any()):  # one check at the API boundary, not in a hot loop
@@ -154,39 +156,44 @@ def crf_energy(unary, transitions, start, end, labels, mask) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
+def _left_align(unary: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move each row's on-positions to the front, in order (one stable sort and one gather), so
+    the recursions below only ever see prefix masks.
+
+    -> time-major unary (T, B, L), time-major prefix mask (T, B), lengths (B,), and the order
+    (B, T) such that aligned position k holds original position order[b, k]."""
     B, T, L = unary.shape
-    alpha = start.expand(B, L)  # (B, L): placeholder until the first on-position
-    started = torch.zeros(B, dtype=torch.bool, device=unary.device)  # (B,)
-    for t in range(T):
-        step = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + unary[:, t]  # (B, L)
-        first = start + unary[:, t]  # (B, L)
-        new = torch.where(started.unsqueeze(1), step, first)  # (B, L)
-        on = mask[:, t]  # (B,)
-        alpha = torch.where(on.unsqueeze(1), new, alpha)  # (B, L)
-        started = started | on
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
+    aligned = unary.gather(1, order.unsqueeze(-1).expand(B, T, L))  # (B, T, L)
+    lengths = mask.sum(dim=1)  # (B,)
+    prefix = torch.arange(T, device=mask.device).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
+    return aligned.transpose(0, 1).contiguous(), prefix, lengths, order
+
+
+def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
+    U, on, lengths, _ = _left_align(unary, mask)  # (T, B, L), (T, B), (B,)
+    alpha = start + U[0]  # (B, L)
+    for t in range(1, U.shape[0]):
+        step = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + U[t]  # (B, L)
+        alpha = torch.where(on[t].unsqueeze(1), step, alpha)  # (B, L)
     log_z = torch.logsumexp(alpha + end, dim=1)  # (B,)
-    return torch.where(started, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
+    return torch.where(lengths > 0, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
 
 
 def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
-    B, T, L = unary.shape
+    U, on, lengths, _ = _left_align(unary, mask)  # (T, B, L), (T, B), (B,)
     tiny = torch.finfo(unary.dtype).tiny
     w = transitions.max()  # (): one shift for the whole matrix keeps exp(W - w) in (0, 1]
     expW = (transitions - w).exp()  # (L, L)
-    alpha = start.expand(B, L)  # (B, L)
-    started = torch.zeros(B, dtype=torch.bool, device=unary.device)  # (B,)
-    for t in range(T):
-        m = alpha.max(dim=1, keepdim=True).values  # (B, 1)
+    Uw = U + w  # (T, B, L): the shift is added back with the unary scores
+    alpha = start + U[0]  # (B, L)
+    for t in range(1, U.shape[0]):
+        m = alpha.amax(dim=1, keepdim=True)  # (B, 1)
         mass = (alpha - m).exp() @ expW  # (B, L): sum_i exp(alpha_i - m) exp(W_ij - w)
-        step = mass.clamp_min(tiny).log() + m + w + unary[:, t]  # (B, L)
-        first = start + unary[:, t]  # (B, L)
-        new = torch.where(started.unsqueeze(1), step, first)  # (B, L)
-        on = mask[:, t]  # (B,)
-        alpha = torch.where(on.unsqueeze(1), new, alpha)  # (B, L)
-        started = started | on
+        step = mass.clamp_min(tiny).log() + m + Uw[t]  # (B, L)
+        alpha = torch.where(on[t].unsqueeze(1), step, alpha)  # (B, L)
     log_z = torch.logsumexp(alpha + end, dim=1)  # (B,)
-    return torch.where(started, log_z, torch.zeros_like(log_z))
+    return torch.where(lengths > 0, log_z, torch.zeros_like(log_z))
 
 
 def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -233,6 +240,8 @@ def crf_log_partition(unary, transitions, start, end, mask, method: str = "matmu
     _check_unary(unary, transitions)
     mask = _check_mask(mask, unary)
     _check_ends(start, end, transitions.shape[0])
+    if unary.shape[1] == 0:
+        return unary.new_zeros(unary.shape[0])
     if method == "matmul":
         return _forward_matmul(unary, transitions, start, end, mask)
     if method == "logsumexp":
@@ -256,37 +265,38 @@ def crf_nll(unary, transitions, start, end, labels, mask, method: str = "matmul"
 
 def crf_viterbi(unary, transitions, start, end, mask) -> ViterbiResult:
     """The minimum-energy labelling of each sentence: labels (B, T) (0 off the mask) and their
-    scores (B,) = -E. Backpointers are kept on the device and followed with one gather per
-    position for the whole batch."""
+    scores (B,) = -E. The forward pass keeps max values only (in one reused (B, L, L) buffer:
+    allocating it afresh every step costs more than the arithmetic at L = 400) and the backtrack
+    recomputes each step's argmax for the chosen label alone, (B, L) work per position."""
     _check_unary(unary, transitions)
     mask = _check_mask(mask, unary)
     _check_ends(start, end, transitions.shape[0])
     B, T, L = unary.shape
-    device = unary.device
+    if T == 0:
+        return ViterbiResult(unary.new_zeros(B, 0, dtype=torch.long), unary.new_zeros(B))
     with torch.no_grad():
-        keep = torch.arange(L, device=device).expand(B, L)  # (B, L): identity backpointers
-        alpha = start.expand(B, L)  # (B, L)
-        started = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
-        pointers = []
+        U, on, lengths, order = _left_align(unary, mask)  # (T, B, L), (T, B), (B,), (B, T)
         transitions_t = transitions.t().contiguous()  # (L_j, L_i): reduce over the contiguous dim
-        for t in range(T):
-            best, arg = (alpha.unsqueeze(1) + transitions_t).max(dim=2)  # (B, L_j) each
-            step = best + unary[:, t]  # (B, L)
-            first = start + unary[:, t]  # (B, L)
-            new = torch.where(started.unsqueeze(1), step, first)  # (B, L)
-            on = mask[:, t]  # (B,)
-            alpha = torch.where(on.unsqueeze(1), new, alpha)  # (B, L)
-            pointers.append(torch.where((on & started).unsqueeze(1), arg, keep))  # (B, L)
-            started = started | on
-        final = alpha + end  # (B, L)
-        scores, label = final.max(dim=1)  # (B,), (B,)
+        buffer = U.new_empty(B, L, L)  # (B, L_j, L_i)
+        alpha = start + U[0]  # (B, L)
+        alphas = [alpha]
+        for t in range(1, T):
+            torch.add(alpha.unsqueeze(1), transitions_t, out=buffer)  # (B, L_j, L_i)
+            best = buffer.amax(dim=2)  # (B, L_j): values only; argmax is 3x slower, done below
+            alpha = torch.where(on[t].unsqueeze(1), best + U[t], alpha)  # (B, L)
+            alphas.append(alpha)
+        scores, label = (alpha + end).max(dim=1)  # (B,), (B,)
+        # Backtrack: the best predecessor of label j at t is argmax_i alpha_{t-1}[i] + W[i, j],
+        # recomputed for the chosen j only (the same float additions as the forward max).
         labels = [label]
         for t in range(T - 1, 0, -1):
-            label = pointers[t].gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
+            previous = (alphas[t - 1] + transitions_t[label]).argmax(dim=1)  # (B,)
+            label = torch.where(on[t], previous, label)  # (B,): past the end, the label carries over
             labels.append(label)
         labels.reverse()
-        path = torch.stack(labels, dim=1) * mask  # (B, T)
-        scores = torch.where(started, scores, torch.zeros_like(scores))  # (B,)
+        aligned = torch.stack(labels, dim=1) * on.t()  # (B, T): labels at aligned positions
+        path = torch.zeros_like(aligned).scatter_(1, order, aligned)  # (B, T): back to original positions
+        scores = torch.where(lengths > 0, scores, torch.zeros_like(scores))  # (B,)
     return ViterbiResult(path, scores)
 
 

@@ -270,3 +270,20 @@ class TestAgainstPytorchCRF:
         paths = reference.decode(unary, mask)
         result = ours.viterbi(unary, mask)
         assert [result.labels[b, :n].tolist() for b, n in enumerate(lengths)] == paths
+
+
+class TestEdgeCases:
+    def test_zero_length_batch(self):
+        unary, trans, start, end = random_crf(2, 0, 3)
+        mask = torch.zeros(2, 0, dtype=torch.bool)
+        for method in ("matmul", "logsumexp", "scan"):
+            assert crf_log_partition(unary, trans, start, end, mask, method=method).tolist() == [0.0, 0.0]
+        result = crf_viterbi(unary, trans, start, end, mask)
+        assert result.labels.shape == (2, 0) and result.scores.tolist() == [0.0, 0.0]
+        assert crf_energy(unary, trans, start, end, torch.zeros(2, 0, dtype=torch.long), mask).tolist() == [0.0, 0.0]
+
+    def test_integer_mask_accepted(self):
+        unary, trans, start, end = random_crf(2, 3, 3)
+        mask = prefix_mask([3, 2], 3)
+        torch.testing.assert_close(crf_log_partition(unary, trans, start, end, mask.long()),
+                                   crf_log_partition(unary, trans, start, end, mask))
