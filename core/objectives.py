@@ -65,3 +65,32 @@ def soft_hinge_loss(
     s_max = pick_softly(result.scores, result.scores, alpha)  # (B,)
     gold_score = model.sequence_score(memory, gold)  # (B,)
     return torch.relu(s_max - gold_score)
+
+
+# -- Tu & Gimpel (2019): CRF likelihood and inference-network losses (issue 4) ------------------
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """l_token (Tu & Gimpel Eq. 2) per sentence: sum_t CE(y_t, softmax(logits_t)), (B,).
+
+    logits: (B, T, L), labels: (B, T) with -1 (unseen tag) ignored, mask: (B, T) bool. For the
+    seq2seq network the logits are its log-probabilities fed its own predictions (§4.1.3)."""
+    targets = labels.masked_fill(~mask, -1)  # (B, T)
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-1, reduction="none")  # (B, T)
+    return ce.sum(dim=1)
+
+
+def infnet_loss(
+    crf, unary: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """E_Theta(x, A_Psi(x)) + lam * l_token(y, A_Psi(x)) per sentence, (B,), with the energy fixed:
+    no gradient reaches `unary` (B, T, L) or the CRF's transition/start/end scores, only the
+    inference network's `logits` (B, T, L). crf: a core.crf.LinearChainCRF. lam = 0 gives the
+    pure energy; a local baseline uses `token_loss` alone."""
+    from core.crf import crf_energy
+
+    probs = logits.softmax(dim=-1)  # (B, T, L)
+    energy = crf_energy(unary.detach(), crf.transitions.detach(), crf.start.detach(), crf.end.detach(), probs, mask)  # (B,)
+    if lam == 0:
+        return energy
+    return energy + lam * token_loss(logits, labels, mask)

@@ -1,0 +1,141 @@
+"""Inference networks (CNN, BLSTM, seq2seq) and their losses (Tu & Gimpel 2019, §4)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.crf import LinearChainCRF, crf_energy
+from core.infnets import ARCHITECTURES, InferenceNetwork, InfnetConfig, annealed_lambda
+from core.objectives import infnet_loss, token_loss
+from tests.helpers import tiny_inputs
+
+
+def tiny_infnet(arch: str, seed: int = 0, **overrides) -> InferenceNetwork:
+    torch.manual_seed(seed)
+    options = dict(arch=arch, n_words=20, n_chars=10, n_labels=4, word_dim=8, char_dim=4, char_filters=5,
+                   hidden=6, label_dim=5, dropout=0.0)
+    options.update(overrides)
+    return InferenceNetwork(InfnetConfig(**options)).eval()
+
+
+def mask_of(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class TestArchitectures:
+    @pytest.mark.parametrize("arch", ARCHITECTURES)
+    def test_outputs(self, arch):
+        net = tiny_infnet(arch)
+        words, chars, lengths = tiny_inputs([5, 2, 4])
+        out = net(words, chars, lengths)
+        assert out.logits.shape == out.probs.shape == (3, 5, 4) and out.labels.shape == (3, 5)
+        torch.testing.assert_close(out.probs.sum(-1), torch.ones(3, 5))
+        mask = mask_of(lengths, 5)
+        assert torch.equal(out.labels, out.logits.argmax(-1) * mask)
+
+    @pytest.mark.parametrize("arch", ARCHITECTURES)
+    def test_padding_does_not_change_a_sentence(self, arch):
+        net = tiny_infnet(arch)
+        words, chars, lengths = tiny_inputs([5, 2, 4])
+        batch = net(words, chars, lengths).logits
+        alone = net(words[1:2, :2], chars[1:2, :2], lengths[1:2]).logits
+        torch.testing.assert_close(batch[1:2, :2], alone)
+
+    @pytest.mark.parametrize("arch,reach", [("cnn13", 1), ("cnn15", 2)])
+    def test_cnn_window(self, arch, reach):
+        net = tiny_infnet(arch, char_filters=0)
+        words, chars, lengths = tiny_inputs([7])
+        base = net(words, chars, lengths).logits
+        changed = words.clone()
+        changed[0, 3] = 2 if words[0, 3] != 2 else 3
+        after = net(changed, chars, lengths).logits
+        moved = (after - base).abs().amax(-1)[0]  # (T,)
+        assert all(moved[t] > 0 for t in range(3 - reach, 4 + reach))
+        assert all(moved[t] == 0 for t in range(7) if abs(t - 3) > reach)
+
+    def test_two_layer_blstm_and_config_errors(self):
+        net = tiny_infnet("blstm", layers=2)
+        assert net.net.lstm.num_layers == 2
+        with pytest.raises(ValueError, match="arch must be one of"):
+            InfnetConfig(arch="cnn", n_words=2, n_chars=2, n_labels=2)
+        with pytest.raises(ValueError, match="layers applies to arch 'blstm' only"):
+            InfnetConfig(arch="cnn13", n_words=2, n_chars=2, n_labels=2, layers=2)
+        with pytest.raises(ValueError, match="layers must be 1 or 2"):
+            InfnetConfig(arch="blstm", n_words=2, n_chars=2, n_labels=2, layers=3)
+        config = InfnetConfig(arch="seq2seq", n_words=2, n_chars=2, n_labels=2)
+        assert InfnetConfig.from_dict(config.to_dict()) == config
+        with pytest.raises(ValueError, match="unknown fields"):
+            InfnetConfig.from_dict({**config.to_dict(), "heads": 2})
+
+    def test_seq2seq_is_fed_its_predictions(self):
+        net = tiny_infnet("seq2seq")
+        words, chars, lengths = tiny_inputs([5, 3])
+        out = net(words, chars, lengths)
+        tagger = net.net.tagger
+        memory = tagger.encode(words, chars, lengths)
+        fed_pred = tagger.teacher_forced_scores(memory, out.labels, feed="predicted")
+        torch.testing.assert_close(out.logits, fed_pred)
+        assert torch.allclose(out.probs, fed_pred.exp())
+
+    def test_frozen_embeddings(self):
+        net = tiny_infnet("blstm", finetune_embeddings=False)
+        assert not net.word_embedding().weight.requires_grad
+
+
+class TestLosses:
+    def test_token_loss_is_summed_cross_entropy(self):
+        logits = torch.randn(2, 3, 4)
+        labels = torch.tensor([[0, 3, -1], [2, 1, 1]])
+        mask = torch.tensor([[True, True, True], [True, True, False]])
+        got = token_loss(logits, labels, mask)
+        logp = logits.log_softmax(-1)
+        expected = torch.stack([-(logp[0, 0, 0] + logp[0, 1, 3]), -(logp[1, 0, 2] + logp[1, 1, 1])])
+        torch.testing.assert_close(got, expected)
+
+    def test_infnet_loss_keeps_the_energy_fixed(self):
+        crf = LinearChainCRF(4)
+        unary = torch.randn(2, 3, 4, requires_grad=True)
+        logits = torch.randn(2, 3, 4, requires_grad=True)
+        labels = torch.randint(0, 4, (2, 3))
+        mask = torch.tensor([[True, True, True], [True, True, False]])
+        loss = infnet_loss(crf, unary, logits, labels, mask, lam=0.5)
+        energy = crf_energy(unary, crf.transitions, crf.start, crf.end, logits.softmax(-1), mask)
+        torch.testing.assert_close(loss, energy + 0.5 * token_loss(logits, labels, mask))
+        loss.sum().backward()
+        assert logits.grad is not None and unary.grad is None and crf.transitions.grad is None
+        torch.testing.assert_close(infnet_loss(crf, unary, logits, labels, mask, lam=0.0), energy)
+
+    def test_training_on_the_energy_lowers_it(self):
+        torch.manual_seed(0)
+        crf = LinearChainCRF(4)
+        with torch.no_grad():
+            crf.transitions.normal_(0, 2)
+        net = tiny_infnet("blstm")
+        net.train()
+        words, chars, lengths = tiny_inputs([5, 4, 3])
+        mask = mask_of(lengths, 5)
+        unary = torch.randn(3, 5, 4) * 2
+        labels = torch.zeros(3, 5, dtype=torch.long)
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+        first = None
+        for _ in range(60):
+            out = net(words, chars, lengths)
+            loss = infnet_loss(crf, unary, out.logits, labels, mask, lam=0.0).mean()
+            first = loss.item() if first is None else first
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert loss.item() < first - 1.0
+        viterbi = -crf.viterbi(unary, mask).scores.mean()
+        # The relaxed energy is multilinear in (y_1, ..., y_T), so its minimum over distributions
+        # is attained at a vertex: no network output can go below the Viterbi energy.
+        assert loss.item() >= viterbi.item() - 1e-4
+
+
+class TestAnnealing:
+    def test_constant_and_exponential(self):
+        assert annealed_lambda(0.5, 10, anneal=False) == 0.5
+        assert annealed_lambda(1.0, 10, anneal=True) == pytest.approx(math.exp(-0.1))
+        assert annealed_lambda(2.0, 0, anneal=True) == 2.0
