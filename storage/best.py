@@ -1,0 +1,132 @@
+"""Best-checkpoint selection and export, read straight from a sweep's storage folder.
+
+A sweep lives in `STORAGE/NAME/` (Ray Tune's experiment folder). beamtune adds:
+
+    STORAGE/NAME/beamtune_sweep.json          the MLflow ids of the sweep (storage.tracking)
+    STORAGE/NAME/spec.yaml                    the validated spec (what --resume NAME reruns)
+    STORAGE/NAME/<trial>/checkpoint_*/        one per kept epoch (Ray keeps the best ones by the
+        checkpoint.json, weights-*.pt, ...    spec's metric, and the latest): that epoch's model
+        best/                                 and training state, the trial's best-on-dev so far,
+        beamtune_trial.json                   and this sidecar: trial id, MLflow run id, epoch,
+                                              that epoch's metrics, the trial's parameters
+
+A trial is ranked by its *best* checkpointed value of the metric (not its last), and what is
+exported is the model of exactly that epoch, so `beamtune decode --checkpoint DIR` runs it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRIAL_SIDECAR = "beamtune_trial.json"
+SWEEP_FILE = "beamtune_sweep.json"
+SPEC_FILE = "spec.yaml"
+BEST_SUBDIR = "best"
+DEFAULT_STORAGE = "runs/sweeps"
+
+
+class SweepNotFound(LookupError):
+    """No such sweep, or it has no checkpointed trial yet."""
+
+
+def resolve_storage(storage: str | os.PathLike | None = None) -> Path:
+    """Sweep storage root: the flag, else $BEAMTUNE_SWEEPS, else ./runs/sweeps (absolute)."""
+    value = storage or os.environ.get("BEAMTUNE_SWEEPS") or DEFAULT_STORAGE
+    return Path(value).expanduser().absolute()
+
+
+def sweep_dir(storage: str | os.PathLike | None, name: str) -> Path:
+    return resolve_storage(storage) / name
+
+
+@dataclass
+class TrialBest:
+    trial_id: str
+    trial_name: str
+    value: float
+    epoch: int
+    checkpoint: Path
+    mlflow_run_id: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def sweep_metric(storage: str | os.PathLike | None, name: str) -> tuple[str, str]:
+    """(metric, mode) of a sweep, from its saved spec."""
+    import yaml
+
+    path = sweep_dir(storage, name) / SPEC_FILE
+    if not path.is_file():
+        return "dev_score", "max"
+    data = yaml.safe_load(path.read_text()) or {}
+    return data.get("metric", "dev_score"), data.get("mode", "max")
+
+
+def default_mode(metric: str) -> str:
+    return "min" if "loss" in metric else "max"
+
+
+def trial_rankings(storage: str | os.PathLike | None, name: str, metric: str | None = None,
+                   mode: str | None = None) -> list[TrialBest]:
+    """Every trial of sweep `name`, each at its best checkpointed `metric`, best first."""
+    root = sweep_dir(storage, name)
+    if not root.is_dir():
+        raise SweepNotFound(f"no sweep named {name!r} under {root.parent}")
+    spec_metric, spec_mode = sweep_metric(storage, name)
+    metric = metric or spec_metric
+    mode = mode or (spec_mode if metric == spec_metric else default_mode(metric))
+    sign = 1.0 if mode == "max" else -1.0
+    best: dict[str, TrialBest] = {}
+    for sidecar in root.glob(f"*/checkpoint_*/{TRIAL_SIDECAR}"):
+        try:
+            info = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a checkpoint being written or deleted right now
+        value = info.get("metrics", {}).get(metric)
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            continue
+        candidate = TrialBest(info["trial_id"], info.get("trial_name", info["trial_id"]), float(value), int(info["epoch"]),
+                              sidecar.parent, info.get("mlflow_run_id"), info.get("params", {}), info.get("metrics", {}))
+        current = best.get(candidate.trial_id)
+        # Ties go to the earlier epoch (the first time the trial reached that value).
+        if current is None or sign * candidate.value > sign * current.value or (
+                candidate.value == current.value and candidate.epoch < current.epoch):
+            best[candidate.trial_id] = candidate
+    if not best:
+        raise SweepNotFound(f"sweep {name!r} under {root.parent} has no checkpointed trial with metric {metric!r}")
+    return sorted(best.values(), key=lambda t: (-sign * t.value, t.trial_name))
+
+
+def best_checkpoint(storage: str | os.PathLike | None, name: str, metric: str | None = None,
+                    mode: str | None = None) -> TrialBest:
+    return trial_rankings(storage, name, metric, mode)[0]
+
+
+def model_files(checkpoint: Path) -> list[Path]:
+    """The files that make up the model checkpoint at `checkpoint` (manifest + tensor files)."""
+    manifest = json.loads((checkpoint / "checkpoint.json").read_text())
+    return [checkpoint / "checkpoint.json"] + [checkpoint / entry["file"] for entry in manifest.get("files", {}).values()]
+
+
+def export_checkpoint(trial: TrialBest, directory: str | os.PathLike) -> Path:
+    """Copy the model of `trial`'s best epoch into `directory` (a plain beamtune checkpoint that
+    `beamtune decode --checkpoint` and warm starts read), with a provenance file beside it."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for path in model_files(trial.checkpoint):
+        shutil.copy2(path, tmp / path.name)
+    provenance = {"trial_id": trial.trial_id, "trial_name": trial.trial_name, "epoch": trial.epoch,
+                  "value": trial.value, "mlflow_run_id": trial.mlflow_run_id, "source": str(trial.checkpoint),
+                  "params": trial.params, "metrics": trial.metrics}
+    (tmp / "beamtune_export.json").write_text(json.dumps(provenance, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory

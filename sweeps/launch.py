@@ -1,0 +1,356 @@
+"""Run a validated sweep spec on Ray Tune: search, scheduler, resources, storage, MLflow, resume.
+
+Embedded default: a local Ray instance started here (`address="local"`, every CPU of the
+machine, no dashboard, a small object store) with sweep storage in ./runs/sweeps. A cluster:
+`--address` or `RAY_ADDRESS` joins it, and `--storage` must be a path every node shares.
+
+Resume (`beamtune sweep --resume NAME`) uses `Tuner.restore`: finished and errored trials are not
+re-run, unfinished ones continue from their last checkpoint in their own MLflow run, and the
+Optuna searcher's state comes back through Ray. Ray does not save the scheduler (ray#30838: the
+restored ASHA starts with empty rungs, so a resumed sweep would stop nothing it should), so
+`ResumableASHA` keeps its rungs in `STORAGE/NAME/asha_state.json` and reloads them itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.schedulers import AsyncHyperBandScheduler
+
+from storage import tracking
+from storage.best import SPEC_FILE, SWEEP_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
+    resolve_storage, sweep_dir
+from sweeps.spec import SpecError, SweepSpec
+
+OBJECT_STORE_BYTES = 256 * 1024**2
+ASHA_STATE = "asha_state.json"
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start or continue (exists already, nothing to resume, ...)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# ASHA that survives a driver restart.
+
+
+class ResumableASHA(AsyncHyperBandScheduler):
+    """ASHA whose rungs (every trial's recorded value at every milestone) and trial-to-bracket
+    assignment are written to `state_path` after every decision and read back on first use, so a
+    restored sweep keeps cutting trials against the values of the trials before the restart."""
+
+    def __init__(self, state_path: str, **kwargs):
+        super().__init__(**kwargs)
+        self._state_path = str(state_path)
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        path = Path(self._state_path)
+        if not path.is_file():
+            return
+        state = json.loads(path.read_text())
+        for bracket, rungs in zip(self._brackets, state["brackets"]):
+            by_milestone = {float(m): recorded for m, recorded in rungs}
+            bracket._rungs = [(milestone, dict(by_milestone.get(float(milestone), {})))
+                              for milestone, _ in bracket._rungs]
+        self._trial_info.update({tid: self._brackets[i] for tid, i in state["trial_bracket"].items()})
+        self._num_stopped = state.get("num_stopped", 0)
+
+    def _save(self) -> None:
+        index = {id(b): i for i, b in enumerate(self._brackets)}
+        state = {"brackets": [[[m, recorded] for m, recorded in b._rungs] for b in self._brackets],
+                 "trial_bracket": {tid: index[id(b)] for tid, b in self._trial_info.items()},
+                 "num_stopped": self._num_stopped}
+        path = Path(self._state_path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    def state(self) -> dict[str, Any]:
+        self._load()
+        return json.loads(Path(self._state_path).read_text()) if Path(self._state_path).is_file() else {}
+
+    def on_trial_add(self, tune_controller, trial):
+        self._load()
+        if trial.trial_id not in self._trial_info:  # a restored trial keeps its bracket
+            super().on_trial_add(tune_controller, trial)
+            self._save()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        self._load()
+        if trial.trial_id not in self._trial_info:
+            super().on_trial_add(tune_controller, trial)
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self._load()
+        if trial.trial_id in self._trial_info:
+            super().on_trial_complete(tune_controller, trial, result)
+            self._save()
+
+    def on_trial_remove(self, tune_controller, trial):
+        self._load()
+        if trial.trial_id in self._trial_info:
+            super().on_trial_remove(tune_controller, trial)
+            self._save()
+
+
+# ----------------------------------------------------------------------------------------------
+# MLflow bookkeeping the driver does (trials do the rest, see sweeps.trainables).
+
+
+class MlflowSweepCallback(Callback):
+    """Ends a trial's child run when the trial ends but could not end it itself: stopped by the
+    scheduler while its thread was gone, or lost with its node / worker (FAILED, with Ray's error).
+    Also logs the best checkpoint of early-stopped trials when the trial did not get to."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str):
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+
+    def _run(self, trial):
+        try:
+            return tracking.find_trial_run(self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
+        except Exception:  # tracking trouble must not stop the sweep
+            return None
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run = self._run(trial)
+        if run is None or run.info.status != "RUNNING":
+            return
+        try:
+            trial_run = tracking.TrialRun(self.uri, run.info.run_id)
+            trial_run.set_tags({tracking.STOPPED_TAG: "true"})
+            checkpoint = trial.checkpoint
+            if checkpoint is not None:
+                from storage.best import BEST_SUBDIR, model_files
+
+                best = Path(checkpoint.path) / BEST_SUBDIR
+                if (best / "checkpoint.json").is_file():
+                    trial_run.log_files(model_files(best), tracking.CHECKPOINT_ARTIFACT)
+            trial_run.finish("FINISHED")
+        except Exception:
+            pass
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run = self._run(trial)
+        if run is None or run.info.status == "FAILED":
+            return
+        try:
+            tracking.end_run(self.uri, run.info.run_id, "FAILED", _trial_error(trial))
+        except Exception:
+            pass
+
+
+def _trial_error(trial) -> str:
+    path = trial.error_file
+    if path and Path(path).is_file():
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        if lines:
+            return lines[-1][: tracking.MAX_MESSAGE]
+    return "trial failed (see its error.txt in the sweep storage)"
+
+
+def trial_dirname(trial) -> str:
+    return str(trial)  # the trial name, e.g. train_trial_1a2b3_00000; not a list of parameters
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep.
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    directory: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    best: TrialBest | None
+    trials: int
+    errors: int
+    statuses: dict[str, str]  # trial id -> TERMINATED / ERROR
+    seconds: float
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join or start Ray unless this process already has; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 object_store_memory=OBJECT_STORE_BYTES)
+    else:
+        ray.init(address=address)
+    return True
+
+
+def _search_alg(spec: SweepSpec):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.search.algorithm == "optuna" and spec.space:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
+    return BasicVariantGenerator(random_state=spec.search.seed)
+
+
+def _scheduler(spec: SweepSpec, directory: Path):
+    from ray.tune.schedulers import FIFOScheduler
+
+    if spec.scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ResumableASHA(str(directory / ASHA_STATE), time_attr="epoch", max_t=spec.epochs,
+                         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
+                         # A trial that reaches the last epoch ends by itself and scores its best
+                         # checkpoint on dev and test; a STOP there would cut that short.
+                         stop_last_trials=False)
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    from ray import tune
+
+    space = spec.param_space()
+    if spec.search.algorithm == "grid":  # every listed value is a grid point
+        space.update({name: tune.grid_search(list(d.choice)) for name, d in spec.space.items() if d.kind == "choice"})
+    return space
+
+
+def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
+              address: str | None = None, num_cpus: int | None = None, resume: bool = False,
+              verbose: int = 1) -> SweepOutcome:
+    """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    from ray import tune
+
+    from sweeps.trainables import FAMILIES
+
+    start = time.perf_counter()
+    root = resolve_storage(storage)
+    directory = root / spec.name
+    sweep_file = directory / SWEEP_FILE
+    if resume:
+        if not sweep_file.is_file() or not tune.Tuner.can_restore(str(directory)):
+            raise SweepError(f"nothing to resume: no sweep named {spec.name!r} under {root}")
+        state = json.loads(sweep_file.read_text())
+        uri = tracking_uri and tracking.resolve_tracking_uri(tracking_uri) or state["tracking_uri"]
+        experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
+        tracking.reopen(uri, parent_run_id)
+    else:
+        if directory.exists() and any(directory.iterdir()):
+            raise SweepError(f"sweep {spec.name!r} already exists under {root}: continue it with "
+                             f"`beamtune sweep --resume {spec.name}`, or give the spec another name")
+        directory.mkdir(parents=True, exist_ok=True)
+        uri = tracking.resolve_tracking_uri(tracking_uri)
+        experiment_id = tracking.ensure_experiment(uri, spec.experiment)
+        warm_start = None
+        if spec.warm_start is not None:
+            if spec.warm_start.checkpoint:
+                warm_start = str(Path(spec.warm_start.checkpoint).absolute())
+            else:  # the best trial of an earlier sweep, copied so later changes to it do not matter
+                try:
+                    best = best_checkpoint(root, spec.warm_start.sweep, spec.warm_start.metric)
+                except SweepNotFound as error:
+                    raise SpecError([f"warm_start.sweep: {error}"]) from None
+                warm_start = str(export_checkpoint(best, directory / "warm_start"))
+        commit = tracking.git_commit()
+        parent_run_id = tracking.start_parent(
+            uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
+                                            "mlflow.source.git.commit": commit or "unknown"}, spec.to_yaml())
+        state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
+                 "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
+        (directory / SPEC_FILE).write_text(spec.to_yaml())
+        sweep_file.write_text(json.dumps(state, indent=2))
+
+    context = {"sweep": spec.name, "stage": spec.stage, "objective": spec.stage_info.objective, "task": spec.task,
+               "data_root": str(Path(spec.data_root).absolute()) if spec.data_root else os.environ.get("BEAMTUNE_DATA"),
+               "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": uri,
+               "experiment_id": experiment_id, "parent_run_id": parent_run_id, "warm_start": state.get("warm_start"),
+               "git_commit": state.get("git_commit")}
+    if not spec.data_root and spec.task == "synthetic":
+        context["data_root"] = None
+
+    started_ray = connect(address, num_cpus)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(FAMILIES[spec.stage_info.family], context=context),
+                                        spec.resources.to_ray())
+        if resume:
+            tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(spec),
+                tune_config=tune.TuneConfig(
+                    metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, search_alg=_search_alg(spec),
+                    scheduler=_scheduler(spec, directory), reuse_actors=True, max_concurrent_trials=spec.max_concurrent,
+                    trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(root), verbose=verbose,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
+                                                            checkpoint_score_attribute=spec.metric,
+                                                            checkpoint_score_order=spec.mode),
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    callbacks=[MlflowSweepCallback(uri, experiment_id, parent_run_id)]))
+        try:
+            results = tuner.fit()
+        except BaseException:
+            tracking.end_run(uri, parent_run_id, "KILLED")
+            raise
+        statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
+        errors = {t.trial_id: str(t.get_error() or "trial failed") for t in results._experiment_analysis.trials
+                  if t.status == "ERROR"}
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    # No child run may stay RUNNING: settle any that a lost worker left behind.
+    unfinished = [tid for tid, status in statuses.items() if status not in ("TERMINATED", "ERROR")]
+    for run in tracking.child_runs(uri, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            tid = run.data.tags.get(tracking.TRIAL_TAG)
+            if tid in errors:
+                tracking.end_run(uri, run.info.run_id, "FAILED", errors[tid].splitlines()[-1] if errors[tid] else None)
+            elif tid in unfinished:
+                tracking.end_run(uri, run.info.run_id, "KILLED")
+            else:
+                tracking.end_run(uri, run.info.run_id, "FINISHED")
+    try:
+        best = best_checkpoint(root, spec.name)
+    except SweepNotFound:
+        best = None
+    c = tracking.client(uri)
+    if best is not None:
+        c.log_metric(parent_run_id, f"best_{spec.metric}", best.value)
+        c.set_tag(parent_run_id, "beamtune.best_trial", best.trial_name)
+        c.set_tag(parent_run_id, "beamtune.best_checkpoint", str(best.checkpoint))
+    c.set_tag(parent_run_id, "beamtune.trials", str(len(statuses)))
+    c.set_tag(parent_run_id, "beamtune.errors", str(len(errors)))
+    tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")
+    return SweepOutcome(spec.name, directory, uri, experiment_id, parent_run_id, best, len(statuses), len(errors),
+                        statuses, time.perf_counter() - start)
+
+
+def load_sweep_spec(name: str, storage: str | os.PathLike | None = None) -> SweepSpec:
+    """The spec a sweep was started with (for --resume NAME)."""
+    from sweeps.spec import load_spec
+
+    path = sweep_dir(storage, name) / SPEC_FILE
+    if not path.is_file():
+        raise SweepError(f"nothing to resume: no sweep named {name!r} under {resolve_storage(storage)}")
+    spec = load_spec(path, storage)
+    return spec

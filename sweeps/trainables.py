@@ -1,0 +1,150 @@
+"""Ray Tune function trainables: one per stage family, importable by every worker.
+
+`train_trial(config, context)` runs one trial of any stage that `core.train.train` implements:
+`config` is the trial's flat parameters (the spec's fixed values plus what the searcher sampled),
+`context` is what the driver resolved once for the whole sweep (MLflow ids, stage, task, warm
+start). Each epoch it logs to the trial's MLflow child run and reports to Tune with a checkpoint:
+
+    <checkpoint>/                that epoch's full state (core's OUT/last: weights, optimizer, RNG)
+    <checkpoint>/best/           the trial's best-on-dev checkpoint so far (core's OUT)
+    <checkpoint>/beamtune_trial.json   trial id, MLflow run id, epoch, metrics, parameters, attempts
+
+so a trial restored on any node (retry, lost node, `beamtune sweep --resume`) continues exactly
+where its checkpoint was, in the same MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+FAILED_MARKER = "beamtune_failed.json"
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    from storage.best import model_files
+
+    target.mkdir(parents=True, exist_ok=True)
+    for path in model_files(source):
+        shutil.copy2(path, target / path.name)
+
+
+def _pack(target: Path, last: Path, out: Path, info: dict[str, Any]) -> None:
+    from storage.best import BEST_SUBDIR, TRIAL_SIDECAR
+
+    _copy_model(last, target)
+    if (out / "checkpoint.json").is_file():
+        _copy_model(out, target / BEST_SUBDIR)
+    (target / TRIAL_SIDECAR).write_text(json.dumps(info, indent=1, default=str))
+
+
+def _unpack(source: Path, out: Path) -> dict[str, Any]:
+    """Rebuild core's OUT folder (best checkpoint + last/) from a reported checkpoint."""
+    from storage.best import BEST_SUBDIR, TRIAL_SIDECAR
+
+    shutil.rmtree(out, ignore_errors=True)
+    _copy_model(source, out / "last")
+    if (source / BEST_SUBDIR / "checkpoint.json").is_file():
+        _copy_model(source / BEST_SUBDIR, out)
+    return json.loads((source / TRIAL_SIDECAR).read_text())
+
+
+def build_train_config(config: dict[str, Any], context: dict[str, Any], out: Path, resume_from: Path | None):
+    from core.train import TrainConfig
+    from sweeps.spec import split_params, warm_start_field
+
+    top, model = split_params(config)
+    top.setdefault("threads", context.get("threads", 1))
+    extra = {}
+    if context.get("warm_start") and resume_from is None:
+        extra[warm_start_field()] = context["warm_start"]
+    return TrainConfig(task=context["task"], data_root=context.get("data_root"), out=str(out),
+                       objective=context["objective"], epochs=context["epochs"], progress=False, model=model,
+                       resume_from=str(resume_from) if resume_from else None, **top, **extra)
+
+
+def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The trainable of every stage that core.train.train runs (ce today; dl/hinge/crf/... as core
+    adds their objectives)."""
+    import ray
+    from ray import tune
+
+    from core.train import TrainingError, train
+    from storage import tracking
+    from storage.best import model_files
+
+    tune_context = tune.get_context()
+    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
+    trial_dir = Path(tune_context.get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    out = trial_dir / "run"
+
+    info: dict[str, Any] = {}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            info = _unpack(Path(directory), out)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+    start_epoch = int(info.get("epoch", 0))
+    attempts = list(info.get("attempts", []))
+    attempts.append({"node_id": ray.get_runtime_context().get_node_id(), "start_epoch": start_epoch,
+                     "time": time.time()})
+
+    seed = config.get("seed", 0)
+    run = tracking.TrialRun.open(
+        context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial_id, trial_name,
+        info.get("mlflow_run_id"),
+        tags={tracking.SWEEP_TAG: context["sweep"], "beamtune.stage": context["stage"], "beamtune.task": context["task"],
+              "beamtune.seed": str(seed), "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
+    run.log_params(config)
+    run.set_tags({"beamtune.attempts": len(attempts), "beamtune.resumed_from_epoch": start_epoch})
+
+    # A NaN loss is deterministic given the checkpoint: a retry from the same checkpoint would hit
+    # it again, so it fails at once with the first attempt's message.
+    marker = trial_dir / FAILED_MARKER
+    if marker.is_file():
+        failed = json.loads(marker.read_text())
+        if failed.get("start_epoch") == start_epoch:
+            run.finish("FAILED", failed["message"])
+            raise TrainingError(failed["message"])
+
+    def report(epoch: int, metrics: dict[str, float], last: Path | None) -> None:
+        run.log_metrics(metrics, step=epoch)
+        sidecar = {"trial_id": trial_id, "trial_name": trial_name, "mlflow_run_id": run.run_id, "epoch": epoch,
+                   "metrics": metrics, "params": config, "attempts": attempts}
+        with tempfile.TemporaryDirectory(dir=trial_dir, prefix=".checkpoint-") as tmp:
+            _pack(Path(tmp), Path(last), out, sidecar)
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    resume_from = out / "last" if checkpoint is not None else None
+    try:
+        train_config = build_train_config(config, context, out, resume_from)
+        final = train(train_config, report)
+    except SystemExit:
+        # The scheduler stopped this trial (tune.report exits the training thread).
+        run.set_tags({tracking.STOPPED_TAG: "true"})
+        if (out / "checkpoint.json").is_file():
+            run.log_files(model_files(out), tracking.CHECKPOINT_ARTIFACT)
+        run.finish("FINISHED")
+        raise
+    except TrainingError as error:
+        marker.write_text(json.dumps({"start_epoch": start_epoch, "message": str(error)}))
+        run.finish("FAILED", str(error))
+        raise
+    except BaseException as error:
+        run.finish("FAILED", f"{type(error).__name__}: {error}")
+        raise
+    run.log_metrics({"final": {k: v for k, v in final.items() if k in ("dev", "test", "best_epoch")}}, step=final["best_epoch"])
+    run.log_files(model_files(out) + [out / "metrics.json"], tracking.CHECKPOINT_ARTIFACT)
+    tables = sorted(out.glob("*.parquet"))
+    if tables:
+        run.log_files(tables, "tables")
+    run.finish("FINISHED")
+
+
+# Stage family -> trainable (sweeps.spec.Stage.family).
+FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {"train": train_trial}

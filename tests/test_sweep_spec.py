@@ -1,0 +1,117 @@
+"""Sweep specs: the shipped specs validate; every invalid spec fails before Ray, one line per problem."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.spec import SpecError, available_stages, load_spec, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "sweeps" / "specs").glob("*.yaml"))
+BASE = {"name": "t", "task": "synthetic", "stage": "ce", "epochs": 2,
+        "space": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}}}
+
+
+def problems(tmp_path, **changes) -> list[str]:
+    data = {**BASE, **changes}
+    with pytest.raises(SpecError) as error:
+        validate(data, storage=tmp_path)
+    return error.value.problems
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_shipped_specs_validate(path, tmp_path, monkeypatch):
+    data = yaml.safe_load(path.read_text())
+    if data["task"] != "synthetic":
+        monkeypatch.setenv("BEAMTUNE_DATA", str(tmp_path))  # only the folder's existence is checked here
+    if data.get("stage") not in available_stages():
+        pytest.skip(f"stage {data.get('stage')!r} has not landed in core.train")
+    if data.get("warm_start", {}).get("sweep"):
+        pytest.skip("warm-starts from another sweep's results")
+    spec = load_spec(path, storage=tmp_path)
+    assert spec.name == path.stem
+
+
+def test_quickstart_param_space():
+    spec = load_spec(ROOT / "sweeps" / "specs" / "quickstart.yaml")
+    space = spec.param_space()
+    assert spec.task == "synthetic" and spec.stage == "ce"
+    assert space["batch_size"] == 32 and set(spec.space) <= set(space)
+    assert isinstance(spec.space["lr"].loguniform[0], float)  # `1.0e-3` and `1e-3` both read as floats
+
+
+def test_scientific_notation_reads_as_float(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\ntask: synthetic\nstage: ce\nepochs: 2\nfixed: {lr: 1e-3}\n")
+    assert load_spec(path).fixed["lr"] == 0.001
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"stage": "beam-me-up"}, "stage:"),
+    ({"task": "klingon_pos"}, "task:"),
+    ({"fixed": {"eval_beam_size": -1}}, "fixed: eval_beam_size must be >= 1"),
+    ({"space": {"eval_beam_size": {"choice": [3, -2]}}}, "space.eval_beam_size: value -2"),
+    ({"space": {"lr": {"loguniform": [0.0, 0.1]}}}, "space.lr: loguniform: low (0.0) must be > 0"),
+    ({"space": {"lr": {"uniform": [0.1, 0.01]}}}, "space.lr: uniform: low (0.1) must be < high (0.01)"),
+    ({"fixed": {"hidden": 3}}, "fixed.hidden: unknown parameter"),
+    ({"num_sample": 3}, "num_sample: Extra inputs are not permitted"),
+    ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+    ({"resources": {"cpu": 1, "gpu": 1.5}}, "resources: gpu: more than one GPU must be a whole number"),
+    ({"metric": "accuracy"}, "metric:"),
+    ({"fixed": {"dropout": 1.5}}, "fixed: dropout must be in [0, 1)"),
+    ({"search": {"algorithm": "grid"}}, "space.lr: search.algorithm grid needs a list of values"),
+])
+def test_invalid_spec_one_line_naming_the_field(tmp_path, changes, field):
+    found = problems(tmp_path, **changes)
+    assert len(found) == 1, found
+    assert found[0].startswith(field), found
+
+
+def test_warm_start_from_missing_sweep(tmp_path):
+    found = problems(tmp_path, warm_start={"sweep": "never-ran"})
+    assert any(p.startswith("warm_start.sweep: no sweep named 'never-ran'") for p in found), found
+
+
+def test_warm_start_needs_one_source(tmp_path):
+    assert problems(tmp_path, warm_start={}) == ["warm_start: give exactly one of checkpoint, sweep"]
+
+
+@pytest.mark.skipif("dl" not in available_stages(), reason="the dl stage has not landed in core.train")
+def test_missing_warm_start(tmp_path):
+    found = problems(tmp_path, stage="dl")
+    assert len(found) == 1 and found[0].startswith("warm_start: stage 'dl' must start from a checkpoint"), found
+
+
+@pytest.mark.skipif("dl" not in available_stages(), reason="the dl stage (alpha schedules) has not landed in core.train")
+def test_alpha_schedule_with_bad_parameters(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ce"
+    ckpt.mkdir()
+    (ckpt / "checkpoint.json").write_text("{}")
+    found = problems(tmp_path, stage="dl", warm_start={"checkpoint": str(ckpt)},
+                     space={"alpha": {"choice": ["exp:1:100:10", "exp:-1:100:10"]}})
+    assert len(found) == 1 and found[0].startswith("space.alpha: value 'exp:-1:100:10'"), found
+
+
+def test_several_problems_one_line_each(tmp_path):
+    found = problems(tmp_path, stage="nope", task="nope", fixed={"bogus": 1})
+    assert [p.split(":")[0] for p in found] == ["task", "stage", "fixed.bogus"]
+
+
+def test_cli_fails_before_ray_is_imported(tmp_path):
+    """`beamtune sweep` with an invalid spec prints one `error:` line per problem and exits 2;
+    Ray is made unimportable, so the check provably happens before Ray starts."""
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump({**BASE, "stage": "nope", "fixed": {"eval_beam_size": 0}}))
+    code = ("import sys; sys.modules['ray'] = None; sys.argv = ['beamtune', 'sweep', sys.argv[1], '--storage', sys.argv[2]]\n"
+            "from sweeps.cli import app; app()")
+    result = subprocess.run([sys.executable, "-c", code, str(spec), str(tmp_path / "sweeps")], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == ["error: stage: unknown stage 'nope'; available: "
+                                                  + ", ".join(available_stages())]
+    assert not (tmp_path / "sweeps").exists()
