@@ -1,0 +1,91 @@
+"""Training and decoding BLSTM-CRF, local baselines and inference networks on the synthetic task."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.data import Vocab, Vocabs, load_task
+from core.structured import (
+    STRUCTURED_DECODERS,
+    StructuredConfig,
+    load_crf,
+    load_for_decoding,
+    load_infnet,
+    oracle_grid,
+    score_decoder,
+    train_structured,
+)
+
+SMALL = dict(task="synthetic", epochs=1, hidden=8, word_dim=8, char_filters=5, threads=1, progress=False, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("structured")
+    crf = train_structured(StructuredConfig(out=str(root / "crf"), objective="crf", **SMALL))
+    inf = train_structured(StructuredConfig(out=str(root / "inf"), objective="infnet", arch="blstm",
+                                            energy=str(root / "crf"), lam_anneal=True, **SMALL))
+    return root, crf, inf
+
+
+class TestTraining:
+    def test_crf_and_infnet_checkpoints_and_metrics(self, trained):
+        root, crf, inf = trained
+        assert 0 < crf["test"]["viterbi"]["score"] <= 1
+        assert crf["test"]["viterbi"]["search_error"] == pytest.approx(0.0, abs=1e-4)
+        assert load_checkpoint(root / "crf").meta["kind"] == "crf"
+        meta = load_checkpoint(root / "inf").meta
+        assert meta["kind"] == "infnet" and meta["energy"] == str((root / "crf").resolve())
+        test = inf["test"]["infnet"]
+        assert test["energy"] >= test["viterbi_energy"] - 1e-4 and "relaxed_energy" in test
+        assert json.loads((root / "inf" / "metrics.json").read_text())["objective"] == "infnet"
+
+    @pytest.mark.parametrize("objective,arch", [("crf+", "blstm"), ("local", "cnn15"), ("local", "seq2seq")])
+    def test_other_objectives(self, tmp_path, objective, arch):
+        result = train_structured(StructuredConfig(out=str(tmp_path), objective=objective, arch=arch, plus=True, **SMALL))
+        decoder = "viterbi" if objective == "crf+" else "infnet"
+        assert 0 < result["test"][decoder]["score"] <= 1
+
+    def test_config_errors(self, tmp_path):
+        with pytest.raises(ValueError, match="needs energy"):
+            StructuredConfig(task="synthetic", out=str(tmp_path), objective="infnet")
+        with pytest.raises(ValueError, match="arch must be one of"):
+            StructuredConfig(task="synthetic", out=str(tmp_path), objective="local", arch="cnn")
+
+
+class TestDecoding:
+    @pytest.mark.parametrize("decoder", STRUCTURED_DECODERS)
+    def test_every_decoder(self, trained, decoder):
+        root, _, _ = trained
+        crf, infnet, vocabs, _ = load_for_decoding(root / "inf", None)
+        sentences = load_task("synthetic").test[:20]
+        result = score_decoder(sentences, vocabs, "accuracy", decoder, crf=crf, infnet=infnet, steps=5, lr=1.0 if decoder == "tailored" else 50.0)
+        assert len(result["_pred"]) == 20 and 0 <= result["score"] <= 1
+        assert result["energy"] >= result["viterbi_energy"] - 1e-4
+
+    def test_oracle_grid(self, trained):
+        root, _, _ = trained
+        result = oracle_grid(root / "inf", warm_start=True, steps=(1, 3), lrs=(10.0, 1.0))
+        assert len(result["rows"]) == len(load_task("synthetic").test) and result["cost"]["warm_start"]
+
+    def test_wrong_kind_is_one_clear_error(self, trained):
+        root, _, _ = trained
+        with pytest.raises(CheckpointError, match="holds a 'infnet' model, expected 'crf'"):
+            load_crf(root / "inf")
+        with pytest.raises(CheckpointError, match="holds a 'crf' model, expected 'infnet'"):
+            load_infnet(root / "crf")
+
+    def test_mismatched_label_sets(self, trained, tmp_path):
+        root, _, _ = trained
+        crf, vocabs, meta = load_crf(root / "crf")
+        other = Vocabs(vocabs.words, vocabs.chars, Vocab(list(reversed(vocabs.labels.itos))))
+        save_checkpoint(tmp_path / "crf2", crf, {**meta, "vocabs": other.to_dict()})
+        with pytest.raises(CheckpointError, match="label sets differ"):
+            load_for_decoding(root / "inf", tmp_path / "crf2")
+        seq2seq = tmp_path / "s2s"
+        save_checkpoint(seq2seq, torch.nn.Linear(1, 1), {"kind": "seq2seq"})
+        with pytest.raises(CheckpointError, match="expected 'crf' or 'infnet'"):
+            load_for_decoding(seq2seq, None)
