@@ -25,11 +25,30 @@ DATA_ROOT_HELP = "Folder laid out like shared/data (also from $BEAMTUNE_DATA). N
 
 class Objective(str, Enum):
     ce = "ce"
+    crf = "crf"  # BLSTM-CRF (Tu & Gimpel 2019): core/structured.py
+    crf_plus = "crf+"
+    local = "local"
+    infnet = "infnet"
+
+
+STRUCTURED = ("crf", "crf+", "local", "infnet")
+
+
+class Arch(str, Enum):
+    cnn13 = "cnn13"
+    cnn15 = "cnn15"
+    blstm = "blstm"
+    seq2seq = "seq2seq"
 
 
 class Decoder(str, Enum):
     greedy = "greedy"
     beam = "beam"
+    viterbi = "viterbi"  # the rest decode "crf" / "infnet" checkpoints (core/structured.py)
+    infnet = "infnet"
+    gd = "gd"
+    tailored = "tailored"
+    warm_gd = "warm-gd"
 
 
 class Split(str, Enum):
@@ -98,9 +117,35 @@ def train(
     eval_beam_size: int = typer.Option(3, min=1, help="Beam size of the final beam-search scores."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     threads: int = typer.Option(0, min=0, help="CPU threads for torch (0: torch's default; 1 when runs share cores)."),
+    arch: Arch = typer.Option(Arch.blstm, help="local / infnet: inference-network architecture."),
+    energy: Optional[Path] = typer.Option(None, help="infnet: the trained CRF checkpoint whose energy it learns to minimise."),
+    lam: float = typer.Option(1.0, min=0.0, help="infnet: weight of the token loss."),
+    lam_anneal: bool = typer.Option(False, "--lam-anneal", help="infnet: lambda = LAM * exp(-0.01 epoch)."),
+    layers: int = typer.Option(1, min=1, max=2, help="BLSTM infnet layers."),
+    plus: bool = typer.Option(False, "--plus", help="local / infnet: char CNN + dropout 0.5 (the '+' models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Train a seq2seq tagger; keep the best-on-dev checkpoint in OUT and write OUT/metrics.json."""
+    """Train a seq2seq tagger, a BLSTM-CRF(+), a local baseline or an inference network; keep the
+    best-on-dev checkpoint in OUT and write OUT/metrics.json. For crf/local/infnet, --encoder-hidden
+    is the paper's H and --dropout is implied (0, or 0.5 for crf+ / --plus)."""
+    if objective.value in STRUCTURED:
+        from core.structured import StructuredConfig, train_structured
+
+        config = run_guarded(
+            StructuredConfig, task=task, out=str(out), objective=objective.value, arch=arch.value,
+            energy=str(energy) if energy else None, lam=lam, lam_anneal=lam_anneal, plus=plus, layers=layers,
+            hidden=encoder_hidden, word_dim=word_dim, char_filters=char_filters or 50,
+            data_root=str(data_root) if data_root else None, embeddings=str(embeddings) if embeddings else None,
+            epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr, momentum=momentum, clip=clip,
+            patience=patience, seed=seed, min_count=min_count, device=device, threads=threads, progress=not quiet,
+        )
+        final = run_guarded(train_structured, config)
+        typer.echo(f"best epoch {final['best_epoch']}; checkpoint and metrics.json in {out}")
+        for split in ("dev", "test"):
+            for name, result in final[split].items():
+                energies = f"   energy {result['energy']:.3f} (Viterbi {result['viterbi_energy']:.3f})" if "energy" in result else ""
+                typer.echo(f"{split:5s} {name} {result['score']:.4f}{energies}   ({final['metric']})")
+        return
     from core.train import TrainConfig, train as run_training
 
     model = {"attention": attention.value, "encoder_hidden": encoder_hidden, "decoder_hidden": decoder_hidden,
@@ -131,6 +176,9 @@ def decode(
     predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    steps: int = typer.Option(20, min=0, help="gd / warm-gd / tailored: number of gradient steps N."),
+    lr: float = typer.Option(100.0, min=0.0, help="gd / warm-gd / tailored: step size (same for every sentence)."),
+    energy: Optional[Path] = typer.Option(None, help="infnet checkpoints: the CRF energy (default: the one it was trained with)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Decode a split with a trained checkpoint and print its metrics."""
@@ -139,12 +187,22 @@ def decode(
     from core.metrics import evaluate
     from core.train import load_tagger, predict
 
-    model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
+    k = beam_size if decoder == Decoder.beam else 1
+    if decoder.value in ("greedy", "beam"):
+        model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
+    else:
+        from core.structured import load_for_decoding, score_decoder
+
+        crf, infnet, vocabs, meta = run_guarded(load_for_decoding, checkpoint, energy, device)
     task = run_guarded(load_task, meta["task"]["name"], str(data_root) if data_root else None)
     sentences = task.dev if split == Split.dev else task.test
-    k = beam_size if decoder == Decoder.beam else 1
-    pred = run_guarded(predict, model, sentences, vocabs, decoder.value, k, progress=not quiet)
-    metrics = evaluate([s.tags for s in sentences], pred, task.metric)
+    if decoder.value in ("greedy", "beam"):
+        pred = run_guarded(predict, model, sentences, vocabs, decoder.value, k, progress=not quiet)
+        metrics = evaluate([s.tags for s in sentences], pred, task.metric)
+    else:
+        metrics = run_guarded(score_decoder, sentences, vocabs, task.metric, decoder.value, crf=crf, infnet=infnet,
+                              steps=steps, lr=lr, progress=not quiet)
+        pred = metrics.pop("_pred")
     if predictions:
         lines = []
         for sentence, tags in zip(sentences, pred):
@@ -155,6 +213,51 @@ def decode(
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo("  ".join(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in result.items()))
+
+
+@app.command("gd-oracle")
+def gd_oracle(
+    checkpoint: Path = typer.Option(..., help="A 'crf' checkpoint, or an 'infnet' one (its energy; with --warm-start its logits)."),
+    out: Path = typer.Option(..., help="Parquet file: one row per sentence (id, length, chosen N and lr, metric, energies)."),
+    split: Split = typer.Option(Split.test),
+    data_root: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_DATA", help=DATA_ROOT_HELP),
+    energy: Optional[Path] = typer.Option(None, help="infnet checkpoints: the CRF energy (default: the one it was trained with)."),
+    warm_start: bool = typer.Option(False, "--warm-start", help="Start GD from the inference network's logits."),
+    steps: str = typer.Option("5,10,20,30,40,50,100,500,1000", help="Step counts N (every N is a prefix of one trajectory)."),
+    lrs: str = typer.Option("1e4,5e3,1e3,500,100,50,10,5,1", help="Learning rates (one batched trajectory each)."),
+    batch_size: int = typer.Option(256, min=1),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threads: int = typer.Option(0, min=0, help="CPU threads for torch (0: torch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Per-instance oracle-tuned gradient-descent inference (Tu & Gimpel 2019, Table 6): writes the
+    per-sentence table to OUT and prints the per-N averages (OUT with .json: the summary)."""
+    import torch
+
+    from core.structured import oracle_grid
+    from storage.tables import write_rows
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        step_list = [int(v) for v in steps.split(",")]
+        lr_list = [float(v) for v in lrs.split(",")]
+    except ValueError:
+        fail(f"--steps and --lrs take comma-separated numbers, got {steps!r} and {lrs!r}")
+    result = run_guarded(oracle_grid, checkpoint, split.value, str(data_root) if data_root else None, energy, warm_start,
+                         step_list, lr_list, device, batch_size, not quiet)
+    summary = {key: value for key, value in result.items() if key != "rows"}
+    write_rows(out, result["rows"], summary)
+    from core.checkpoint import atomic_write
+
+    atomic_write(out.with_suffix(".json"), json.dumps(summary, indent=2).encode())
+    typer.echo(f"{'N':>6s} {'score':>8s} {'energy':>10s}   ({result['metric']}, {result['task']} {split.value})")
+    for row in result["table6"]:
+        typer.echo(f"{row['steps']:6d} {row['score']:8.4f} {row['energy']:10.3f}")
+    typer.echo(f"oracle {result['oracle']['score']:8.4f} {result['oracle']['energy']:10.3f}")
+    typer.echo(f"Viterbi {result['viterbi']['score']:7.4f} {result['viterbi']['energy']:10.3f}")
+    cost = result["cost"]
+    typer.echo(f"{cost['optimizer_steps']} optimizer steps in {cost['seconds']:.1f}s; rows in {out}")
 
 
 # ==============================================================================================

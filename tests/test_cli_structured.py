@@ -1,0 +1,57 @@
+"""`beamtune train --objective crf|infnet`, `beamtune decode --decoder viterbi|...`, `beamtune gd-oracle`."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from storage.tables import read_rows
+from sweeps.cli import app
+
+SMALL = ["--task", "synthetic", "--epochs", "1", "--encoder-hidden", "8", "--word-dim", "8", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--objective", "crf", "--out", str(root / "crf"), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "test  viterbi" in result.output
+    result = runner.invoke(app, ["train", "--objective", "infnet", "--arch", "cnn13", "--energy", str(root / "crf"),
+                                 "--lam", "0.5", "--lam-anneal", "--out", str(root / "inf"), *SMALL])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.mark.parametrize("decoder", ["infnet", "gd", "tailored", "warm-gd", "viterbi"])
+def test_decode(checkpoints, decoder):
+    result = CliRunner().invoke(app, ["decode", "--checkpoint", str(checkpoints / "inf"), "--decoder", decoder,
+                                      "--steps", "3", "--lr", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"decoder={decoder}" in result.output and "viterbi_energy=" in result.output
+
+
+def test_gd_oracle_writes_parquet(checkpoints, tmp_path):
+    out = tmp_path / "gd.parquet"
+    result = CliRunner().invoke(app, ["gd-oracle", "--checkpoint", str(checkpoints / "crf"), "--out", str(out),
+                                      "--steps", "2,4", "--lrs", "10,1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows, meta = read_rows(out)
+    assert len(rows) == meta["cost"]["sentences"] and {r["steps"] for r in rows} <= {2, 4}
+    assert [t["steps"] for t in meta["table6"]] == [2, 4]
+    assert out.with_suffix(".json").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["decode", "--decoder", "infnet"], "needs an inference network"),
+    (["decode", "--decoder", "greedy"], "holds a 'crf' model, expected 'seq2seq'"),
+    (["train", "--objective", "infnet", *SMALL], "needs energy"),
+])
+def test_one_line_errors(checkpoints, tmp_path, args, message):
+    if args[0] == "decode":
+        args = [*args, "--checkpoint", str(checkpoints / "crf"), "--quiet"]
+    else:
+        args = [*args, "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
