@@ -78,9 +78,11 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     tune_context = tune.get_context()
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
-    trial_dir = Path(tune_context.get_trial_dir())
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    out = trial_dir / "run"
+    # Scratch space outside Ray's trial folder (which the driver snapshots while trials write):
+    # core's OUT folder and the temporary folders checkpoints are packed in.
+    work = Path(tempfile.gettempdir()) / "beamtune-trials" / f"{context['parent_run_id'][:12]}-{trial_id}"
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "run"
 
     info: dict[str, Any] = {}
     checkpoint = tune.get_checkpoint()
@@ -90,7 +92,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     else:
         shutil.rmtree(out, ignore_errors=True)
     start_epoch = int(info.get("epoch", 0))
-    attempts = list(info.get("attempts", []))
+    attempts = list(info.get("attempts", []))  # where each attempt ran and which epoch it started from
     attempts.append({"node_id": ray.get_runtime_context().get_node_id(), "start_epoch": start_epoch,
                      "time": time.time()})
 
@@ -101,11 +103,13 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         tags={tracking.SWEEP_TAG: context["sweep"], "beamtune.stage": context["stage"], "beamtune.task": context["task"],
               "beamtune.seed": str(seed), "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
     run.log_params(config)
-    run.set_tags({"beamtune.attempts": len(attempts), "beamtune.resumed_from_epoch": start_epoch})
+    # Attempts that died before their first checkpoint are only counted here, not in the sidecar.
+    attempt = max(len(attempts), int(run.client.get_run(run.run_id).data.tags.get("beamtune.attempts", 0)) + 1)
+    run.set_tags({"beamtune.attempts": attempt, "beamtune.resumed_from_epoch": start_epoch})
 
     # A NaN loss is deterministic given the checkpoint: a retry from the same checkpoint would hit
     # it again, so it fails at once with the first attempt's message.
-    marker = trial_dir / FAILED_MARKER
+    marker = work / FAILED_MARKER
     if marker.is_file():
         failed = json.loads(marker.read_text())
         if failed.get("start_epoch") == start_epoch:
@@ -116,7 +120,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         run.log_metrics(metrics, step=epoch)
         sidecar = {"trial_id": trial_id, "trial_name": trial_name, "mlflow_run_id": run.run_id, "epoch": epoch,
                    "metrics": metrics, "params": config, "attempts": attempts}
-        with tempfile.TemporaryDirectory(dir=trial_dir, prefix=".checkpoint-") as tmp:
+        with tempfile.TemporaryDirectory(dir=work, prefix="checkpoint-") as tmp:
             _pack(Path(tmp), Path(last), out, sidecar)
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -130,6 +134,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         if (out / "checkpoint.json").is_file():
             run.log_files(model_files(out), tracking.CHECKPOINT_ARTIFACT)
         run.finish("FINISHED")
+        shutil.rmtree(work, ignore_errors=True)
         raise
     except TrainingError as error:
         marker.write_text(json.dumps({"start_epoch": start_epoch, "message": str(error)}))
@@ -144,6 +149,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     if tables:
         run.log_files(tables, "tables")
     run.finish("FINISHED")
+    shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in Ray's storage and MLflow
 
 
 # Stage family -> trainable (sweeps.spec.Stage.family).
