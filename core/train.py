@@ -26,12 +26,16 @@ from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load
 from core.data import Batch, Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
 from core.embeddings import glove_words, load_glove
 from core.metrics import evaluate
-from core.objectives import cross_entropy_loss
+from core.objectives import Cost, cross_entropy_loss, direct_loss, hamming_cost, hamming_o2_cost, soft_hinge_loss
+from core.schedules import from_config
 from core.search.beam import beam_search, greedy_decode
+from core.search.soft_beam import soft_beam_search
 from core.seq2seq import FEEDS, Seq2SeqTagger, TaggerConfig
 
 Report = Callable[[int, dict[str, float], Path | None], None]
-OBJECTIVES = ("ce",)
+OBJECTIVES = ("ce", "dl", "hinge")
+DECODERS = ("greedy", "beam", "soft-beam")
+COSTS = ("hamming", "hamming-o2")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -66,6 +70,11 @@ class TrainConfig:
     progress: bool = True
     model: dict[str, Any] = field(default_factory=dict)
     resume_from: str | None = None  # a checkpoint with training state (e.g. OUT/last) to continue from
+    # Soft-beam objectives (dl, hinge), Goyal et al. 2018: warm-started from a CE checkpoint.
+    init: str | None = None  # CE checkpoint directory to start from (the papers always warm-start)
+    beam_size: int = 3  # k of the soft beam in training
+    alpha: Any = 1.0  # alpha schedule: a number, "exp:1:100:10"-style string, or a dict (core.schedules)
+    cost: str = "hamming"  # per-position cost d(w): hamming, or hamming-o2 (wrong `O` costs 2, for NER)
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,10 +88,18 @@ class TrainConfig:
             (self.patience >= 0, "patience must be >= 0"),
             (self.eval_beam_size >= 1, "eval_beam_size must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
+            (self.beam_size >= 1, "beam_size must be >= 1"),
+            (self.cost in COSTS, f"cost must be one of {COSTS}"),
+            (self.objective == "ce" or self.init or self.resume_from,
+             f"objective {self.objective!r} needs init (a CE checkpoint to warm-start from)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainConfig: {message}")
+        try:
+            self.alpha_schedule = from_config(self.alpha)
+        except ValueError as error:
+            raise ValueError(f"TrainConfig: alpha: {error}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,10 +123,12 @@ def predict(
     beam_size: int = 1,
     batch_size: int = 64,
     progress: bool = False,
+    alpha: float = 1.0,
 ) -> list[list[str]]:
-    """Decode `sentences` and return predicted tag strings, in input order."""
-    if decoder not in ("greedy", "beam"):
-        raise ValueError(f"decoder must be 'greedy' or 'beam', got {decoder!r}")
+    """Decode `sentences` with greedy, hard beam or soft beam search (at temperature `alpha`)
+    and return predicted tag strings, in input order."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -118,8 +137,13 @@ def predict(
     for batch in tqdm(batches, desc=f"decode {decoder}", disable=not progress, leave=False):
         batch = batch.to(device)
         memory = model.encode(batch.words, batch.chars, batch.lengths)
-        result = greedy_decode(model, memory) if decoder == "greedy" else beam_search(model, memory, beam_size)
-        labels = result.labels.cpu().tolist()
+        if decoder == "greedy":
+            labels = greedy_decode(model, memory).labels
+        elif decoder == "beam":
+            labels = beam_search(model, memory, beam_size).labels
+        else:
+            labels = soft_beam_search(model, memory, beam_size, alpha).labels
+        labels = labels.cpu().tolist()
         for row, i in enumerate(batch.index.tolist()):
             n = len(sentences[i].words)
             out[i] = [vocabs.labels.itos[y] for y in labels[row][:n]]
@@ -135,10 +159,11 @@ def score_split(
     decoder: str = "greedy",
     beam_size: int = 1,
     progress: bool = False,
+    alpha: float = 1.0,
 ) -> dict[str, float]:
     """Decode a split and evaluate it against its gold tags."""
     start = time.perf_counter()
-    pred = predict(model, sentences, vocabs, decoder, beam_size, progress=progress)
+    pred = predict(model, sentences, vocabs, decoder, beam_size, progress=progress, alpha=alpha)
     seconds = time.perf_counter() - start
     result = evaluate([s.tags for s in sentences], pred, metric)
     result["sentences_per_second"] = len(sentences) / seconds
@@ -188,6 +213,27 @@ def load_tagger(directory: str | Path, device: str = "cpu") -> tuple[Seq2SeqTagg
     return model.to(resolve_device(device)).eval(), vocabs, checkpoint.meta
 
 
+def make_cost(config: TrainConfig, vocabs: Vocabs) -> Cost:
+    """The per-position cost d(w) that `config.cost` names, over this label vocabulary."""
+    if config.cost == "hamming":
+        return hamming_cost
+    if "O" not in vocabs.labels.stoi:
+        raise ValueError("TrainConfig: cost 'hamming-o2' needs an 'O' label (an NER task)")
+    return hamming_o2_cost(vocabs.labels.stoi["O"])
+
+
+def batch_loss(model: Seq2SeqTagger, batch: Batch, config: TrainConfig, alpha: float, cost: Cost) -> torch.Tensor:
+    """The training objective on one batch, per token: CE (teacher forcing or fed predictions),
+    the soft-beam direct loss G~_DL,alpha or the soft hinge G~_hinge,alpha (summed over
+    sentences, divided by tokens, so learning rates transfer between objectives)."""
+    memory = model.encode(batch.words, batch.chars, batch.lengths)
+    if config.objective == "ce":
+        return cross_entropy_loss(model, memory, batch.labels, feed=config.feed)
+    per_sentence = direct_loss if config.objective == "dl" else soft_hinge_loss
+    losses = per_sentence(model, memory, batch.labels, config.beam_size, alpha, cost)  # (B,)
+    return losses.sum() / batch.lengths.sum()
+
+
 def run_epoch(
     model: Seq2SeqTagger,
     optimizer: torch.optim.Optimizer,
@@ -195,16 +241,17 @@ def run_epoch(
     config: TrainConfig,
     epoch: int,
     device: torch.device,
+    alpha: float = 1.0,
+    cost: Cost = hamming_cost,
 ) -> float:
-    """One pass of cross-entropy training over `batches`; returns the mean loss per token.
+    """One pass of training on `config.objective` over `batches`; returns the mean loss per token.
     Raises TrainingError, naming the epoch and batch, as soon as a loss is not finite."""
     model.train()
     total_loss, total_tokens = 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
     for step, batch in enumerate(bar):
         batch = batch.to(device)
-        memory = model.encode(batch.words, batch.chars, batch.lengths)
-        loss = cross_entropy_loss(model, memory, batch.labels, feed=config.feed)
+        loss = batch_loss(model, batch, config, alpha, cost)
         if not torch.isfinite(loss):
             raise TrainingError(f"epoch {epoch}, batch {step}: loss is {loss.item()} (try a lower --lr or clipping)")
         optimizer.zero_grad(set_to_none=True)
@@ -251,35 +298,55 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         progress.update(state["progress"])
         torch.set_rng_state(state["torch_rng"])
+    elif config.init:
+        model, vocabs, init_meta = load_tagger(config.init, device=str(device))
+        if init_meta["task"]["name"] != task.name:
+            raise ValueError(f"init checkpoint {config.init} was trained on {init_meta['task']['name']!r}, not {task.name!r}")
+        optimizer = make_optimizer(config, model)
     else:
         model, vocabs = build_model(config, task)
         model.to(device)
         optimizer = make_optimizer(config, model)
+    cost = make_cost(config, vocabs)
+    # CE selects on greedy dev scores; the search-aware objectives on the beam they train for.
+    dev_decoder = ("greedy", 1) if config.objective == "ce" else ("beam", config.eval_beam_size)
+
+    def save(epoch: int, dev: dict, improved: bool) -> None:
+        meta = checkpoint_meta(config, model, vocabs, task, {"epoch": epoch, "dev": dev})
+        state = {"optimizer": optimizer.state_dict(), "progress": dict(progress), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(out / "last", model, meta, state)
+        if improved:
+            save_checkpoint(out, model, meta, state)
+
+    if config.init and not config.resume_from:
+        # The warm start is epoch 0: if no epoch beats it on dev, it stays the best checkpoint.
+        dev = score_split(model, task.dev, vocabs, task.metric, *dev_decoder)
+        progress.update(best_score=dev["score"], best_epoch=0)
+        save(0, dev, improved=True)
 
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         if config.patience and progress["bad_epochs"] >= config.patience:
             break
         batches = make_batches(task.train, vocabs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
         start = time.perf_counter()
-        train_loss = run_epoch(model, optimizer, batches, config, epoch, device)
+        alpha = config.alpha_schedule.at(epoch)
+        train_loss = run_epoch(model, optimizer, batches, config, epoch, device, alpha, cost)
         progress["train_seconds"] += time.perf_counter() - start
         progress["train_sentences"] += len(task.train)
 
-        dev = score_split(model, task.dev, vocabs, task.metric, "greedy")
+        dev = score_split(model, task.dev, vocabs, task.metric, *dev_decoder)
         improved = dev["score"] > progress["best_score"]
         if improved:
             progress.update(best_score=dev["score"], best_epoch=epoch, bad_epochs=0)
         else:
             progress["bad_epochs"] += 1
         progress["epoch"] = epoch
-        meta = checkpoint_meta(config, model, vocabs, task, {"epoch": epoch, "dev": dev})
-        state = {"optimizer": optimizer.state_dict(), "progress": dict(progress), "torch_rng": torch.get_rng_state()}
-        save_checkpoint(out / "last", model, meta, state)
-        if improved:
-            save_checkpoint(out, model, meta, state)
+        save(epoch, dev, improved)
         metrics = {"epoch": epoch, "train_loss": train_loss, "dev_score": dev["score"],
                    "best_dev_score": progress["best_score"],
                    "train_sentences_per_second": progress["train_sentences"] / progress["train_seconds"]}
+        if config.objective != "ce":
+            metrics["alpha"] = alpha
         if config.progress:
             tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev {dev['score']:.4f}" + ("  *" if improved else ""))
         if report is not None:
@@ -290,10 +357,16 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     k = config.eval_beam_size
     final: dict[str, Any] = {"task": task.name, "metric": task.metric, "best_epoch": progress["best_epoch"],
                              "train_sentences_per_second": progress["train_sentences"] / max(progress["train_seconds"], 1e-9)}
+    # Soft beam decoding (§2.4) at the temperature training ended with.
+    final_alpha = config.alpha_schedule.at(max(progress["epoch"], 1))
     for split, sentences in (("dev", task.dev), ("test", task.test)):
         final[split] = {
             "greedy": score_split(model, sentences, vocabs, task.metric, "greedy", progress=config.progress),
             f"beam{k}": score_split(model, sentences, vocabs, task.metric, "beam", k, progress=config.progress),
         }
+        if k <= model.n_labels:
+            final[split][f"soft_beam{k}"] = score_split(model, sentences, vocabs, task.metric, "soft-beam", k,
+                                                        progress=config.progress, alpha=final_alpha)
+    final["soft_beam_alpha"] = final_alpha
     atomic_write(out / "metrics.json", json.dumps(final, indent=2).encode())
     return final

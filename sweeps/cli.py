@@ -25,6 +25,8 @@ DATA_ROOT_HELP = "Folder laid out like shared/data (also from $BEAMTUNE_DATA). N
 
 class Objective(str, Enum):
     ce = "ce"
+    dl = "dl"  # soft-beam direct loss (Goyal et al. 2018): core/search/soft_beam.py
+    hinge = "hinge"  # soft-beam max-margin
     crf = "crf"  # BLSTM-CRF (Tu & Gimpel 2019): core/structured.py
     crf_plus = "crf+"
     local = "local"
@@ -32,6 +34,11 @@ class Objective(str, Enum):
 
 
 STRUCTURED = ("crf", "crf+", "local", "infnet")
+
+
+class Cost(str, Enum):
+    hamming = "hamming"
+    hamming_o2 = "hamming-o2"
 
 
 class Arch(str, Enum):
@@ -44,6 +51,7 @@ class Arch(str, Enum):
 class Decoder(str, Enum):
     greedy = "greedy"
     beam = "beam"
+    soft_beam = "soft-beam"
     viterbi = "viterbi"  # the rest decode "crf" / "infnet" checkpoints (core/structured.py)
     infnet = "infnet"
     gd = "gd"
@@ -94,6 +102,10 @@ def run_guarded(fn, *args, **kwargs):
 def train(
     task: str = typer.Option(..., help="synthetic, twitter_pos, conll2003_en, conll2003_de, ccgbank, ccgbank400, ud_en_ewt"),
     out: Path = typer.Option(..., help="Directory for the best-on-dev checkpoint and metrics.json."),
+    init: Optional[Path] = typer.Option(None, help="dl / hinge: CE checkpoint directory to warm-start from."),
+    beam_size: int = typer.Option(3, min=1, help="dl / hinge: soft-beam width k in training."),
+    alpha: str = typer.Option("1", help="dl / hinge: soft-beam temperature schedule: 1, linear:1:10:20, exp:1:100:10 or steps:1,2,5."),
+    cost: Cost = typer.Option(Cost.hamming, help="dl / hinge: per-position cost; hamming-o2 makes a wrong `O` cost 2 (NER)."),
     objective: Objective = typer.Option(Objective.ce, help="Training objective."),
     data_root: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_DATA", help=DATA_ROOT_HELP),
     embeddings: Optional[Path] = typer.Option(None, help="GloVe text file (.txt or .txt.gz) to initialise word vectors."),
@@ -156,21 +168,26 @@ def train(
         embeddings=str(embeddings) if embeddings else None, objective=objective.value, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer.value, lr=lr, momentum=momentum, clip=clip, patience=patience,
         feed=feed.value, seed=seed, min_count=min_count, eval_beam_size=eval_beam_size, device=device, threads=threads,
-        progress=not quiet, model=model,
+        progress=not quiet, model=model, init=str(init) if init else None, beam_size=beam_size, alpha=alpha,
+        cost=cost.value,
     )
     final = run_guarded(run_training, config)
     k = eval_beam_size
+    soft = f"soft_beam{k}"
     typer.echo(f"best epoch {final['best_epoch']}; checkpoint and metrics.json in {out}")
     for split in ("dev", "test"):
-        typer.echo(f"{split:5s} greedy {final[split]['greedy']['score']:.4f}   beam{k} {final[split][f'beam{k}']['score']:.4f}"
-                   f"   ({final['metric']})")
+        line = f"{split:5s} greedy {final[split]['greedy']['score']:.4f}   beam{k} {final[split][f'beam{k}']['score']:.4f}"
+        if soft in final[split]:
+            line += f"   soft-beam{k} {final[split][soft]['score']:.4f} (alpha {final['soft_beam_alpha']:g})"
+        typer.echo(f"{line}   ({final['metric']})")
 
 
 @app.command()
 def decode(
     checkpoint: Path = typer.Option(..., help="Checkpoint directory (a `beamtune train --out` folder)."),
     decoder: Decoder = typer.Option(Decoder.greedy),
-    beam_size: int = typer.Option(3, min=1, help="Beam size for --decoder beam."),
+    beam_size: int = typer.Option(3, min=1, help="Beam size for --decoder beam or soft-beam."),
+    alpha: float = typer.Option(1.0, min=0.0, help="Temperature for --decoder soft-beam (large: hard beam search)."),
     split: Split = typer.Option(Split.test),
     data_root: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_DATA", help=DATA_ROOT_HELP),
     predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input)."),
@@ -187,8 +204,9 @@ def decode(
     from core.metrics import evaluate
     from core.train import load_tagger, predict
 
-    k = beam_size if decoder == Decoder.beam else 1
-    if decoder.value in ("greedy", "beam"):
+    seq2seq_decoders = ("greedy", "beam", "soft-beam")
+    k = 1 if decoder == Decoder.greedy else beam_size
+    if decoder.value in seq2seq_decoders:
         model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
     else:
         from core.structured import load_for_decoding, score_decoder
@@ -196,8 +214,8 @@ def decode(
         crf, infnet, vocabs, meta = run_guarded(load_for_decoding, checkpoint, energy, device)
     task = run_guarded(load_task, meta["task"]["name"], str(data_root) if data_root else None)
     sentences = task.dev if split == Split.dev else task.test
-    if decoder.value in ("greedy", "beam"):
-        pred = run_guarded(predict, model, sentences, vocabs, decoder.value, k, progress=not quiet)
+    if decoder.value in seq2seq_decoders:
+        pred = run_guarded(predict, model, sentences, vocabs, decoder.value, k, progress=not quiet, alpha=alpha)
         metrics = evaluate([s.tags for s in sentences], pred, task.metric)
     else:
         metrics = run_guarded(score_decoder, sentences, vocabs, task.metric, decoder.value, crf=crf, infnet=infnet,
@@ -209,6 +227,8 @@ def decode(
             lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, sentence.tags, tags)] + [""]
         atomic_write(predictions, "\n".join(lines).encode())
     result = {"task": task.name, "split": split.value, "decoder": decoder.value, "beam_size": k, **metrics}
+    if decoder == Decoder.soft_beam:
+        result["alpha"] = alpha
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -102,3 +102,54 @@ class TestRunEpoch:
         batches = make_batches(task.train[:64], vocabs, 32)
         with pytest.raises(TrainingError, match="epoch 1, batch 0: loss is nan"):
             run_epoch(model, optimizer, batches, config, 1, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def ce_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ce") / "ce"
+    train(TrainConfig(task="synthetic", out=str(out), epochs=2, progress=False, model=dict(SMALL)))
+    return out
+
+
+class TestSoftBeamStages:
+    @pytest.mark.parametrize("objective", ["dl", "hinge"])
+    def test_warm_started_run_logs_alpha_and_decodes(self, tmp_path, ce_checkpoint, objective):
+        reports = []
+        config = _config(tmp_path, objective=objective, init=str(ce_checkpoint), alpha="exp:1:4:2", batch_size=64)
+        final = train(config, report=lambda e, m, c: reports.append(m))
+        assert [m["alpha"] for m in reports] == pytest.approx([1.0, 4.0])
+        assert final["soft_beam_alpha"] == pytest.approx(4.0)
+        assert set(final["test"]) == {"greedy", "beam3", "soft_beam3"}
+        model, _, meta = load_tagger(tmp_path / "run")
+        assert meta["train_config"]["objective"] == objective and meta["epoch"] == final["best_epoch"]
+
+    def test_warm_start_is_epoch_zero(self, tmp_path, ce_checkpoint):
+        # With a vanishing learning rate nothing beats the CE model, which stays the best checkpoint.
+        final = train(_config(tmp_path, objective="dl", init=str(ce_checkpoint), lr=1e-12, epochs=1))
+        ce = json.loads((ce_checkpoint / "metrics.json").read_text())
+        assert final["best_epoch"] == 0
+        assert final["dev"]["beam3"]["accuracy"] == ce["dev"]["beam3"]["accuracy"]
+
+    def test_needs_init(self, tmp_path):
+        with pytest.raises(ValueError, match="needs init"):
+            _config(tmp_path, objective="dl")
+
+    def test_rejects_init_from_another_task(self, tmp_path, ce_checkpoint):
+        import shutil
+
+        other = tmp_path / "other"
+        shutil.copytree(ce_checkpoint, other)
+        manifest = json.loads((other / "checkpoint.json").read_text())
+        manifest["task"]["name"] = "twitter_pos"
+        (other / "checkpoint.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match="trained on 'twitter_pos'"):
+            train(_config(tmp_path, objective="dl", init=str(other)))
+
+    def test_o2_cost_needs_an_outside_label(self, tmp_path, ce_checkpoint):
+        with pytest.raises(ValueError, match="needs an 'O' label"):
+            train(_config(tmp_path, objective="dl", init=str(ce_checkpoint), cost="hamming-o2"))
+
+    @pytest.mark.parametrize("alpha", ["exp:0:1:2", "soon"])
+    def test_bad_alpha_is_a_config_error(self, tmp_path, alpha):
+        with pytest.raises(ValueError, match="alpha"):
+            _config(tmp_path, objective="dl", init="x", alpha=alpha)
