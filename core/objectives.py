@@ -67,7 +67,7 @@ def soft_hinge_loss(
     return torch.relu(s_max - gold_score)
 
 
-# -- Tu & Gimpel (2019): CRF likelihood and inference-network losses (issue 4) ------------------
+# -- Tu & Gimpel (2019): token and inference-network losses (the CRF NLL is core.crf.crf_nll) ---
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
