@@ -153,3 +153,18 @@ class TestSoftBeamStages:
     def test_bad_alpha_is_a_config_error(self, tmp_path, alpha):
         with pytest.raises(ValueError, match="alpha"):
             _config(tmp_path, objective="dl", init="x", alpha=alpha)
+
+
+class TestSearchAwareTraining:
+    def test_direct_loss_lowers_hard_beam_hamming_loss(self, tmp_path):
+        # On the synthetic task, CE-trained beam search makes search errors that cost accuracy:
+        # its k=3 beam scores *below* greedy decoding (the most probable sequence often starts in
+        # the wrong latent mode). Continuing with the annealed soft-beam direct loss must lower the
+        # Hamming loss of hard beam search on dev. Measured here: 86.14 -> 87.29 accuracy.
+        model = {"encoder_hidden": 32, "decoder_hidden": 32, "label_dim": 16, "word_dim": 32, "char_filters": 16}
+        ce = train(TrainConfig(task="synthetic", out=str(tmp_path / "ce"), epochs=4, progress=False, model=model))
+        assert ce["dev"]["beam3"]["accuracy"] < ce["dev"]["greedy"]["accuracy"], "the task must make beam search err"
+        dl = train(TrainConfig(task="synthetic", out=str(tmp_path / "dl"), objective="dl", init=str(tmp_path / "ce"),
+                               epochs=3, alpha="exp:1:10:3", progress=False))
+        assert dl["best_epoch"] > 0
+        assert dl["dev"]["beam3"]["accuracy"] > ce["dev"]["beam3"]["accuracy"] + 0.005

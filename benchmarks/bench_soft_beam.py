@@ -1,0 +1,110 @@
+"""Speed and memory of soft-beam training (G~_DL at k = 1, 3, 5 and G~_hinge at k = 3) against
+cross-entropy: same model, data and batches, measured side by side in one run.
+
+    python benchmarks/bench_soft_beam.py --task synthetic [--data-root DIR] [--sentences 640]
+        [--batch-size 32] [--repeats 3] [--device cpu|cuda] [--threads 1]
+
+Speed: sentences/s of one training pass (forward + backward + Adam step), median of --repeats.
+Memory: on CUDA, the allocator's peak per batch (torch.cuda.max_memory_allocated); on CPU, the
+bytes of tensors autograd saves for the backward pass (the activation memory that grows with k),
+taken with torch.autograd.graph.saved_tensors_hooks, the largest over the batches.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.data import load_task, make_batches  # noqa: E402
+from core.objectives import hamming_cost  # noqa: E402
+from core.train import TrainConfig, batch_loss, build_model, resolve_device, seed_everything  # noqa: E402
+
+
+def saved_bytes(fn) -> int:
+    """Run fn() and return the bytes of distinct storages autograd saved for backward."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="synthetic")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--sentences", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = resolve_device(args.device)
+    task = load_task(args.task, args.data_root)
+    seed_everything(0)
+    base = TrainConfig(task=args.task, out="/dev/null", data_root=args.data_root, progress=False)
+    model, vocabs = build_model(base, task)
+    model.to(device)
+    sentences = task.train[: args.sentences]
+    batches = [b.to(device) for b in make_batches(sentences, vocabs, args.batch_size, shuffle=True, seed=0)]
+    variants = [("CE", "ce", 1), ("DL k=1", "dl", 1), ("DL k=3", "dl", 3), ("DL k=5", "dl", 5), ("hinge k=3", "hinge", 3)]
+    variants = [v for v in variants if v[2] <= model.n_labels]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def one_pass(config: TrainConfig) -> tuple[float, int]:
+        peak = 0
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for batch in batches:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            holder = {}
+            measure = lambda: holder.setdefault("loss", batch_loss(model, batch, config, 1.0, hamming_cost))  # noqa: E731
+            activation = saved_bytes(measure) if device.type == "cpu" else (measure(), 0)[1]
+            optimizer.zero_grad(set_to_none=True)
+            holder["loss"].backward()
+            optimizer.step()
+            if device.type == "cuda":
+                activation = torch.cuda.max_memory_allocated() - before
+            peak = max(peak, activation)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(sentences) / (time.perf_counter() - start), peak
+
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in variants}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
+        for name, objective, k in variants:
+            config = TrainConfig(task=args.task, out="/dev/null", objective=objective, beam_size=k, init="-", progress=False)
+            results[name].append(one_pass(config))
+
+    ce_speed = statistics.median(s for s, _ in results["CE"])
+    ce_memory = max(m for _, m in results["CE"])
+    memory_kind = "CUDA peak allocated" if device.type == "cuda" else "autograd saved tensors"
+    print(f"task={args.task} device={device} threads={torch.get_num_threads()} sentences={len(sentences)} "
+          f"batch={args.batch_size} labels={model.n_labels} repeats={args.repeats} memory={memory_kind}")
+    print("| objective | sentences/s | slowdown vs CE | peak memory per batch (MB) | memory vs CE |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, _, _ in variants:
+        speed = statistics.median(s for s, _ in results[name])
+        memory = max(m for _, m in results[name])
+        print(f"| {name} | {speed:,.0f} | {ce_speed / speed:.2f}x | {memory / 2**20:.1f} | {memory / ce_memory:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
