@@ -61,9 +61,12 @@ def main() -> None:
         batches = make_batches(train, vocabs, args.batch_size, shuffle=True, seed=repeat)
         seconds = timed(lambda: run_epoch(model, optimizer, batches, config, repeat + 1, device))
         rows.setdefault("CE training epoch", []).append(len(train) / seconds)
+    # Decoders interleaved round by round, so drifts in machine load hit each alike.
+    beam_sizes = [int(k) for k in args.beam_sizes.split(",")]
+    for repeat in range(args.repeats):
         seconds = timed(lambda: predict(model, dev, vocabs, "greedy", batch_size=args.decode_batch_size))
         rows.setdefault("greedy decoding", []).append(len(dev) / seconds)
-        for k in (int(k) for k in args.beam_sizes.split(",")):
+        for k in beam_sizes:
             seconds = timed(lambda: predict(model, dev, vocabs, "beam", k, batch_size=args.decode_batch_size))
             rows.setdefault(f"beam k={k} decoding", []).append(len(dev) / seconds)
 
