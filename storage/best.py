@@ -4,6 +4,8 @@ A sweep lives in `STORAGE/NAME/` (Ray Tune's experiment folder). beamtune adds:
 
     STORAGE/NAME/beamtune_sweep.json          the MLflow ids of the sweep (storage.tracking)
     STORAGE/NAME/spec.yaml                    the validated spec (what --resume NAME reruns)
+    STORAGE/NAME/beamtune_trials.json         the sweep's trials when it last ended (a folder of a
+                                              trial that a killed driver never recorded is ignored)
     STORAGE/NAME/<trial>/checkpoint_*/        one per kept epoch (Ray keeps the best ones by the
         checkpoint.json, weights-*.pt, ...    spec's metric, and the latest): that epoch's model
         best/                                 and training state, the trial's best-on-dev so far,
@@ -25,6 +27,7 @@ from typing import Any
 
 TRIAL_SIDECAR = "beamtune_trial.json"
 SWEEP_FILE = "beamtune_sweep.json"
+TRIALS_FILE = "beamtune_trials.json"  # trial id -> Ray status, written when a sweep (or resume) ends
 SPEC_FILE = "spec.yaml"
 BEST_SUBDIR = "best"
 DEFAULT_STORAGE = "runs/sweeps"
@@ -81,12 +84,15 @@ def trial_rankings(storage: str | os.PathLike | None, name: str, metric: str | N
     metric = metric or spec_metric
     mode = mode or (spec_mode if metric == spec_metric else default_mode(metric))
     sign = 1.0 if mode == "max" else -1.0
+    known = json.loads((root / TRIALS_FILE).read_text()) if (root / TRIALS_FILE).is_file() else None
     best: dict[str, TrialBest] = {}
     for sidecar in root.glob(f"*/checkpoint_*/{TRIAL_SIDECAR}"):
         try:
             info = json.loads(sidecar.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a checkpoint being written or deleted right now
+        if known is not None and info["trial_id"] not in known:
+            continue
         value = info.get("metrics", {}).get(metric)
         if not isinstance(value, (int, float)) or math.isnan(value):
             continue

@@ -8,7 +8,7 @@ Resume (`beamtune sweep --resume NAME`) uses `Tuner.restore`: finished and error
 re-run, unfinished ones continue from their last checkpoint in their own MLflow run, and the
 Optuna searcher's state comes back through Ray. Ray does not save the scheduler (ray#30838: the
 restored ASHA starts with empty rungs, so a resumed sweep would stop nothing it should), so
-`ResumableASHA` keeps its rungs in `STORAGE/NAME/asha_state.json` and reloads them itself.
+`ResumableASHA` keeps its rungs in `STORAGE/.beamtune/NAME/asha_state.json` and reloads them itself.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from storage import tracking
-from storage.best import SPEC_FILE, SWEEP_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
+from storage.best import SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
     resolve_storage, sweep_dir
 from sweeps.spec import SpecError, SweepSpec
 
@@ -213,7 +213,11 @@ def _scheduler(spec: SweepSpec, directory: Path):
 
     if spec.scheduler.type == "fifo":
         return FIFOScheduler()
-    return ResumableASHA(str(directory / ASHA_STATE), time_attr="epoch", max_t=spec.epochs,
+    # Not inside Ray's experiment folder: Ray syncs that from its driver staging copy, which on a
+    # resumed sweep holds the state as it was at the restart and would overwrite the newer one.
+    state_dir = directory.parent / ".beamtune" / directory.name
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return ResumableASHA(str(state_dir / ASHA_STATE), time_attr="epoch", max_t=spec.epochs,
                          grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
                          # A trial that reaches the last epoch ends by itself and scores its best
                          # checkpoint on dev and test; a STOP there would cut that short.
@@ -318,11 +322,19 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
         if started_ray:
             ray.shutdown()
 
+    # The trials of this sweep as Ray knows them (storage.best ignores folders of other trials).
+    (directory / TRIALS_FILE).write_text(json.dumps(statuses, indent=1))
     # No child run may stay RUNNING: settle any that a lost worker left behind.
     unfinished = [tid for tid, status in statuses.items() if status not in ("TERMINATED", "ERROR")]
     for run in tracking.child_runs(uri, experiment_id, parent_run_id):
-        if run.info.status == "RUNNING":
-            tid = run.data.tags.get(tracking.TRIAL_TAG)
+        tid = run.data.tags.get(tracking.TRIAL_TAG)
+        if tid not in statuses:
+            # A trial started after Ray's last snapshot of a killed driver: the restored sweep does
+            # not know it (its searcher sampled a replacement), so its partial run goes too.
+            tracking.end_run(uri, run.info.run_id, "KILLED", "orphaned: its sweep driver was killed before Ray "
+                             "recorded this trial; the resumed sweep ran a new trial instead")
+            tracking.client(uri).delete_run(run.info.run_id)
+        elif run.info.status == "RUNNING":
             if tid in errors:
                 tracking.end_run(uri, run.info.run_id, "FAILED", errors[tid].splitlines()[-1] if errors[tid] else None)
             elif tid in unfinished:

@@ -1,0 +1,96 @@
+"""Kill the sweep driver (SIGKILL, whole process group: Ray dies with it) once a trial has
+finished; `beamtune sweep --resume NAME` finishes the sweep without re-running finished trials,
+keeps ASHA's rungs (ray#30838) and leaves exactly one settled MLflow run per trial."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from storage import tracking
+
+BEAMTUNE = Path(sys.executable).with_name("beamtune")
+TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8, "char_filters": 4, "batch_size": 64,
+        "patience": 0}
+
+
+def terminated_trials(directory: Path) -> set[str]:
+    """Trials Ray's saved experiment state records as TERMINATED."""
+    done = set()
+    for path in glob.glob(str(directory / "experiment_state-*.json")):
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for trial_json, _ in state.get("trial_data", []):
+            trial = json.loads(trial_json)
+            if trial.get("status") == "TERMINATED":
+                done.add(trial["trial_id"])
+    return done
+
+
+def test_killed_driver_resumes(tmp_path):
+    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
+    spec = {"name": "r", "task": "synthetic", "stage": "ce", "epochs": 3, "fixed": TINY, "num_samples": 6,
+            "max_concurrent": 2, "space": {"lr": {"loguniform": [3.0e-3, 3.0e-2]}}, "search": {"seed": 1},
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    common = ["--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--quiet"]
+    directory = storage / "r"
+
+    driver = subprocess.Popen([str(BEAMTUNE), "sweep", str(tmp_path / "r.yaml"), *common], env=env,
+                              stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not terminated_trials(directory):
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    killed_at = time.time()
+    finished = terminated_trials(directory)
+    asha_before = json.loads((storage / ".beamtune" / "r" / "asha_state.json").read_text())
+    recorded_before = {(i, m, tid) for i, b in enumerate(asha_before["brackets"]) for m, rec in b for tid in rec}
+
+    client = tracking.client(uri)
+    sweep_state = json.loads((directory / "beamtune_sweep.json").read_text())
+    exp, parent = sweep_state["experiment_id"], sweep_state["parent_run_id"]
+    before = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, exp, parent)}
+    finished_checkpoints = {tid: sorted(p.name for p in directory.glob(f"*{tid}*/checkpoint_*")) for tid in finished}
+    assert len(finished) < 6, "the driver was killed too late to test anything"
+
+    resumed = subprocess.run([str(BEAMTUNE), "sweep", "--resume", "r", *common], env=env, capture_output=True,
+                             text=True, timeout=400)
+    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "sweep r: 6 trials (0 failed)" in resumed.stdout
+
+    after = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, exp, parent)}
+    assert len(after) == 6 and len(tracking.child_runs(uri, exp, parent)) == 6  # one run per trial
+    assert {r.info.status for r in after.values()} == {"FINISHED"}
+    assert client.get_run(parent).info.status == "FINISHED"
+    for tid in finished:  # not re-run: same run, untouched, same checkpoints
+        assert after[tid].info.end_time == before[tid].info.end_time
+        assert after[tid].data.tags["beamtune.attempts"] == "1"
+        assert sorted(p.name for p in directory.glob(f"*{tid}*/checkpoint_*")) == finished_checkpoints[tid]
+    for tid, run in after.items():  # every metric history is one point per epoch, no repeats
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "dev_score")]
+        assert sorted(steps) == list(range(1, len(steps) + 1)), (tid, steps)
+
+    # ASHA kept its rungs: the resumed scheduler rewrote its state, and everything recorded before
+    # the kill is still there (a scheduler restarted empty, as Ray's is, would have dropped it).
+    assert (storage / ".beamtune" / "r" / "asha_state.json").stat().st_mtime > killed_at
+    asha_after = json.loads((storage / ".beamtune" / "r" / "asha_state.json").read_text())
+    recorded_after = {(i, m, tid) for i, b in enumerate(asha_after["brackets"]) for m, rec in b for tid in rec}
+    assert recorded_before and recorded_before <= recorded_after
+    assert {tid for _, m, tid in recorded_after if m == 1.0} == set(after)  # all 6 reached the first rung
