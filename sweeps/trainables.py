@@ -116,8 +116,14 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             run.finish("FAILED", failed["message"])
             raise TrainingError(failed["message"])
 
+    # Epochs this run already logged: an attempt killed after logging an epoch but before Ray
+    # registered its checkpoint repeats that epoch, exactly (core resumes exactly), so it is not
+    # logged twice.
+    logged = {m.step for m in run.client.get_metric_history(run.run_id, "epoch")} if attempt > 1 else set()
+
     def report(epoch: int, metrics: dict[str, float], last: Path | None) -> None:
-        run.log_metrics(metrics, step=epoch)
+        if epoch not in logged:
+            run.log_metrics(metrics, step=epoch)
         sidecar = {"trial_id": trial_id, "trial_name": trial_name, "mlflow_run_id": run.run_id, "epoch": epoch,
                    "metrics": metrics, "params": config, "attempts": attempts}
         with tempfile.TemporaryDirectory(dir=work, prefix="checkpoint-") as tmp:
