@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data import load_task, make_batches  # noqa: E402
-from core.train import TrainConfig, build_model, predict, resolve_device, run_epoch, seed_everything  # noqa: E402
+from core.train import Seq2SeqStage, TrainConfig, predict, resolve_device, run_epoch, seed_everything  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +41,8 @@ def main() -> None:
     config = TrainConfig(task=args.task, out="/dev/null", data_root=args.data_root, embeddings=args.embeddings,
                          batch_size=args.batch_size, progress=False)
     task = load_task(args.task, args.data_root)
-    model, vocabs = build_model(config, task)
-    model.to(device)
+    stage = Seq2SeqStage(config, task, device)
+    model, vocabs = stage.model, stage.vocabs
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     train = task.train[: args.train_sentences]
     dev = task.dev
@@ -59,7 +59,7 @@ def main() -> None:
     rows: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         batches = make_batches(train, vocabs, args.batch_size, shuffle=True, seed=repeat)
-        seconds = timed(lambda: run_epoch(model, optimizer, batches, config, repeat + 1, device))
+        seconds = timed(lambda: run_epoch(stage, optimizer, batches, config, repeat + 1, device))
         rows.setdefault("CE training epoch", []).append(len(train) / seconds)
     # Decoders interleaved round by round, so drifts in machine load hit each alike.
     beam_sizes = [int(k) for k in args.beam_sizes.split(",")]

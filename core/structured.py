@@ -1,7 +1,7 @@
 """Training and decoding for the structured models of Tu & Gimpel (2019): BLSTM-CRF(+), local
 baselines and inference networks; checkpoints of kind "crf" and "infnet".
 
-    train_structured(config, report)   objective crf | crf+ | local | infnet
+    StructuredStage(config, task, device)   objective crf | crf+ | local | infnet, for core.train.train
     load_crf(dir), load_infnet(dir)    rebuild a model (+ vocabs, meta); wrong kind -> CheckpointError
     decode_structured(...)             decoder viterbi | infnet | gd | tailored | warm-gd
     oracle_grid(...)                   the per-instance GD oracle grid over a split (core.search.gradient)
@@ -17,92 +17,23 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, save_checkpoint
+from core.checkpoint import CheckpointError, load_checkpoint, load_weights
 from core.crf import BLSTMCRF, CRFConfig
-from core.data import TaskData, Vocabs, build_vocabs, load_task, make_batches
-from core.infnets import ARCHITECTURES, InferenceNetwork, InfnetConfig, annealed_lambda
+from core.data import TaskData, Vocabs, load_task, make_batches
+from core.infnets import InferenceNetwork, InfnetConfig, annealed_lambda
 from core.metrics import evaluate
 from core.objectives import infnet_loss, token_loss
 from core.search.gradient import gradient_descent, instance_tailor, run_oracle_grid, search_errors
+from core.train import TrainConfig, build_vocabs_and_vectors, resolve_device, task_meta
 
-STRUCTURED_OBJECTIVES = ("crf", "crf+", "local", "infnet")
 STRUCTURED_DECODERS = ("viterbi", "infnet", "gd", "tailored", "warm-gd")
-Report = Callable[[int, dict[str, float], Path | None], None]
-
-
-class TrainingError(RuntimeError):
-    """A non-finite loss; the message names the epoch and batch."""
-
-
-@dataclass
-class StructuredConfig:
-    task: str
-    out: str
-    objective: str = "crf"
-    arch: str = "blstm"  # local / infnet only
-    energy: str | None = None  # "crf" checkpoint directory: the fixed energy of an infnet
-    lam: float = 1.0  # weight of the token loss in the infnet objective
-    lam_anneal: bool = False  # lam * e^{-0.01 epoch}
-    plus: bool = False  # local / infnet: the "+" techniques (char CNN, dropout 0.5)
-    layers: int = 1  # BLSTM infnet layers
-    hidden: int = 100
-    word_dim: int = 100
-    char_filters: int = 50  # used by crf+ and by plus local / infnet
-    data_root: str | None = None
-    embeddings: str | None = None
-    epochs: int = 30
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    clip: float = 5.0
-    patience: int = 5
-    seed: int = 0
-    min_count: int = 1
-    lowercase: bool = True
-    device: str = "auto"
-    threads: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.objective in STRUCTURED_OBJECTIVES, f"objective must be one of {STRUCTURED_OBJECTIVES}"),
-            (self.arch in ARCHITECTURES, f"arch must be one of {ARCHITECTURES}"),
-            (self.objective != "infnet" or self.energy, "objective 'infnet' needs energy (a trained CRF checkpoint)"),
-            (self.lam >= 0, "lam must be >= 0"),
-            (self.optimizer in ("adam", "sgd"), "optimizer must be 'adam' or 'sgd'"),
-            (self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0, "epochs, batch_size and lr must be positive"),
-            (self.patience >= 0 and self.clip >= 0 and self.threads >= 0, "patience, clip and threads must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"StructuredConfig: {message}")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _vocabs_and_vectors(config: StructuredConfig, task: TaskData) -> tuple[Vocabs, torch.Tensor | None]:
-    from core.embeddings import glove_words, load_glove
-
-    extra: set[str] = set()
-    if config.embeddings:
-        extra = {w.lower() for s in task.dev + task.test for w in s.words} & glove_words(config.embeddings)
-    vocabs = build_vocabs(task.train, min_count=config.min_count, lowercase=config.lowercase, extra_words=sorted(extra))
-    vectors = load_glove(config.embeddings, vocabs.words)[0] if config.embeddings else None
-    return vocabs, vectors
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +46,7 @@ def load_crf(directory: str | Path, device: str = "cpu") -> tuple[BLSTMCRF, Voca
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {directory}: bad CRF config: {error}") from None
     load_weights(model, checkpoint)
-    return model.to(_device(device)).eval(), Vocabs.from_dict(checkpoint.meta["vocabs"]), checkpoint.meta
+    return model.to(resolve_device(device)).eval(), Vocabs.from_dict(checkpoint.meta["vocabs"]), checkpoint.meta
 
 
 def load_infnet(directory: str | Path, device: str = "cpu") -> tuple[InferenceNetwork, Vocabs, dict]:
@@ -125,7 +56,7 @@ def load_infnet(directory: str | Path, device: str = "cpu") -> tuple[InferenceNe
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {directory}: bad inference-network config: {error}") from None
     load_weights(model, checkpoint)
-    return model.to(_device(device)).eval(), Vocabs.from_dict(checkpoint.meta["vocabs"]), checkpoint.meta
+    return model.to(resolve_device(device)).eval(), Vocabs.from_dict(checkpoint.meta["vocabs"]), checkpoint.meta
 
 
 def check_same_labels(infnet_vocabs: Vocabs, crf_vocabs: Vocabs, infnet_dir: Any, crf_dir: Any) -> None:
@@ -219,132 +150,109 @@ def score_decoder(sentences, vocabs, metric: str, decoder: str, **kwargs) -> dic
 # ---------------------------------------------------------------------------------------------
 
 
-def train_structured(config: StructuredConfig, report: Report | None = None) -> dict[str, Any]:
-    """Train a BLSTM-CRF(+), a local baseline or an inference network; keep the best-on-dev
-    checkpoint in `config.out` and write out/metrics.json (dev/test scores, energies)."""
-    from core.train import seed_everything
+class StructuredStage:
+    """The structured objectives for `core.train.train` (the shared epoch loop; see
+    `core.train.Seq2SeqStage` for the five questions a stage answers):
 
-    seed_everything(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = _device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    task = load_task(config.task, config.data_root)
-    crf: BLSTMCRF | None = None
-    if config.objective == "infnet":
-        crf, vocabs, crf_meta = load_crf(config.energy, str(device))
-        if crf_meta["task"]["name"] != task.name:
-            raise CheckpointError(f"energy {config.energy} was trained on task {crf_meta['task']['name']!r}, not {task.name!r}")
-        for p in crf.parameters():
-            p.requires_grad_(False)
-        vectors = None  # the CRF's embedding table already holds the pretrained vectors
-    else:
-        vocabs, vectors = _vocabs_and_vectors(config, task)
-    sizes = dict(n_words=len(vocabs.words), n_chars=len(vocabs.chars), n_labels=len(vocabs.labels))
-    word_dim = vectors.shape[1] if vectors is not None else (crf.config.word_dim if crf is not None else config.word_dim)
-    if config.objective in ("crf", "crf+"):
-        plus = config.objective == "crf+"
-        model_config = CRFConfig(**sizes, word_dim=word_dim, hidden=config.hidden,
-                                 char_filters=config.char_filters if plus else 0, dropout=0.5 if plus else 0.0,
-                                 finetune_embeddings=plus or vectors is None)
-        model: torch.nn.Module = BLSTMCRF(model_config)
-        kind = "crf"
-        embedding = model.encoder.word_embedding
-    else:
-        model_config = InfnetConfig(arch=config.arch, **sizes, word_dim=word_dim, hidden=config.hidden,
-                                    char_filters=config.char_filters if config.plus else 0,
-                                    dropout=0.5 if config.plus else 0.0, layers=config.layers)
-        model = InferenceNetwork(model_config)
-        kind = "infnet"
-        embedding = model.word_embedding()
-        if crf is not None:  # start from the CRF's (pretrained) word vectors
-            embedding.weight.data.copy_(crf.encoder.word_embedding.weight.data)
-    if vectors is not None:
-        embedding.weight.data.copy_(vectors)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = (torch.optim.Adam(params, lr=config.lr) if config.optimizer == "adam"
-                 else torch.optim.SGD(params, lr=config.lr, momentum=config.momentum))
-    decoder = "viterbi" if kind == "crf" else "infnet"
+    crf / crf+   BLSTM-CRF(+) trained on the CRF negative log-likelihood, decoded by Viterbi;
+    local        an inference-network architecture trained on the token loss alone;
+    infnet       an inference network trained on E_Theta(x, A_Psi(x)) + lambda * token loss
+                 against a fixed CRF (`config.energy`), whose vocabularies it shares.
 
-    def dev_score() -> dict[str, Any]:
-        model.eval()
-        kwargs = {"crf": model} if kind == "crf" else {"infnet": model, "crf": crf}
-        result = score_decoder(task.dev, vocabs, task.metric, decoder, **kwargs)
+    `config.model` may override the model config's hidden, word_dim, char_filters, char_dim and
+    label_dim; the "+" variants switch on the char CNN and dropout 0.5.
+    """
+
+    def __init__(self, config: TrainConfig, task: TaskData, device: torch.device):
+        self.config, self.task = config, task
+        self.kind = "crf" if config.objective in ("crf", "crf+") else "infnet"
+        self.crf: BLSTMCRF | None = None
+        if config.objective == "infnet":
+            self.crf, crf_vocabs, crf_meta = load_crf(config.energy, str(device))
+            if crf_meta["task"]["name"] != task.name:
+                raise CheckpointError(f"energy {config.energy} was trained on task {crf_meta['task']['name']!r}, not {task.name!r}")
+            self.crf.requires_grad_(False)
+        if config.resume_from:
+            load = load_crf if self.kind == "crf" else load_infnet
+            self.model, self.vocabs, _ = load(config.resume_from, str(device))
+            return
+        if self.crf is not None:
+            vocabs, vectors = crf_vocabs, None  # the CRF's embedding table already holds the pretrained vectors
+        else:
+            vocabs, vectors = build_vocabs_and_vectors(config, task)
+        self.vocabs = vocabs
+        plus = config.objective == "crf+" or (self.kind == "infnet" and config.plus)
+        # The paper's settings, then the run's overrides: "+" means char CNN and dropout 0.5; the
+        # word dimension comes from the pretrained vectors (or the CRF) when there are any.
+        options: dict[str, Any] = {"hidden": 100, "word_dim": 100, "char_filters": 50 if plus else 0,
+                                   "dropout": 0.5 if plus else 0.0, **config.model}
+        if not plus:
+            options["char_filters"] = 0
+        if vectors is not None:
+            options["word_dim"] = vectors.shape[1]
+        elif self.crf is not None:
+            options["word_dim"] = self.crf.config.word_dim
+        sizes = dict(n_words=len(vocabs.words), n_chars=len(vocabs.chars), n_labels=len(vocabs.labels))
+        if self.kind == "crf":
+            options.setdefault("finetune_embeddings", plus or vectors is None)
+            self.model: torch.nn.Module = BLSTMCRF(CRFConfig(**sizes, **options))
+            embedding = self.model.encoder.word_embedding
+        else:
+            self.model = InferenceNetwork(InfnetConfig(arch=config.arch, **sizes, layers=config.layers, **options))
+            embedding = self.model.word_embedding()
+            if self.crf is not None:  # start from the CRF's (pretrained) word vectors
+                embedding.weight.data.copy_(self.crf.encoder.word_embedding.weight.data)
+        if vectors is not None:
+            embedding.weight.data.copy_(vectors)
+        self.model.to(device)
+
+    warm_started = False
+    decoder = property(lambda self: "viterbi" if self.kind == "crf" else "infnet")
+
+    def _decode_kwargs(self) -> dict[str, Any]:
+        return {"crf": self.model} if self.kind == "crf" else {"infnet": self.model, "crf": self.crf}
+
+    def loss(self, batch, epoch: int) -> torch.Tensor:
+        if self.kind == "crf":
+            unary = self.model.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
+            losses = self.model.nll(unary, batch.labels, batch.mask)  # (B,)
+        else:
+            logits = self.model(batch.words, batch.chars, batch.lengths).logits  # (B, T, L)
+            if self.config.objective == "local":
+                losses = token_loss(logits, batch.labels, batch.mask)  # (B,)
+            else:
+                with torch.no_grad():
+                    unary = self.crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
+                lam = annealed_lambda(self.config.lam, epoch, self.config.lam_anneal)
+                losses = infnet_loss(self.crf.crf, unary, logits, batch.labels, batch.mask, lam)  # (B,)
+        return losses.sum() / batch.lengths.sum()
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        if self.config.objective != "infnet":
+            return {}
+        return {"lam": annealed_lambda(self.config.lam, epoch, self.config.lam_anneal)}
+
+    def dev_score(self) -> dict[str, Any]:
+        result = score_decoder(self.task.dev, self.vocabs, self.task.metric, self.decoder, **self._decode_kwargs())
         result.pop("_pred")
         return result
 
-    best, best_epoch, bad = -math.inf, 0, 0
-    seconds, seen = 0.0, 0
-    for epoch in range(1, config.epochs + 1):
-        lam = annealed_lambda(config.lam, epoch, config.lam_anneal)
-        model.train()
-        batches = make_batches(task.train, vocabs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
-        start = time.perf_counter()
-        total, tokens = 0.0, 0
-        for step, batch in enumerate(tqdm(batches, desc=f"epoch {epoch}", disable=not config.progress, leave=False)):
-            batch = batch.to(device)
-            if kind == "crf":
-                unary = model.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
-                losses = model.nll(unary, batch.labels, batch.mask)  # (B,)
-            else:
-                logits = model(batch.words, batch.chars, batch.lengths).logits  # (B, T, L)
-                if config.objective == "local":
-                    losses = token_loss(logits, batch.labels, batch.mask)  # (B,)
-                else:
-                    with torch.no_grad():
-                        unary = crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
-                    losses = infnet_loss(crf.crf, unary, logits, batch.labels, batch.mask, lam)  # (B,)
-            n_tokens = int(batch.lengths.sum())
-            loss = losses.sum() / n_tokens
-            if not torch.isfinite(loss):
-                raise TrainingError(f"epoch {epoch}, batch {step}: loss is {loss.item()} (try a lower --lr or clipping)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.clip)
-            optimizer.step()
-            total += loss.item() * n_tokens
-            tokens += n_tokens
-        seconds += time.perf_counter() - start
-        seen += len(task.train)
-        dev = dev_score()
-        metrics = {"epoch": epoch, "train_loss": total / tokens, "dev_score": dev["score"], "lam": lam,
-                   "train_sentences_per_second": seen / seconds}
-        improved = dev["score"] > best
-        if improved:
-            best, best_epoch, bad = dev["score"], epoch, 0
-            meta = {"kind": kind, "objective": config.objective, "model_config": model_config.to_dict(),
-                    "vocabs": vocabs.to_dict(), "task": {"name": task.name, "metric": task.metric, "scheme": task.scheme},
-                    "train_config": asdict(config), "epoch": epoch, "dev": dev,
-                    "energy": str(Path(config.energy).resolve()) if config.energy else None}
-            save_checkpoint(out, model, meta)
-        else:
-            bad += 1
-        metrics["best_dev_score"] = best
-        if config.progress:
-            tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.4f}  dev {dev['score']:.4f}" + ("  *" if improved else ""))
-        if report is not None:
-            report(epoch, metrics, out if improved else None)
-        if config.patience and bad >= config.patience:
-            break
+    def meta(self) -> dict[str, Any]:
+        return {"kind": self.kind, "objective": self.config.objective, "model_config": self.model.config.to_dict(),
+                "vocabs": self.vocabs.to_dict(), "task": task_meta(self.task), "train_config": asdict(self.config),
+                "energy": str(Path(self.config.energy).resolve()) if self.config.energy else None}
 
-    # Score the best checkpoint on dev and test.
-    if kind == "crf":
-        model, _, _ = load_crf(out, str(device))
-        kwargs = {"crf": model}
-    else:
-        model, _, _ = load_infnet(out, str(device))
-        kwargs = {"infnet": model, "crf": crf}
-    final: dict[str, Any] = {"task": task.name, "metric": task.metric, "objective": config.objective,
-                             "best_epoch": best_epoch, "train_sentences_per_second": seen / seconds}
-    for split, sentences in (("dev", task.dev), ("test", task.test)):
-        result = score_decoder(sentences, vocabs, task.metric, decoder, **kwargs)
-        result.pop("_pred")
-        final[split] = {decoder: result}
-    atomic_write(out / "metrics.json", json.dumps(final, indent=2).encode())
-    return final
+    def final_scores(self, best: Path, epochs_trained: int) -> dict[str, Any]:
+        """Viterbi (CRF) or infnet scores, with energies, of the checkpoint in `best` on dev and test."""
+        device = next(self.model.parameters()).device
+        load = load_crf if self.kind == "crf" else load_infnet
+        self.model, _, _ = load(best, str(device))
+        final: dict[str, Any] = {}
+        for split, sentences in (("dev", self.task.dev), ("test", self.task.test)):
+            result = score_decoder(sentences, self.vocabs, self.task.metric, self.decoder, **self._decode_kwargs())
+            result.pop("_pred")
+            final[split] = {self.decoder: result}
+        return final
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The epoch loop: `train(config, report)`.
+"""The epoch loop: `train(config, report)`, for every objective.
 
-Builds data, vocabularies and the tagger from a `TrainConfig`, trains with cross-entropy, decodes
-dev greedily after every epoch, keeps the best-on-dev checkpoint in `config.out`, stops early when
-dev has not improved for `patience` epochs, and finally scores the best checkpoint on dev and test
-with greedy and beam search into `out/metrics.json`.
+Builds data, vocabularies and the model from a `TrainConfig`, trains, scores dev after every
+epoch, keeps the best-on-dev checkpoint in `config.out` (and every epoch's state in `out/last`),
+stops early when dev has not improved for `patience` epochs, and finally scores the best
+checkpoint on dev and test into `out/metrics.json`. What differs between objectives (the model,
+the loss, the decoders) lives in a stage object: `Seq2SeqStage` here for ce / dl / hinge
+(Goyal et al. 2018), `core.structured.StructuredStage` for crf / crf+ / local / infnet
+(Tu & Gimpel 2019).
 
 `report(epoch, metrics, checkpoint_dir)` is called after every epoch; the sweep layer passes one
 that forwards to Ray Tune, the CLI passes none.
@@ -25,6 +28,7 @@ from tqdm.auto import tqdm
 from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, save_checkpoint
 from core.data import Batch, Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
 from core.embeddings import glove_words, load_glove
+from core.infnets import ARCHITECTURES
 from core.metrics import evaluate
 from core.objectives import Cost, cross_entropy_loss, direct_loss, hamming_cost, hamming_o2_cost, soft_hinge_loss
 from core.schedules import from_config
@@ -33,7 +37,10 @@ from core.search.soft_beam import soft_beam_search
 from core.seq2seq import FEEDS, Seq2SeqTagger, TaggerConfig
 
 Report = Callable[[int, dict[str, float], Path | None], None]
-OBJECTIVES = ("ce", "dl", "hinge")
+SEQ2SEQ_OBJECTIVES = ("ce", "dl", "hinge")  # Goyal et al. 2018: this module
+STRUCTURED_OBJECTIVES = ("crf", "crf+", "local", "infnet")  # Tu & Gimpel 2019: core/structured.py
+OBJECTIVES = SEQ2SEQ_OBJECTIVES + STRUCTURED_OBJECTIVES
+
 DECODERS = ("greedy", "beam", "soft-beam")
 COSTS = ("hamming", "hamming-o2")
 OPTIMIZERS = ("adam", "sgd")
@@ -45,7 +52,8 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """One training run. `model` holds TaggerConfig overrides (hidden sizes, attention, ...)."""
+    """One training run. `model` holds overrides of the model's config: TaggerConfig for ce, dl and
+    hinge (hidden sizes, attention, ...), CRFConfig or InfnetConfig for the structured objectives."""
 
     task: str
     out: str
@@ -75,6 +83,13 @@ class TrainConfig:
     beam_size: int = 3  # k of the soft beam in training
     alpha: Any = 1.0  # alpha schedule: a number, "exp:1:100:10"-style string, or a dict (core.schedules)
     cost: str = "hamming"  # per-position cost d(w): hamming, or hamming-o2 (wrong `O` costs 2, for NER)
+    # Structured objectives (crf, crf+, local, infnet), Tu & Gimpel 2019.
+    arch: str = "blstm"  # local / infnet architecture: cnn13, cnn15, blstm, seq2seq
+    energy: str | None = None  # infnet: the fixed CRF energy (a "crf" checkpoint directory)
+    lam: float = 1.0  # infnet: weight of the token loss
+    lam_anneal: bool = False  # infnet: lambda = lam * exp(-0.01 epoch)
+    plus: bool = False  # local / infnet: the "+" techniques (char CNN, dropout 0.5)
+    layers: int = 1  # BLSTM infnet layers
 
     def __post_init__(self) -> None:
         checks = [
@@ -90,8 +105,12 @@ class TrainConfig:
             (self.threads >= 0, "threads must be >= 0"),
             (self.beam_size >= 1, "beam_size must be >= 1"),
             (self.cost in COSTS, f"cost must be one of {COSTS}"),
-            (self.objective == "ce" or self.init or self.resume_from,
+            (self.objective not in ("dl", "hinge") or self.init or self.resume_from,
              f"objective {self.objective!r} needs init (a CE checkpoint to warm-start from)"),
+            (self.objective != "infnet" or self.energy, "objective 'infnet' needs energy (a trained CRF checkpoint)"),
+            (self.arch in ARCHITECTURES, f"arch must be one of {ARCHITECTURES}"),
+            (self.lam >= 0, "lam must be >= 0"),
+            (self.layers in (1, 2), "layers must be 1 or 2"),
         ]
         for ok, message in checks:
             if not ok:
@@ -173,32 +192,29 @@ def score_split(
 def build_model(config: TrainConfig, task: TaskData) -> tuple[Seq2SeqTagger, Vocabs]:
     """Vocabularies from the training split (+ pretrained words seen in dev/test) and a fresh tagger,
     its word embeddings initialised from GloVe when `config.embeddings` is given."""
-    extra: set[str] = set()
-    if config.embeddings:
-        known = glove_words(config.embeddings)
-        extra = {w.lower() for s in task.dev + task.test for w in s.words} & known
-    vocabs = build_vocabs(task.train, min_count=config.min_count, lowercase=config.lowercase, extra_words=sorted(extra))
+    vocabs, pretrained = build_vocabs_and_vectors(config, task)
     overrides = dict(config.model)
-    pretrained = None
-    if config.embeddings:
-        pretrained, _found = load_glove(config.embeddings, vocabs.words)
+    if pretrained is not None:
         overrides["word_dim"] = pretrained.shape[1]
-    tagger_config = TaggerConfig(n_words=len(vocabs.words), n_chars=len(vocabs.chars), n_labels=len(vocabs.labels), **overrides)
-    model = Seq2SeqTagger(tagger_config)
+    model = Seq2SeqTagger(TaggerConfig(n_words=len(vocabs.words), n_chars=len(vocabs.chars), n_labels=len(vocabs.labels), **overrides))
     if pretrained is not None:
         model.encoder.word_embedding.weight.data.copy_(pretrained)
     return model, vocabs
 
 
-def checkpoint_meta(config: TrainConfig, model: Seq2SeqTagger, vocabs: Vocabs, task: TaskData, extra: dict) -> dict:
-    return {
-        "kind": "seq2seq",
-        "model_config": model.config.to_dict(),
-        "vocabs": vocabs.to_dict(),
-        "task": {"name": task.name, "metric": task.metric, "scheme": task.scheme},
-        "train_config": asdict(config),
-        **extra,
-    }
+def build_vocabs_and_vectors(config: TrainConfig, task: TaskData) -> tuple[Vocabs, torch.Tensor | None]:
+    """Vocabularies from the training split plus the pretrained words that occur in dev/test (so
+    they keep their vectors), and the GloVe matrix (len(words), d) when `config.embeddings` is set."""
+    extra: set[str] = set()
+    if config.embeddings:
+        extra = {w.lower() for s in task.dev + task.test for w in s.words} & glove_words(config.embeddings)
+    vocabs = build_vocabs(task.train, min_count=config.min_count, lowercase=config.lowercase, extra_words=sorted(extra))
+    vectors = load_glove(config.embeddings, vocabs.words)[0] if config.embeddings else None
+    return vocabs, vectors
+
+
+def task_meta(task: TaskData) -> dict[str, str]:
+    return {"name": task.name, "metric": task.metric, "scheme": task.scheme}
 
 
 def load_tagger(directory: str | Path, device: str = "cpu") -> tuple[Seq2SeqTagger, Vocabs, dict]:
@@ -234,30 +250,96 @@ def batch_loss(model: Seq2SeqTagger, batch: Batch, config: TrainConfig, alpha: f
     return losses.sum() / batch.lengths.sum()
 
 
+class Seq2SeqStage:
+    """What `train` needs to know about the seq2seq objectives ce, dl and hinge.
+
+    A stage owns the model and vocabularies and answers five questions for the shared epoch loop:
+    the loss of a batch, extra per-epoch metrics, the dev score used for model selection, the
+    checkpoint metadata, and the final scores. `core.structured.StructuredStage` answers the same
+    ones for the CRF, local and inference-network objectives.
+    """
+
+    kind = "seq2seq"
+
+    def __init__(self, config: TrainConfig, task: TaskData, device: torch.device):
+        self.config, self.task = config, task
+        if config.resume_from:
+            self.model, self.vocabs, _ = load_tagger(config.resume_from, device=str(device))
+        elif config.init:
+            self.model, self.vocabs, init_meta = load_tagger(config.init, device=str(device))
+            if init_meta["task"]["name"] != task.name:
+                raise ValueError(f"init checkpoint {config.init} was trained on {init_meta['task']['name']!r}, not {task.name!r}")
+        else:
+            self.model, self.vocabs = build_model(config, task)
+            self.model.to(device)
+        self.cost = make_cost(config, self.vocabs)
+        # CE selects on greedy dev scores; the search-aware objectives on the beam they train for.
+        self.dev_decoder = ("greedy", 1) if config.objective == "ce" else ("beam", config.eval_beam_size)
+        # A warm start is epoch 0: if no epoch beats it on dev, it stays the best checkpoint.
+        self.warm_started = bool(config.init) and not config.resume_from
+
+    def loss(self, batch: Batch, epoch: int) -> torch.Tensor:
+        return batch_loss(self.model, batch, self.config, self.config.alpha_schedule.at(epoch), self.cost)
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        return {} if self.config.objective == "ce" else {"alpha": self.config.alpha_schedule.at(epoch)}
+
+    def dev_score(self) -> dict[str, Any]:
+        return score_split(self.model, self.task.dev, self.vocabs, self.task.metric, *self.dev_decoder)
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model_config": self.model.config.to_dict(), "vocabs": self.vocabs.to_dict(),
+                "task": task_meta(self.task), "train_config": asdict(self.config)}
+
+    def final_scores(self, best: Path, epochs_trained: int) -> dict[str, Any]:
+        """Greedy, beam and soft-beam scores (at the alpha training ended with, §2.4) of the
+        checkpoint in `best`, on dev and test."""
+        device = next(self.model.parameters()).device
+        self.model, self.vocabs, _ = load_tagger(best, device=str(device))
+        k, progress = self.config.eval_beam_size, self.config.progress
+        alpha = self.config.alpha_schedule.at(max(epochs_trained, 1))
+        final: dict[str, Any] = {"soft_beam_alpha": alpha}
+        for split, sentences in (("dev", self.task.dev), ("test", self.task.test)):
+            args = (self.model, sentences, self.vocabs, self.task.metric)
+            final[split] = {"greedy": score_split(*args, "greedy", progress=progress),
+                            f"beam{k}": score_split(*args, "beam", k, progress=progress)}
+            if k <= self.model.n_labels:
+                final[split][f"soft_beam{k}"] = score_split(*args, "soft-beam", k, progress=progress, alpha=alpha)
+        return final
+
+
+def make_stage(config: TrainConfig, task: TaskData, device: torch.device):
+    """The stage object for `config.objective` (see Seq2SeqStage)."""
+    if config.objective in SEQ2SEQ_OBJECTIVES:
+        return Seq2SeqStage(config, task, device)
+    from core.structured import StructuredStage
+
+    return StructuredStage(config, task, device)
+
+
 def run_epoch(
-    model: Seq2SeqTagger,
+    stage: Any,
     optimizer: torch.optim.Optimizer,
     batches: Sequence[Batch],
     config: TrainConfig,
     epoch: int,
     device: torch.device,
-    alpha: float = 1.0,
-    cost: Cost = hamming_cost,
 ) -> float:
-    """One pass of training on `config.objective` over `batches`; returns the mean loss per token.
-    Raises TrainingError, naming the epoch and batch, as soon as a loss is not finite."""
-    model.train()
+    """One pass of training on the stage's objective over `batches`; returns the mean loss per
+    token. Raises TrainingError, naming the epoch and batch, as soon as a loss is not finite."""
+    stage.model.train()
+    params = [p for p in stage.model.parameters() if p.requires_grad]
     total_loss, total_tokens = 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
     for step, batch in enumerate(bar):
         batch = batch.to(device)
-        loss = batch_loss(model, batch, config, alpha, cost)
+        loss = stage.loss(batch, epoch)
         if not torch.isfinite(loss):
             raise TrainingError(f"epoch {epoch}, batch {step}: loss is {loss.item()} (try a lower --lr or clipping)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            torch.nn.utils.clip_grad_norm_(params, config.clip)
         optimizer.step()
         tokens = int(batch.lengths.sum())
         total_loss += loss.item() * tokens
@@ -267,13 +349,14 @@ def run_epoch(
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]  # a fixed CRF energy has none
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+        return torch.optim.Adam(params, lr=config.lr)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
 
 
 def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
-    """Train a tagger as `config` says; returns the final metrics (also in out/metrics.json).
+    """Train the model `config.objective` names; returns the final metrics (also in out/metrics.json).
 
     Every epoch's full state (weights, optimizer, counters, RNG) goes to `out/last/`, which is what
     `report` receives and what `config.resume_from` continues from; the best-on-dev checkpoint is
@@ -286,55 +369,42 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(config.task, config.data_root)
+    stage = make_stage(config, task, device)
+    optimizer = make_optimizer(config, stage.model)
     # Counters that a resumed run continues from.
     progress: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0,
                                 "train_seconds": 0.0, "train_sentences": 0}
     if config.resume_from:
-        model, vocabs, _ = load_tagger(config.resume_from, device=str(device))
         state = load_checkpoint(config.resume_from).training_state or {}
         if "progress" not in state:
             raise CheckpointError(f"checkpoint {config.resume_from}: has no training state to resume from")
-        optimizer = make_optimizer(config, model)
         optimizer.load_state_dict(state["optimizer"])
         progress.update(state["progress"])
         torch.set_rng_state(state["torch_rng"])
-    elif config.init:
-        model, vocabs, init_meta = load_tagger(config.init, device=str(device))
-        if init_meta["task"]["name"] != task.name:
-            raise ValueError(f"init checkpoint {config.init} was trained on {init_meta['task']['name']!r}, not {task.name!r}")
-        optimizer = make_optimizer(config, model)
-    else:
-        model, vocabs = build_model(config, task)
-        model.to(device)
-        optimizer = make_optimizer(config, model)
-    cost = make_cost(config, vocabs)
-    # CE selects on greedy dev scores; the search-aware objectives on the beam they train for.
-    dev_decoder = ("greedy", 1) if config.objective == "ce" else ("beam", config.eval_beam_size)
 
     def save(epoch: int, dev: dict, improved: bool) -> None:
-        meta = checkpoint_meta(config, model, vocabs, task, {"epoch": epoch, "dev": dev})
+        meta = {**stage.meta(), "epoch": epoch, "dev": dev}
         state = {"optimizer": optimizer.state_dict(), "progress": dict(progress), "torch_rng": torch.get_rng_state()}
-        save_checkpoint(out / "last", model, meta, state)
+        save_checkpoint(out / "last", stage.model, meta, state)
         if improved:
-            save_checkpoint(out, model, meta, state)
+            save_checkpoint(out, stage.model, meta, state)
 
-    if config.init and not config.resume_from:
-        # The warm start is epoch 0: if no epoch beats it on dev, it stays the best checkpoint.
-        dev = score_split(model, task.dev, vocabs, task.metric, *dev_decoder)
+    if stage.warm_started:
+        dev = stage.dev_score()
         progress.update(best_score=dev["score"], best_epoch=0)
         save(0, dev, improved=True)
 
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         if config.patience and progress["bad_epochs"] >= config.patience:
             break
-        batches = make_batches(task.train, vocabs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
+        batches = make_batches(task.train, stage.vocabs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
         start = time.perf_counter()
-        alpha = config.alpha_schedule.at(epoch)
-        train_loss = run_epoch(model, optimizer, batches, config, epoch, device, alpha, cost)
+        train_loss = run_epoch(stage, optimizer, batches, config, epoch, device)
         progress["train_seconds"] += time.perf_counter() - start
         progress["train_sentences"] += len(task.train)
 
-        dev = score_split(model, task.dev, vocabs, task.metric, *dev_decoder)
+        stage.model.eval()
+        dev = stage.dev_score()
         improved = dev["score"] > progress["best_score"]
         if improved:
             progress.update(best_score=dev["score"], best_epoch=epoch, bad_epochs=0)
@@ -344,29 +414,17 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
         save(epoch, dev, improved)
         metrics = {"epoch": epoch, "train_loss": train_loss, "dev_score": dev["score"],
                    "best_dev_score": progress["best_score"],
-                   "train_sentences_per_second": progress["train_sentences"] / progress["train_seconds"]}
-        if config.objective != "ce":
-            metrics["alpha"] = alpha
+                   "train_sentences_per_second": progress["train_sentences"] / progress["train_seconds"],
+                   **stage.epoch_metrics(epoch)}
         if config.progress:
             tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev {dev['score']:.4f}" + ("  *" if improved else ""))
         if report is not None:
             report(epoch, metrics, out / "last")
 
     # Score the best checkpoint, not the last epoch's weights.
-    model, vocabs, _ = load_tagger(out, device=str(device))
-    k = config.eval_beam_size
-    final: dict[str, Any] = {"task": task.name, "metric": task.metric, "best_epoch": progress["best_epoch"],
+    final: dict[str, Any] = {"task": task.name, "metric": task.metric, "objective": config.objective,
+                             "best_epoch": progress["best_epoch"],
                              "train_sentences_per_second": progress["train_sentences"] / max(progress["train_seconds"], 1e-9)}
-    # Soft beam decoding (§2.4) at the temperature training ended with.
-    final_alpha = config.alpha_schedule.at(max(progress["epoch"], 1))
-    for split, sentences in (("dev", task.dev), ("test", task.test)):
-        final[split] = {
-            "greedy": score_split(model, sentences, vocabs, task.metric, "greedy", progress=config.progress),
-            f"beam{k}": score_split(model, sentences, vocabs, task.metric, "beam", k, progress=config.progress),
-        }
-        if k <= model.n_labels:
-            final[split][f"soft_beam{k}"] = score_split(model, sentences, vocabs, task.metric, "soft-beam", k,
-                                                        progress=config.progress, alpha=final_alpha)
-    final["soft_beam_alpha"] = final_alpha
+    final.update(stage.final_scores(out, progress["epoch"]))
     atomic_write(out / "metrics.json", json.dumps(final, indent=2).encode())
     return final

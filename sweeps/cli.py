@@ -33,9 +33,6 @@ class Objective(str, Enum):
     infnet = "infnet"
 
 
-STRUCTURED = ("crf", "crf+", "local", "infnet")
-
-
 class Cost(str, Enum):
     hamming = "hamming"
     hamming_o2 = "hamming-o2"
@@ -140,28 +137,14 @@ def train(
     """Train a seq2seq tagger, a BLSTM-CRF(+), a local baseline or an inference network; keep the
     best-on-dev checkpoint in OUT and write OUT/metrics.json. For crf/local/infnet, --encoder-hidden
     is the paper's H and --dropout is implied (0, or 0.5 for crf+ / --plus)."""
-    if objective.value in STRUCTURED:
-        from core.structured import StructuredConfig, train_structured
+    from core.train import STRUCTURED_OBJECTIVES, TrainConfig, train as run_training
 
-        config = run_guarded(
-            StructuredConfig, task=task, out=str(out), objective=objective.value, arch=arch.value,
-            energy=str(energy) if energy else None, lam=lam, lam_anneal=lam_anneal, plus=plus, layers=layers,
-            hidden=encoder_hidden, word_dim=word_dim, char_filters=char_filters or 50,
-            data_root=str(data_root) if data_root else None, embeddings=str(embeddings) if embeddings else None,
-            epochs=epochs, batch_size=batch_size, optimizer=optimizer.value, lr=lr, momentum=momentum, clip=clip,
-            patience=patience, seed=seed, min_count=min_count, device=device, threads=threads, progress=not quiet,
-        )
-        final = run_guarded(train_structured, config)
-        typer.echo(f"best epoch {final['best_epoch']}; checkpoint and metrics.json in {out}")
-        for split in ("dev", "test"):
-            for name, result in final[split].items():
-                energies = f"   energy {result['energy']:.3f} (Viterbi {result['viterbi_energy']:.3f})" if "energy" in result else ""
-                typer.echo(f"{split:5s} {name} {result['score']:.4f}{energies}   ({final['metric']})")
-        return
-    from core.train import TrainConfig, train as run_training
-
-    model = {"attention": attention.value, "encoder_hidden": encoder_hidden, "decoder_hidden": decoder_hidden,
-             "label_dim": label_dim, "word_dim": word_dim, "char_filters": char_filters, "dropout": dropout}
+    if objective.value in STRUCTURED_OBJECTIVES:
+        # The structured models' sizes: the paper's H, the word dimension, char-CNN filters ("+" only).
+        model = {"hidden": encoder_hidden, "word_dim": word_dim, "char_filters": char_filters or 50}
+    else:
+        model = {"attention": attention.value, "encoder_hidden": encoder_hidden, "decoder_hidden": decoder_hidden,
+                 "label_dim": label_dim, "word_dim": word_dim, "char_filters": char_filters, "dropout": dropout}
     config = run_guarded(
         TrainConfig,
         task=task, out=str(out), data_root=str(data_root) if data_root else None,
@@ -169,12 +152,19 @@ def train(
         batch_size=batch_size, optimizer=optimizer.value, lr=lr, momentum=momentum, clip=clip, patience=patience,
         feed=feed.value, seed=seed, min_count=min_count, eval_beam_size=eval_beam_size, device=device, threads=threads,
         progress=not quiet, model=model, init=str(init) if init else None, beam_size=beam_size, alpha=alpha,
-        cost=cost.value,
+        cost=cost.value, arch=arch.value, energy=str(energy) if energy else None, lam=lam, lam_anneal=lam_anneal,
+        plus=plus, layers=layers,
     )
     final = run_guarded(run_training, config)
+    typer.echo(f"best epoch {final['best_epoch']}; checkpoint and metrics.json in {out}")
+    if objective.value in STRUCTURED_OBJECTIVES:
+        for split in ("dev", "test"):
+            for name, result in final[split].items():
+                energies = f"   energy {result['energy']:.3f} (Viterbi {result['viterbi_energy']:.3f})" if "energy" in result else ""
+                typer.echo(f"{split:5s} {name} {result['score']:.4f}{energies}   ({final['metric']})")
+        return
     k = eval_beam_size
     soft = f"soft_beam{k}"
-    typer.echo(f"best epoch {final['best_epoch']}; checkpoint and metrics.json in {out}")
     for split in ("dev", "test"):
         line = f"{split:5s} greedy {final[split]['greedy']['score']:.4f}   beam{k} {final[split][f'beam{k}']['score']:.4f}"
         if soft in final[split]:

@@ -56,6 +56,7 @@ class Stage:
     family: str  # key of sweeps.trainables.FAMILIES
     warm_start: str  # "never" | "optional" | "required"
     warm_from: tuple[str, ...] = ()  # stages whose best checkpoint it usually starts from
+    warm_field: str = "init"  # the TrainConfig field the warm-start checkpoint goes into
 
 
 # Every stage the papers' sweeps need. Only those whose objective core.train implements are
@@ -64,15 +65,15 @@ KNOWN_STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("ce", "ce", "train", "optional"),
     Stage("dl", "dl", "train", "required", ("ce",)),
     Stage("hinge", "hinge", "train", "required", ("ce",)),
-    Stage("crf", "crf", "train", "optional"),
-    Stage("crf+", "crf+", "train", "optional"),
-    Stage("local", "local", "train", "optional"),
-    Stage("infnet", "infnet", "train", "required", ("crf", "crf+")),
-    Stage("gd-oracle", "gd-oracle", "train", "required", ("crf", "crf+")),
+    Stage("crf", "crf", "train", "never"),
+    Stage("crf+", "crf+", "train", "never"),
+    Stage("local", "local", "train", "never"),
+    Stage("infnet", "infnet", "train", "required", ("crf", "crf+"), warm_field="energy"),  # the fixed CRF energy
+    Stage("gd-oracle", "gd-oracle", "train", "required", ("crf", "crf+"), warm_field="energy"),
 )}
 
-# TrainConfig fields that a warm-start checkpoint path may go into (the first one core has).
-WARM_START_FIELDS = ("init_from", "init_checkpoint", "warm_start", "init")
+# TrainConfig fields that a warm-start checkpoint path goes into (Stage.warm_field).
+WARM_START_FIELDS = ("init", "energy")
 # TrainConfig fields the sweep layer sets itself.
 RESERVED = {"task", "out", "data_root", "objective", "epochs", "progress", "model", "resume_from", *WARM_START_FIELDS}
 # TaggerConfig fields that come from the data, not from a spec.
@@ -87,12 +88,8 @@ def available_stages() -> dict[str, Stage]:
     return {name: s for name, s in KNOWN_STAGES.items() if s.objective in OBJECTIVES}
 
 
-def warm_start_field() -> str | None:
-    """The TrainConfig field that takes an initial checkpoint, if core has one."""
-    from core.train import TrainConfig
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return next((n for n in WARM_START_FIELDS if n in names), None)
+def stage_for_objective(objective: str) -> Stage:
+    return next(s for s in KNOWN_STAGES.values() if s.objective == objective)
 
 
 def _train_fields() -> dict[str, Any]:
@@ -101,15 +98,23 @@ def _train_fields() -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in RESERVED}
 
 
-def _model_fields() -> dict[str, Any]:
+def model_config_class(objective: str) -> type:
+    """The config class whose fields `TrainConfig.model` overrides for this objective."""
+    from core.crf import CRFConfig
+    from core.infnets import InfnetConfig
     from core.seq2seq import TaggerConfig
 
-    return {f.name: f for f in dataclasses.fields(TaggerConfig) if f.name not in DATA_DERIVED}
+    return {"crf": CRFConfig, "crf+": CRFConfig, "local": InfnetConfig, "infnet": InfnetConfig}.get(objective, TaggerConfig)
 
 
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Flat spec/trial parameters -> (TrainConfig keyword arguments, TaggerConfig overrides)."""
-    train_names, model_names = _train_fields(), _model_fields()
+def _model_fields(objective: str) -> dict[str, Any]:
+    fields = dataclasses.fields(model_config_class(objective))
+    return {f.name: f for f in fields if f.name not in DATA_DERIVED and f.name != "arch"}
+
+
+def split_params(params: dict[str, Any], objective: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat spec/trial parameters -> (TrainConfig keyword arguments, model config overrides)."""
+    train_names, model_names = _train_fields(), _model_fields(objective)
     top, model = {}, {}
     for key, value in params.items():
         if key in train_names:
@@ -289,7 +294,6 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
     """Everything that needs core or the sweep storage: task, stage, parameter names and values,
     metric, warm start. Returns one line per problem."""
     from core.data import TASKS
-    from core.seq2seq import TaggerConfig
     from core.train import TrainConfig
 
     problems: list[str] = []
@@ -310,7 +314,9 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
                         f"objective); available: {', '.join(available)}")
 
     # Parameter names.
-    known = {**_train_fields(), **_model_fields()}
+    objective = KNOWN_STAGES[spec.stage].objective if spec.stage in KNOWN_STAGES else "ce"
+    model_class = model_config_class(objective)
+    known = {**_train_fields(), **_model_fields(objective)}
     for section, names in (("fixed", spec.fixed), ("space", spec.space)):
         for name in names:
             if name == "epochs":
@@ -318,7 +324,7 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
             elif name in RESERVED:
                 problems.append(f"{section}.{name}: set by the sweep itself, not by a spec")
             elif name not in known:
-                problems.append(f"{section}.{name}: unknown parameter; parameters are TrainConfig or TaggerConfig fields")
+                problems.append(f"{section}.{name}: unknown parameter; parameters are TrainConfig or {model_class.__name__} fields")
     for name in set(spec.fixed) & set(spec.space):
         problems.append(f"space.{name}: also in fixed; a parameter is either fixed or searched")
 
@@ -343,18 +349,18 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
     # searched parameter, so that core's own checks run before any trial does.
     if not problems:
         # The warm start is checked below; here it only stands in for core's "needs init" check.
-        field_name = warm_start_field()
-        placeholder = {field_name: "<warm start>"} if field_name and spec.stage_info.warm_start != "never" else {}
+        placeholder = {spec.stage_info.warm_field: "<warm start>"} if spec.stage_info.warm_start != "never" else {}
 
         def check(section: str, params: dict[str, Any]) -> str | None:
             try:
-                top, model = split_params(params)
+                top, model = split_params(params, objective)
                 TrainConfig(task=spec.task, out="-", objective=spec.stage_info.objective, epochs=spec.epochs,
                             **top, **placeholder)
-                TaggerConfig(n_words=2, n_chars=2, n_labels=2, **model)
+                arch = {"arch": top.get("arch", "blstm")} if model_class.__name__ == "InfnetConfig" else {}
+                model_class(n_words=2, n_chars=2, n_labels=2, **arch, **model)
             except (ValueError, TypeError) as error:
                 message = str(error).splitlines()[0]
-                return re.sub(r"^(TrainConfig|TaggerConfig)[:.]\s*", "", message)
+                return re.sub(r"^(TrainConfig|TaggerConfig|CRFConfig|InfnetConfig)[:.]\s*", "", message)
             return None
 
         base_error = check("fixed", dict(spec.fixed))
@@ -371,14 +377,12 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
     # Warm start.
     if spec.stage in available:
         stage = spec.stage_info
-        field_name = warm_start_field()
         if stage.warm_start == "required" and spec.warm_start is None:
             sources = " or ".join(stage.warm_from) or "an earlier stage"
             problems.append(f"warm_start: stage {spec.stage!r} must start from a checkpoint: "
                             f"give warm_start: {{sweep: NAME}} (the best trial of a {sources} sweep) or {{checkpoint: PATH}}")
-        if spec.warm_start is not None and field_name is None:
-            problems.append(f"warm_start: stage {spec.stage!r} cannot start from a checkpoint yet "
-                            f"(core.train.TrainConfig has no {WARM_START_FIELDS[0]} field)")
+        if spec.warm_start is not None and stage.warm_start == "never":
+            problems.append(f"warm_start: stage {spec.stage!r} trains from scratch; remove warm_start")
     if spec.warm_start is not None:
         problems += warm_start_problems(spec.warm_start, storage)
     return problems

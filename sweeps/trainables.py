@@ -54,13 +54,13 @@ def _unpack(source: Path, out: Path) -> dict[str, Any]:
 
 def build_train_config(config: dict[str, Any], context: dict[str, Any], out: Path, resume_from: Path | None):
     from core.train import TrainConfig
-    from sweeps.spec import split_params, warm_start_field
+    from sweeps.spec import KNOWN_STAGES, split_params
 
-    top, model = split_params(config)
+    top, model = split_params(config, context["objective"])
     top.setdefault("threads", context.get("threads", 1))
     extra = {}
     if context.get("warm_start") and resume_from is None:
-        extra[warm_start_field()] = context["warm_start"]
+        extra[KNOWN_STAGES[context["stage"]].warm_field] = context["warm_start"]
     return TrainConfig(task=context["task"], data_root=context.get("data_root"), out=str(out),
                        objective=context["objective"], epochs=context["epochs"], progress=False, model=model,
                        resume_from=str(resume_from) if resume_from else None, **top, **extra)

@@ -10,23 +10,23 @@ from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.data import Vocab, Vocabs, load_task
 from core.structured import (
     STRUCTURED_DECODERS,
-    StructuredConfig,
     load_crf,
     load_for_decoding,
     load_infnet,
     oracle_grid,
     score_decoder,
-    train_structured,
 )
+from core.train import TrainConfig, train
 
-SMALL = dict(task="synthetic", epochs=1, hidden=8, word_dim=8, char_filters=5, threads=1, progress=False, batch_size=64)
+SMALL = dict(task="synthetic", epochs=1, model={"hidden": 8, "word_dim": 8, "char_filters": 5}, threads=1, progress=False,
+             batch_size=64)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("structured")
-    crf = train_structured(StructuredConfig(out=str(root / "crf"), objective="crf", **SMALL))
-    inf = train_structured(StructuredConfig(out=str(root / "inf"), objective="infnet", arch="blstm",
+    crf = train(TrainConfig(out=str(root / "crf"), objective="crf", **SMALL))
+    inf = train(TrainConfig(out=str(root / "inf"), objective="infnet", arch="blstm",
                                             energy=str(root / "crf"), lam_anneal=True, **SMALL))
     return root, crf, inf
 
@@ -43,17 +43,25 @@ class TestTraining:
         assert test["energy"] >= test["viterbi_energy"] - 1e-4 and "relaxed_energy" in test
         assert json.loads((root / "inf" / "metrics.json").read_text())["objective"] == "infnet"
 
+    def test_structured_runs_resume_like_any_other(self, tmp_path, trained):
+        # The shared epoch loop gives CRF training the same out/last state and exact resumption.
+        root, _, _ = trained
+        whole = train(TrainConfig(out=str(tmp_path / "whole"), objective="crf", **{**SMALL, "epochs": 2}))
+        resumed = train(TrainConfig(out=str(tmp_path / "split"), objective="crf", resume_from=str(root / "crf" / "last"),
+                                    **{**SMALL, "epochs": 2}))
+        assert resumed["test"]["viterbi"]["score"] == whole["test"]["viterbi"]["score"]
+
     @pytest.mark.parametrize("objective,arch", [("crf+", "blstm"), ("local", "cnn15"), ("local", "seq2seq")])
     def test_other_objectives(self, tmp_path, objective, arch):
-        result = train_structured(StructuredConfig(out=str(tmp_path), objective=objective, arch=arch, plus=True, **SMALL))
+        result = train(TrainConfig(out=str(tmp_path), objective=objective, arch=arch, plus=True, **SMALL))
         decoder = "viterbi" if objective == "crf+" else "infnet"
         assert 0 < result["test"][decoder]["score"] <= 1
 
     def test_config_errors(self, tmp_path):
         with pytest.raises(ValueError, match="needs energy"):
-            StructuredConfig(task="synthetic", out=str(tmp_path), objective="infnet")
+            TrainConfig(task="synthetic", out=str(tmp_path), objective="infnet")
         with pytest.raises(ValueError, match="arch must be one of"):
-            StructuredConfig(task="synthetic", out=str(tmp_path), objective="local", arch="cnn")
+            TrainConfig(task="synthetic", out=str(tmp_path), objective="local", arch="cnn")
 
 
 class TestDecoding:

@@ -115,3 +115,22 @@ def test_cli_fails_before_ray_is_imported(tmp_path):
     assert result.stderr.strip().splitlines() == ["error: stage: unknown stage 'nope'; available: "
                                                   + ", ".join(available_stages())]
     assert not (tmp_path / "sweeps").exists()
+
+
+class TestStructuredStages:
+    def test_crf_space_uses_crf_config_fields(self, tmp_path):
+        spec = validate({**BASE, "stage": "crf", "space": {"hidden": {"choice": [50, 100]}, "lr": {"loguniform": [1e-4, 1e-2]}}},
+                        storage=tmp_path)
+        assert spec.stage == "crf"
+
+    def test_seq2seq_field_is_unknown_for_crf(self, tmp_path):
+        found = problems(tmp_path, stage="crf", space={"decoder_hidden": {"choice": [8, 16]}})
+        assert found == ["space.decoder_hidden: unknown parameter; parameters are TrainConfig or CRFConfig fields"]
+
+    def test_infnet_needs_a_crf_to_start_from(self, tmp_path):
+        found = problems(tmp_path, stage="infnet", space={"lam": {"choice": [0.2, 0.5, 1, 2, 5]}})
+        assert len(found) == 1 and found[0].startswith("warm_start: stage 'infnet' must start from a checkpoint")
+
+    def test_crf_cannot_warm_start(self, tmp_path):
+        found = problems(tmp_path, stage="crf", warm_start={"checkpoint": str(tmp_path)})
+        assert any("trains from scratch" in p for p in found)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.data import load_task, make_batches
-from core.train import TrainConfig, TrainingError, build_model, load_tagger, run_epoch, train
+from core.train import Seq2SeqStage, TrainConfig, TrainingError, build_model, load_tagger, run_epoch, train
 
 SMALL = {"encoder_hidden": 16, "decoder_hidden": 16, "label_dim": 8, "word_dim": 16, "char_filters": 8}
 
@@ -31,7 +31,7 @@ class TestTrain:
         out = tmp_path / "run"
         assert json.loads((out / "metrics.json").read_text()) == final
         for split in ("dev", "test"):
-            assert set(final[split]) == {"greedy", "beam3"}
+            assert set(final[split]) == {"greedy", "beam3", "soft_beam3"}
             assert 0.3 < final[split]["greedy"]["accuracy"] <= 1.0
         assert [r[0] for r in reports] == [1, 2]
         assert all(r[2] == out / "last" for r in reports)  # each epoch's full state, for resuming
@@ -95,13 +95,13 @@ class TestRunEpoch:
     def test_nan_loss_is_a_clear_error(self, tmp_path):
         config = _config(tmp_path)
         task = load_task("synthetic")
-        model, vocabs = build_model(config, task)
+        stage = Seq2SeqStage(config, task, torch.device("cpu"))
         with torch.no_grad():
-            model.output.weight[0, 0] = float("nan")
-        optimizer = torch.optim.Adam(model.parameters())
-        batches = make_batches(task.train[:64], vocabs, 32)
+            stage.model.output.weight[0, 0] = float("nan")
+        optimizer = torch.optim.Adam(stage.model.parameters())
+        batches = make_batches(task.train[:64], stage.vocabs, 32)
         with pytest.raises(TrainingError, match="epoch 1, batch 0: loss is nan"):
-            run_epoch(model, optimizer, batches, config, 1, torch.device("cpu"))
+            run_epoch(stage, optimizer, batches, config, 1, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
