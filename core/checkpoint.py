@@ -18,7 +18,7 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,24 @@ MANIFEST = "checkpoint.json"
 
 class CheckpointError(ValueError):
     """A missing, corrupt or mismatched checkpoint; the message names the directory."""
+
+
+class JsonConfig:
+    """Mixin for the model-config dataclasses that checkpoints store as JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        missing = {f.name for f in fields(cls) if f.default is MISSING} - set(d)  # type: ignore[arg-type]
+        if missing:
+            raise ValueError(f"{cls.__name__}: missing fields {sorted(missing)}")
+        return cls(**d)
 
 
 @dataclass
@@ -140,3 +158,20 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0:2]
         raise CheckpointError(f"checkpoint {checkpoint.directory}: weights do not match the model config: {' '.join(first)}") from None
+
+
+def load_model(directory: str | os.PathLike, kind: str, config_class: type, model_class: type, device: str | torch.device = "cpu"):
+    """Rebuild a model of `kind` from its checkpoint: (model in eval mode on `device`, vocabularies,
+    meta). A config or vocabulary the code cannot rebuild is a CheckpointError, like a corrupt file."""
+    from core.data import Vocabs
+
+    checkpoint = load_checkpoint(directory, kind=kind)
+    try:
+        model = model_class(config_class.from_dict(checkpoint.meta["model_config"]))
+        vocabs = Vocabs.from_dict(checkpoint.meta["vocabs"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {directory}: bad model config or vocabularies: {error}") from None
+    load_weights(model, checkpoint)
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), vocabs, checkpoint.meta

@@ -29,13 +29,14 @@ Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from core.encoders import BiLSTMEncoder
+from core.checkpoint import JsonConfig
 
 LOG_Z_METHODS = ("matmul", "logsumexp", "scan")
 
@@ -337,7 +338,7 @@ class LinearChainCRF(nn.Module):
 
 
 @dataclass
-class CRFConfig:
+class CRFConfig(JsonConfig):
     """Everything needed to rebuild a BLSTM-CRF; stored as JSON in "crf" checkpoints.
 
     Plain BLSTM-CRF (Tu & Gimpel §2): no character CNN, no dropout, pretrained word embeddings
@@ -370,15 +371,7 @@ class CRFConfig:
         options.update(overrides)
         return cls(n_words, n_chars, n_labels, **options)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "CRFConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"CRFConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
 
 
 class BLSTMCRF(nn.Module):

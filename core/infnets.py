@@ -17,7 +17,7 @@ Shapes: B sentences, T positions, C characters per word, L labels, H hidden unit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.encoders import CharCNN
 from core.seq2seq import Seq2SeqTagger, TaggerConfig
+from core.checkpoint import JsonConfig
 
 ARCHITECTURES = ("cnn13", "cnn15", "blstm", "seq2seq")
 
@@ -37,7 +38,7 @@ class InfnetOutput(NamedTuple):
 
 
 @dataclass
-class InfnetConfig:
+class InfnetConfig(JsonConfig):
     """Everything needed to rebuild an inference network; stored as JSON in "infnet" checkpoints.
     The "+" variants (§2.1 applied to infnets) are `char_filters > 0, dropout = 0.5`."""
 
@@ -69,15 +70,7 @@ class InfnetConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"InfnetConfig.dropout must be in [0, 1), got {self.dropout}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "InfnetConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"InfnetConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
 
 
 def _output(logits: torch.Tensor, lengths: torch.Tensor) -> InfnetOutput:

@@ -13,20 +13,21 @@ H decoder hidden size, S = encoder output size (2 x encoder hidden).
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from core.encoders import BiLSTMEncoder
+from core.checkpoint import JsonConfig
 
 ATTENTIONS = ("fixed", "dot", "general", "mlp")
 FEEDS = ("gold", "predicted")
 
 
 @dataclass
-class TaggerConfig:
+class TaggerConfig(JsonConfig):
     """Everything needed to rebuild a tagger; stored as JSON in checkpoints."""
 
     n_words: int
@@ -55,19 +56,7 @@ class TaggerConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TaggerConfig.dropout must be in [0, 1), got {self.dropout}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TaggerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"TaggerConfig: unknown fields {sorted(unknown)}")
-        missing = {f.name for f in fields(cls) if f.default is MISSING} - set(d)
-        if missing:
-            raise ValueError(f"TaggerConfig: missing fields {sorted(missing)}")
-        return cls(**d)
 
 
 class Memory(NamedTuple):

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from core.checkpoint import CheckpointError, load_checkpoint, load_weights
+from core.checkpoint import CheckpointError, load_checkpoint, load_model
 from core.crf import BLSTMCRF, CRFConfig
 from core.data import TaskData, Vocabs, load_task, make_batches
 from core.infnets import InferenceNetwork, InfnetConfig, annealed_lambda
@@ -40,23 +40,11 @@ STRUCTURED_DECODERS = ("viterbi", "infnet", "gd", "tailored", "warm-gd")
 
 
 def load_crf(directory: str | Path, device: str = "cpu") -> tuple[BLSTMCRF, Vocabs, dict]:
-    checkpoint = load_checkpoint(directory, kind="crf")
-    try:
-        model = BLSTMCRF(CRFConfig.from_dict(checkpoint.meta["model_config"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {directory}: bad CRF config: {error}") from None
-    load_weights(model, checkpoint)
-    return model.to(resolve_device(device)).eval(), Vocabs.from_dict(checkpoint.meta["vocabs"]), checkpoint.meta
+    return load_model(directory, "crf", CRFConfig, BLSTMCRF, resolve_device(device))
 
 
 def load_infnet(directory: str | Path, device: str = "cpu") -> tuple[InferenceNetwork, Vocabs, dict]:
-    checkpoint = load_checkpoint(directory, kind="infnet")
-    try:
-        model = InferenceNetwork(InfnetConfig.from_dict(checkpoint.meta["model_config"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {directory}: bad inference-network config: {error}") from None
-    load_weights(model, checkpoint)
-    return model.to(resolve_device(device)).eval(), Vocabs.from_dict(checkpoint.meta["vocabs"]), checkpoint.meta
+    return load_model(directory, "infnet", InfnetConfig, InferenceNetwork, resolve_device(device))
 
 
 def check_same_labels(infnet_vocabs: Vocabs, crf_vocabs: Vocabs, infnet_dir: Any, crf_dir: Any) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, save_checkpoint
+from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model, save_checkpoint
 from core.data import Batch, Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
 from core.embeddings import glove_words, load_glove
 from core.infnets import ARCHITECTURES
@@ -219,14 +219,7 @@ def task_meta(task: TaskData) -> dict[str, str]:
 
 def load_tagger(directory: str | Path, device: str = "cpu") -> tuple[Seq2SeqTagger, Vocabs, dict]:
     """Rebuild a trained tagger from its checkpoint directory: (model in eval mode, vocabs, meta)."""
-    checkpoint = load_checkpoint(directory, kind="seq2seq")
-    try:
-        model = Seq2SeqTagger(TaggerConfig.from_dict(checkpoint.meta["model_config"]))
-        vocabs = Vocabs.from_dict(checkpoint.meta["vocabs"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {directory}: bad model config or vocabularies: {error}") from None
-    load_weights(model, checkpoint)
-    return model.to(resolve_device(device)).eval(), vocabs, checkpoint.meta
+    return load_model(directory, "seq2seq", TaggerConfig, Seq2SeqTagger, resolve_device(device))
 
 
 def make_cost(config: TrainConfig, vocabs: Vocabs) -> Cost:
