@@ -163,3 +163,28 @@ def test_http_tracking_and_diverging_trial_fails(ray_local, tmp_path, mlflow_ser
     artifacts = tracking.client(mlflow_server).list_artifacts(good.info.run_id, tracking.CHECKPOINT_ARTIFACT)
     assert "best_checkpoint/metrics.json" in {a.path for a in artifacts}
     assert tracking.client(mlflow_server).get_run(outcome.parent_run_id).info.status == "FINISHED"
+
+
+def test_dl_sweep_over_alpha_schedules_and_beam_sizes(ray_local, tmp_path):
+    # The soft-beam stage (Goyal et al.) warm-starts from a CE checkpoint and sweeps its alpha
+    # schedule and beam size; every trial logs the alpha it used at each epoch.
+    from core.train import TrainConfig, train
+
+    model = {k: TINY[k] for k in ("encoder_hidden", "decoder_hidden", "label_dim", "word_dim", "char_filters")}
+    train(TrainConfig(task="synthetic", out=str(tmp_path / "ce"), epochs=1, progress=False, model=model, threads=1))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fixed = {k: v for k, v in TINY.items() if k not in model}  # the model comes from the warm start
+    spec, outcome = sweep(tmp_path, uri, name="dl", stage="dl", epochs=2, fixed=fixed, num_samples=1,
+                          warm_start={"checkpoint": str(tmp_path / "ce")},
+                          space={"alpha": {"grid": ["1", "exp:1:10:2"]}, "beam_size": {"grid": [2, 3]}},
+                          search={"algorithm": "grid"}, scheduler={"type": "fifo"})
+    assert outcome.trials == 4 and outcome.errors == 0
+    children = tracking.child_runs(uri, outcome.experiment_id, outcome.parent_run_id)
+    seen = set()
+    for child in children:
+        params = child.data.params
+        seen.add((params["alpha"], params["beam_size"]))
+        expected = [1.0, 1.0] if params["alpha"] == "1" else [1.0, 10.0]
+        assert [value for _, value in histories(uri, child.info.run_id, "alpha")] == pytest.approx(expected)
+        assert child.data.tags["beamtune.stage"] == "dl"
+    assert seen == {("1", "2"), ("1", "3"), ("exp:1:10:2", "2"), ("exp:1:10:2", "3")}
