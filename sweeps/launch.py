@@ -205,7 +205,9 @@ def _search_alg(spec: SweepSpec):
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
-    return BasicVariantGenerator(random_state=spec.search.seed)
+    # Tune applies TuneConfig.max_concurrent_trials only to a Searcher (it wraps it in a
+    # ConcurrencyLimiter) and ignores it, with a warning, for this generator: it takes the limit itself.
+    return BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=spec.max_concurrent or 0)
 
 
 def _scheduler(spec: SweepSpec, directory: Path):
@@ -240,6 +242,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from sweeps.trainables import FAMILIES
 
@@ -296,12 +299,14 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
             tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
+            search_alg = _search_alg(spec)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space(spec),
                 tune_config=tune.TuneConfig(
-                    metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, search_alg=_search_alg(spec),
-                    scheduler=_scheduler(spec, directory), reuse_actors=True, max_concurrent_trials=spec.max_concurrent,
+                    metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, search_alg=search_alg,
+                    scheduler=_scheduler(spec, directory), reuse_actors=True,
+                    max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else spec.max_concurrent,
                     trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=str(root), verbose=verbose,
