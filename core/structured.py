@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +30,7 @@ from core.data import TaskData, Vocabs, load_task, make_batches
 from core.infnets import InferenceNetwork, InfnetConfig, annealed_lambda
 from core.metrics import evaluate
 from core.objectives import infnet_loss, token_loss
-from core.search.gradient import gradient_descent, instance_tailor, run_oracle_grid, search_errors
+from core.search.gradient import GRID_LRS, GRID_STEPS, check_grid, gradient_descent, instance_tailor, run_oracle_grid, search_errors
 from core.train import TrainConfig, build_vocabs_and_vectors, resolve_device, task_meta
 
 STRUCTURED_DECODERS = ("viterbi", "infnet", "gd", "tailored", "warm-gd")
@@ -280,7 +280,7 @@ def load_for_decoding(checkpoint: str | Path, energy: str | Path | None, device:
 
 def oracle_grid(checkpoint, split: str = "test", data_root=None, energy=None, warm_start: bool = False,
                 steps: Sequence[int] | None = None, lrs: Sequence[float] | None = None, device: str = "cpu",
-                batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+                batch_size: int = 256, progress: bool = False, momentum: float = 0.9, seed: int = 0) -> dict[str, Any]:
     """Run the GD oracle grid with a "crf" checkpoint (or an infnet's energy; `warm_start` uses
     the infnet's logits) on a split."""
     from core.search.gradient import GRID_LRS, GRID_STEPS
@@ -293,6 +293,53 @@ def oracle_grid(checkpoint, split: str = "test", data_root=None, energy=None, wa
     task = load_task(meta["task"]["name"], data_root)
     sentences = task.dev if split == "dev" else task.test
     result = run_oracle_grid(crf, sentences, vocabs, task.metric, steps or GRID_STEPS, lrs or GRID_LRS,
-                             batch_size=batch_size, infnet=infnet if warm_start else None, progress=progress)
+                             momentum=momentum, batch_size=batch_size, seed=seed,
+                             infnet=infnet if warm_start else None, progress=progress)
     result["task"], result["split"], result["metric"] = task.name, split, task.metric
     return result
+
+
+@dataclass
+class OracleConfig:
+    """One run of the GD oracle grid (Tu & Gimpel 2019, Table 6) over a split: the `gd-oracle`
+    command's options, and the parameters a `gd-oracle` sweep stage may fix or search."""
+
+    checkpoint: str  # a "crf" checkpoint, or an "infnet" one (its energy; warm_start uses its logits)
+    split: str = "test"
+    data_root: str | None = None
+    energy: str | None = None  # infnet checkpoints: the CRF energy (default: the one it was trained with)
+    warm_start: bool = False
+    steps: tuple[int, ...] = GRID_STEPS
+    lrs: tuple[float, ...] = GRID_LRS
+    momentum: float = 0.9
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.steps, self.lrs = tuple(self.steps), tuple(self.lrs)
+        checks = [
+            (self.split in ("dev", "test"), "split must be 'dev' or 'test'"),
+            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.threads >= 0, "threads must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"OracleConfig: {message}")
+        try:
+            check_grid(self.steps, self.lrs)
+        except ValueError as error:
+            raise ValueError(f"OracleConfig: {error}") from None
+
+
+def run_oracle(config: OracleConfig) -> dict[str, Any]:
+    """The oracle grid as `config` says: rows (one per sentence), table6, oracle, viterbi, cost."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return oracle_grid(config.checkpoint, config.split, config.data_root, config.energy, config.warm_start,
+                       config.steps, config.lrs, str(resolve_device(config.device)), config.batch_size,
+                       config.progress, config.momentum, config.seed)
+

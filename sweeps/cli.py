@@ -242,25 +242,20 @@ def gd_oracle(
 ) -> None:
     """Per-instance oracle-tuned gradient-descent inference (Tu & Gimpel 2019, Table 6): writes the
     per-sentence table to OUT and prints the per-N averages (OUT with .json: the summary)."""
-    import torch
+    from core.structured import OracleConfig, run_oracle
+    from storage.tables import write_oracle_table
 
-    from core.structured import oracle_grid
-    from storage.tables import write_rows
-
-    if threads:
-        torch.set_num_threads(threads)
     try:
         step_list = [int(v) for v in steps.split(",")]
         lr_list = [float(v) for v in lrs.split(",")]
     except ValueError:
         fail(f"--steps and --lrs take comma-separated numbers, got {steps!r} and {lrs!r}")
-    result = run_guarded(oracle_grid, checkpoint, split.value, str(data_root) if data_root else None, energy, warm_start,
-                         step_list, lr_list, device, batch_size, not quiet)
-    summary = {key: value for key, value in result.items() if key != "rows"}
-    write_rows(out, result["rows"], summary)
-    from core.checkpoint import atomic_write
-
-    atomic_write(out.with_suffix(".json"), json.dumps(summary, indent=2).encode())
+    config = run_guarded(OracleConfig, checkpoint=str(checkpoint), split=split.value,
+                         data_root=str(data_root) if data_root else None, energy=str(energy) if energy else None,
+                         warm_start=warm_start, steps=step_list, lrs=lr_list, batch_size=batch_size, device=device,
+                         threads=threads, progress=not quiet)
+    result = run_guarded(run_oracle, config)
+    write_oracle_table(out, result)
     typer.echo(f"{'N':>6s} {'score':>8s} {'energy':>10s}   ({result['metric']}, {result['task']} {split.value})")
     for row in result["table6"]:
         typer.echo(f"{row['steps']:6d} {row['score']:8.4f} {row['energy']:10.3f}")

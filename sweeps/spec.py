@@ -69,11 +69,12 @@ KNOWN_STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("crf+", "crf+", "train", "never"),
     Stage("local", "local", "train", "never"),
     Stage("infnet", "infnet", "train", "required", ("crf", "crf+"), warm_field="energy"),  # the fixed CRF energy
-    Stage("gd-oracle", "gd-oracle", "train", "required", ("crf", "crf+"), warm_field="energy"),
+    # Not training: the GD oracle grid over a split with a trained CRF (core.structured.run_oracle).
+    Stage("gd-oracle", "gd-oracle", "gd-oracle", "required", ("crf", "crf+"), warm_field="checkpoint"),
 )}
 
 # TrainConfig fields that a warm-start checkpoint path goes into (Stage.warm_field).
-WARM_START_FIELDS = ("init", "energy")
+WARM_START_FIELDS = ("init", "energy", "checkpoint")
 # TrainConfig fields the sweep layer sets itself.
 RESERVED = {"task", "out", "data_root", "objective", "epochs", "progress", "model", "resume_from", *WARM_START_FIELDS}
 # TaggerConfig fields that come from the data, not from a spec.
@@ -85,17 +86,24 @@ REPORTED_METRICS = ("dev_score", "best_dev_score", "train_loss", "train_sentence
 def available_stages() -> dict[str, Stage]:
     from core.train import OBJECTIVES
 
-    return {name: s for name, s in KNOWN_STAGES.items() if s.objective in OBJECTIVES}
+    return {name: s for name, s in KNOWN_STAGES.items() if s.objective in OBJECTIVES or s.family == "gd-oracle"}
 
 
 def stage_for_objective(objective: str) -> Stage:
     return next(s for s in KNOWN_STAGES.values() if s.objective == objective)
 
 
-def _train_fields() -> dict[str, Any]:
+def top_config_class(objective: str) -> type:
+    """The core config a trial of this objective is built from: TrainConfig, or OracleConfig for
+    the gd-oracle stage."""
+    from core.structured import OracleConfig
     from core.train import TrainConfig
 
-    return {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in RESERVED}
+    return OracleConfig if objective == "gd-oracle" else TrainConfig
+
+
+def _train_fields(objective: str = "ce") -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(top_config_class(objective)) if f.name not in RESERVED}
 
 
 def model_config_class(objective: str) -> type:
@@ -108,13 +116,15 @@ def model_config_class(objective: str) -> type:
 
 
 def _model_fields(objective: str) -> dict[str, Any]:
+    if objective == "gd-oracle":
+        return {}
     fields = dataclasses.fields(model_config_class(objective))
     return {f.name: f for f in fields if f.name not in DATA_DERIVED and f.name != "arch"}
 
 
 def split_params(params: dict[str, Any], objective: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Flat spec/trial parameters -> (TrainConfig keyword arguments, model config overrides)."""
-    train_names, model_names = _train_fields(), _model_fields(objective)
+    train_names, model_names = _train_fields(objective), _model_fields(objective)
     top, model = {}, {}
     for key, value in params.items():
         if key in train_names:
@@ -316,7 +326,8 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
     # Parameter names.
     objective = KNOWN_STAGES[spec.stage].objective if spec.stage in KNOWN_STAGES else "ce"
     model_class = model_config_class(objective)
-    known = {**_train_fields(), **_model_fields(objective)}
+    top_class = top_config_class(objective)
+    known = {**_train_fields(objective), **_model_fields(objective)}
     for section, names in (("fixed", spec.fixed), ("space", spec.space)):
         for name in names:
             if name == "epochs":
@@ -324,7 +335,9 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
             elif name in RESERVED:
                 problems.append(f"{section}.{name}: set by the sweep itself, not by a spec")
             elif name not in known:
-                problems.append(f"{section}.{name}: unknown parameter; parameters are TrainConfig or {model_class.__name__} fields")
+                problems.append(f"{section}.{name}: unknown parameter; parameters are "
+                                + (f"{top_class.__name__} fields" if objective == "gd-oracle"
+                                   else f"TrainConfig or {model_class.__name__} fields"))
     for name in set(spec.fixed) & set(spec.space):
         problems.append(f"space.{name}: also in fixed; a parameter is either fixed or searched")
 
@@ -354,13 +367,16 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
         def check(section: str, params: dict[str, Any]) -> str | None:
             try:
                 top, model = split_params(params, objective)
+                if objective == "gd-oracle":
+                    top_class(**top, **placeholder)
+                    return None
                 TrainConfig(task=spec.task, out="-", objective=spec.stage_info.objective, epochs=spec.epochs,
                             **top, **placeholder)
                 arch = {"arch": top.get("arch", "blstm")} if model_class.__name__ == "InfnetConfig" else {}
                 model_class(n_words=2, n_chars=2, n_labels=2, **arch, **model)
             except (ValueError, TypeError) as error:
                 message = str(error).splitlines()[0]
-                return re.sub(r"^(TrainConfig|TaggerConfig|CRFConfig|InfnetConfig)[:.]\s*", "", message)
+                return re.sub(r"^(TrainConfig|TaggerConfig|CRFConfig|InfnetConfig|OracleConfig)[:.]\s*", "", message)
             return None
 
         base_error = check("fixed", dict(spec.fixed))

@@ -66,6 +66,53 @@ def build_train_config(config: dict[str, Any], context: dict[str, Any], out: Pat
                        resume_from=str(resume_from) if resume_from else None, **top, **extra)
 
 
+def open_trial_run(config: dict[str, Any], context: dict[str, Any], trial_id: str, trial_name: str,
+                   run_id: str | None):
+    """The trial's MLflow child run (reopened by id after a retry), tagged and with its parameters."""
+    from storage import tracking
+
+    run = tracking.TrialRun.open(
+        context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial_id, trial_name, run_id,
+        tags={tracking.SWEEP_TAG: context["sweep"], "beamtune.stage": context["stage"], "beamtune.task": context["task"],
+              "beamtune.seed": str(config.get("seed", 0)), "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
+    run.log_params(config)
+    return run
+
+
+def oracle_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The trainable of the gd-oracle stage: the GD oracle grid (Tu & Gimpel 2019, Table 6) over a
+    split with the warm-start CRF. Nothing is trained, so there is one report (step 1): the oracle
+    score as dev_score, Viterbi's score and the score at every N; the per-sentence Parquet table
+    and its JSON summary go to the trial's MLflow run (artifacts under "tables")."""
+    from ray import tune
+
+    from core.structured import OracleConfig, run_oracle
+    from storage.best import TRIAL_SIDECAR
+    from storage.tables import write_oracle_table
+
+    tune_context = tune.get_context()
+    run = open_trial_run(config, context, tune_context.get_trial_id(), tune_context.get_trial_name(), None)
+    try:
+        oracle = OracleConfig(checkpoint=context["warm_start"], data_root=context.get("data_root"), **config)
+        summary = run_oracle(oracle)
+        metrics = {"dev_score": summary["oracle"]["score"], "best_dev_score": summary["oracle"]["score"],
+                   "viterbi_score": summary["viterbi"]["score"], "optimizer_steps": summary["cost"]["optimizer_steps"],
+                   **{f"score_n{row['steps']}": row["score"] for row in summary["table6"]},
+                   **{f"energy_n{row['steps']}": row["energy"] for row in summary["table6"]}}
+        run.log_metrics(metrics, step=1)
+        with tempfile.TemporaryDirectory(prefix="beamtune-oracle-") as tmp:
+            parquet, _ = write_oracle_table(Path(tmp) / f"oracle_{oracle.split}.parquet", summary)
+            run.log_files([parquet, parquet.with_suffix(".json")], "tables")
+            sidecar = {"trial_id": tune_context.get_trial_id(), "trial_name": tune_context.get_trial_name(),
+                       "mlflow_run_id": run.run_id, "epoch": 1, "metrics": metrics, "params": config}
+            (Path(tmp) / TRIAL_SIDECAR).write_text(json.dumps(sidecar, indent=1, default=str))  # for `beamtune best`
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    except BaseException as error:
+        run.finish("FAILED", f"{type(error).__name__}: {error}")
+        raise
+    run.finish("FINISHED")
+
+
 def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """The trainable of every stage that core.train.train runs (ce today; dl/hinge/crf/... as core
     adds their objectives)."""
@@ -96,13 +143,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     attempts.append({"node_id": ray.get_runtime_context().get_node_id(), "start_epoch": start_epoch,
                      "time": time.time()})
 
-    seed = config.get("seed", 0)
-    run = tracking.TrialRun.open(
-        context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial_id, trial_name,
-        info.get("mlflow_run_id"),
-        tags={tracking.SWEEP_TAG: context["sweep"], "beamtune.stage": context["stage"], "beamtune.task": context["task"],
-              "beamtune.seed": str(seed), "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
-    run.log_params(config)
+    run = open_trial_run(config, context, trial_id, trial_name, info.get("mlflow_run_id"))
     # Attempts that died before their first checkpoint are only counted here, not in the sidecar.
     attempt = max(len(attempts), int(run.client.get_run(run.run_id).data.tags.get("beamtune.attempts", 0)) + 1)
     run.set_tags({"beamtune.attempts": attempt, "beamtune.resumed_from_epoch": start_epoch})
@@ -159,4 +200,4 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
 
 # Stage family -> trainable (sweeps.spec.Stage.family).
-FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {"train": train_trial}
+FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {"train": train_trial, "gd-oracle": oracle_trial}

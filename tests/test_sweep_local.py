@@ -188,3 +188,32 @@ def test_dl_sweep_over_alpha_schedules_and_beam_sizes(ray_local, tmp_path):
         assert [value for _, value in histories(uri, child.info.run_id, "alpha")] == pytest.approx(expected)
         assert child.data.tags["beamtune.stage"] == "dl"
     assert seen == {("1", "2"), ("1", "3"), ("exp:1:10:2", "2"), ("exp:1:10:2", "3")}
+
+
+def test_gd_oracle_sweep_logs_parquet_tables(ray_local, tmp_path):
+    # The gd-oracle stage (Tu & Gimpel's Table 6 grid) runs over a split with a trained CRF; each
+    # trial's per-sentence Parquet table lands in its MLflow run.
+    import pyarrow.parquet as pq
+
+    from core.train import TrainConfig, train
+
+    train(TrainConfig(task="synthetic", out=str(tmp_path / "crf"), objective="crf", epochs=1, progress=False,
+                      model={"hidden": 8, "word_dim": 8}, batch_size=64, threads=1))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec, outcome = sweep(tmp_path, uri, name="oracle", stage="gd-oracle", epochs=1, num_samples=1,
+                          fixed={"steps": [5, 20], "lrs": [100.0, 1.0], "split": "dev", "threads": 1},
+                          warm_start={"checkpoint": str(tmp_path / "crf")},
+                          space={"momentum": {"grid": [0.0, 0.9]}}, search={"algorithm": "grid"},
+                          scheduler={"type": "fifo"})
+    assert outcome.trials == 2 and outcome.errors == 0
+    client = tracking.client(uri)
+    for child in tracking.child_runs(uri, outcome.experiment_id, outcome.parent_run_id):
+        assert child.info.status == "FINISHED" and child.data.tags["beamtune.stage"] == "gd-oracle"
+        metrics = child.data.metrics
+        assert 0 < metrics["dev_score"] <= 1 and {"score_n5", "score_n20", "viterbi_score"} <= set(metrics)
+        assert metrics["dev_score"] >= metrics["score_n20"]  # the per-instance oracle is at least any fixed N
+        tables = {Path(a.path).name for a in client.list_artifacts(child.info.run_id, "tables")}
+        assert tables == {"oracle_dev.parquet", "oracle_dev.json"}
+        local = client.download_artifacts(child.info.run_id, "tables/oracle_dev.parquet", str(tmp_path / child.info.run_id))
+        assert pq.read_table(local).num_rows == 300  # one row per synthetic dev sentence
+    assert best_checkpoint(tmp_path / "sweeps", "oracle").trial_id in outcome.statuses

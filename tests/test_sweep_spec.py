@@ -134,3 +134,21 @@ class TestStructuredStages:
     def test_crf_cannot_warm_start(self, tmp_path):
         found = problems(tmp_path, stage="crf", warm_start={"checkpoint": str(tmp_path)})
         assert any("trains from scratch" in p for p in found)
+
+
+def _fake_checkpoint(tmp_path):
+    (tmp_path / "crf").mkdir()
+    (tmp_path / "crf" / "checkpoint.json").write_text("{}")
+    return {"checkpoint": str(tmp_path / "crf")}
+
+
+class TestOracleStage:
+    def test_parameters_are_oracle_config_fields(self, tmp_path):
+        found = problems(tmp_path, stage="gd-oracle", warm_start=_fake_checkpoint(tmp_path),
+                         space={"lr": {"choice": [0.1, 1.0]}})
+        assert found == ["space.lr: unknown parameter; parameters are OracleConfig fields"]
+
+    def test_bad_value_names_the_field(self, tmp_path):
+        found = problems(tmp_path, stage="gd-oracle", warm_start=_fake_checkpoint(tmp_path),
+                         space={"momentum": {"choice": [0.5, 1.5]}})
+        assert found == ["space.momentum: value 1.5: momentum must be in [0, 1)"]

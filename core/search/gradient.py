@@ -44,7 +44,7 @@ class GDTrace(NamedTuple):
     logits: torch.Tensor  # (R, B, T, L) y after the last step
 
 
-def _check_grid(steps: Sequence[int], lrs: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def check_grid(steps: Sequence[int], lrs: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
     steps = tuple(int(n) for n in steps)
     lrs = tuple(float(r) for r in lrs)
     if not steps or any(n < 0 for n in steps) or list(steps) != sorted(set(steps)):
@@ -71,7 +71,7 @@ def gradient_descent(
     crf: a LinearChainCRF (its parameters are held fixed), unary (B, T, L), mask (B, T),
     init: (B, T, L) logits (warm start) or None for y ~ N(0, init_std^2) drawn from `seed` (the
     same start for every learning rate; see INIT_STD)."""
-    steps, lrs = _check_grid(steps, lrs)
+    steps, lrs = check_grid(steps, lrs)
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     if not init_std >= 0.0:
@@ -266,7 +266,7 @@ def run_oracle_grid(
     from core.data import make_batches
     from core.metrics import evaluate
 
-    steps, lrs = _check_grid(steps, lrs)
+    steps, lrs = check_grid(steps, lrs)
     model.eval()
     device = next(model.parameters()).device
     itos = vocabs.labels.itos
