@@ -1,6 +1,7 @@
 """Ray Tune function trainables: one per stage family, importable by every worker.
 
-`train_trial(config, context)` runs one trial of any stage that `core.train.train` implements:
+`train_trial(config, context)` runs one trial of any stage that `core.train.train` implements
+(`oracle_trial` runs the gd-oracle stage, which trains nothing):
 `config` is the trial's flat parameters (the spec's fixed values plus what the searcher sampled),
 `context` is what the driver resolved once for the whole sweep (MLflow ids, stage, task, warm
 start). Each epoch it logs to the trial's MLflow child run and reports to Tune with a checkpoint:
@@ -114,8 +115,7 @@ def oracle_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
 
 def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """The trainable of every stage that core.train.train runs (ce today; dl/hinge/crf/... as core
-    adds their objectives)."""
+    """The trainable of every stage that core.train.train runs (ce, dl, hinge, crf, crf+, local, infnet)."""
     import ray
     from ray import tune
 
