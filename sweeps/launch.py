@@ -12,6 +12,7 @@ restored ASHA starts with empty rungs, so a resumed sweep would stop nothing it 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import time
@@ -250,17 +251,20 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     root = resolve_storage(storage)
     directory = root / spec.name
     sweep_file = directory / SWEEP_FILE
-    if resume:
-        if not sweep_file.is_file() or not tune.Tuner.can_restore(str(directory)):
-            raise SweepError(f"nothing to resume: no sweep named {spec.name!r} under {root}")
-        state = json.loads(sweep_file.read_text())
-        uri = tracking_uri and tracking.resolve_tracking_uri(tracking_uri) or state["tracking_uri"]
-        experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
-        tracking.reopen(uri, parent_run_id)
-    else:
-        if directory.exists() and any(directory.iterdir()):
-            raise SweepError(f"sweep {spec.name!r} already exists under {root}: continue it with "
-                             f"`beamtune sweep --resume {spec.name}`, or give the spec another name")
+    if resume and (not sweep_file.is_file() or not tune.Tuner.can_restore(str(directory))):
+        raise SweepError(f"nothing to resume: no sweep named {spec.name!r} under {root}")
+    if not resume and directory.exists() and any(directory.iterdir()):
+        raise SweepError(f"sweep {spec.name!r} already exists under {root}: continue it with "
+                         f"`beamtune sweep --resume {spec.name}`, or give the spec another name")
+
+    def prepare_tracking() -> dict[str, Any]:
+        """The sweep's MLflow experiment and parent run (and its warm start), created or reopened."""
+        if resume:
+            state = json.loads(sweep_file.read_text())
+            if tracking_uri:
+                state["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
+            tracking.reopen(state["tracking_uri"], state["parent_run_id"])
+            return state
         directory.mkdir(parents=True, exist_ok=True)
         uri = tracking.resolve_tracking_uri(tracking_uri)
         experiment_id = tracking.ensure_experiment(uri, spec.experiment)
@@ -282,6 +286,21 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                  "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
         (directory / SPEC_FILE).write_text(spec.to_yaml())
         sweep_file.write_text(json.dumps(state, indent=2))
+        return state
+
+    # MLflow's setup (schema migrations on a fresh SQLite file, the parent run) and Ray's start take
+    # seconds each and do not depend on each other: overlap them. Ray keeps the main thread (it
+    # installs signal handlers there).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare_tracking)
+        started_ray = connect(address, num_cpus)
+        try:
+            state = pending.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
+    uri, experiment_id, parent_run_id = state["tracking_uri"], state["experiment_id"], state["parent_run_id"]
 
     context = {"sweep": spec.name, "stage": spec.stage, "objective": spec.stage_info.objective, "task": spec.task,
                "data_root": str(Path(spec.data_root).absolute()) if spec.data_root else os.environ.get("BEAMTUNE_DATA"),
@@ -291,7 +310,6 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     if not spec.data_root and spec.task == "synthetic":
         context["data_root"] = None
 
-    started_ray = connect(address, num_cpus)
     try:
         trainable = tune.with_resources(tune.with_parameters(FAMILIES[spec.stage_info.family], context=context),
                                         spec.resources.to_ray())
