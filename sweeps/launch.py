@@ -245,7 +245,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from sweeps.trainables import FAMILIES
+    from sweeps.trainables import FAMILIES, warm_imports
 
     start = time.perf_counter()
     root = resolve_storage(storage)
@@ -294,6 +294,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(prepare_tracking)
         started_ray = connect(address, num_cpus)
+        if started_ray:  # warm the worker processes the first trials will run in
+            warm = ray.remote(num_cpus=0)(warm_imports)
+            warming = [warm.remote() for _ in range(spec.max_concurrent or int(ray.available_resources().get("CPU", 1)))]  # noqa: F841
         try:
             state = pending.result()
         except BaseException:
