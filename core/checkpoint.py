@@ -172,6 +172,4 @@ def load_model(directory: str | os.PathLike, kind: str, config_class: type, mode
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {directory}: bad model config or vocabularies: {error}") from None
     load_weights(model, checkpoint)
-    if isinstance(device, str) and device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), vocabs, checkpoint.meta
