@@ -71,6 +71,7 @@ class TrainConfig:
     seed: int = 0
     min_count: int = 1
     lowercase: bool = True
+    train_limit: int = 0  # train on the first N training sentences only (0: all); a stated reduction
     eval_beam_size: int = 3
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default. Use 1 when runs share cores:
@@ -103,6 +104,7 @@ class TrainConfig:
             (self.patience >= 0, "patience must be >= 0"),
             (self.eval_beam_size >= 1, "eval_beam_size must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
+            (self.train_limit >= 0, "train_limit must be >= 0"),
             (self.beam_size >= 1, "beam_size must be >= 1"),
             (self.cost in COSTS, f"cost must be one of {COSTS}"),
             (self.objective not in ("dl", "hinge") or self.init or self.resume_from,
@@ -362,6 +364,8 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(config.task, config.data_root)
+    if config.train_limit:
+        task.train = task.train[: config.train_limit]
     stage = make_stage(config, task, device)
     optimizer = make_optimizer(config, stage.model)
     # Counters that a resumed run continues from.

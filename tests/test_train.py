@@ -74,6 +74,14 @@ class TestTrain:
         with pytest.raises(CheckpointError, match="bad model config"):
             load_tagger(tmp_path / "bad")
 
+    def test_train_limit_uses_the_first_sentences(self, tmp_path):
+        from core.data import build_vocabs
+
+        train(_config(tmp_path, epochs=1, train_limit=100))
+        model, vocabs, meta = load_tagger(tmp_path / "run")
+        assert meta["train_config"]["train_limit"] == 100
+        assert vocabs.words.itos == build_vocabs(load_task("synthetic").train[:100]).words.itos
+
     def test_early_stopping(self, tmp_path):
         # With a vanishing learning rate, dev never improves after epoch 1.
         reports = []
