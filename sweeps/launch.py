@@ -181,6 +181,9 @@ class SweepOutcome:
     errors: int
     statuses: dict[str, str]  # trial id -> TERMINATED / ERROR
     seconds: float
+    # Wall seconds of each phase: "ray_start" (0 when Ray was already up), "tracking_setup" (overlaps
+    # ray_start), "tune" (Tuner set-up and fit), "ray_shutdown" and "finish" (MLflow bookkeeping after).
+    phases: dict[str, float]
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -245,7 +248,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from sweeps.trainables import FAMILIES, warm_imports
+    from sweeps.trainables import FAMILIES
 
     start = time.perf_counter()
     root = resolve_storage(storage)
@@ -257,8 +260,17 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
         raise SweepError(f"sweep {spec.name!r} already exists under {root}: continue it with "
                          f"`beamtune sweep --resume {spec.name}`, or give the spec another name")
 
+    phases: dict[str, float] = {}
+
     def prepare_tracking() -> dict[str, Any]:
         """The sweep's MLflow experiment and parent run (and its warm start), created or reopened."""
+        began = time.perf_counter()
+        try:
+            return _prepare_tracking()
+        finally:
+            phases["tracking_setup"] = time.perf_counter() - began
+
+    def _prepare_tracking() -> dict[str, Any]:
         if resume:
             state = json.loads(sweep_file.read_text())
             if tracking_uri:
@@ -293,10 +305,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     # installs signal handlers there).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(prepare_tracking)
+        began = time.perf_counter()
         started_ray = connect(address, num_cpus)
-        if started_ray:  # warm the worker processes the first trials will run in
-            warm = ray.remote(num_cpus=0)(warm_imports)
-            warming = [warm.remote() for _ in range(spec.max_concurrent or int(ray.available_resources().get("CPU", 1)))]  # noqa: F841
+        phases["ray_start"] = time.perf_counter() - began
         try:
             state = pending.result()
         except BaseException:
@@ -313,6 +324,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     if not spec.data_root and spec.task == "synthetic":
         context["data_root"] = None
 
+    began = time.perf_counter()
     try:
         trainable = tune.with_resources(tune.with_parameters(FAMILIES[spec.stage_info.family], context=context),
                                         spec.resources.to_ray())
@@ -345,9 +357,13 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
         errors = {t.trial_id: str(t.get_error() or "trial failed") for t in results._experiment_analysis.trials
                   if t.status == "ERROR"}
     finally:
+        phases["tune"] = time.perf_counter() - began
+        began = time.perf_counter()
         if started_ray:
             ray.shutdown()
+        phases["ray_shutdown"] = time.perf_counter() - began
 
+    began = time.perf_counter()
     # The trials of this sweep as Ray knows them (storage.best ignores folders of other trials).
     (directory / TRIALS_FILE).write_text(json.dumps(statuses, indent=1))
     # No child run may stay RUNNING: settle any that a lost worker left behind.
@@ -379,8 +395,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     c.set_tag(parent_run_id, "beamtune.trials", str(len(statuses)))
     c.set_tag(parent_run_id, "beamtune.errors", str(len(errors)))
     tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")
+    phases["finish"] = time.perf_counter() - began
     return SweepOutcome(spec.name, directory, uri, experiment_id, parent_run_id, best, len(statuses), len(errors),
-                        statuses, time.perf_counter() - start)
+                        statuses, time.perf_counter() - start, phases)
 
 
 def load_sweep_spec(name: str, storage: str | os.PathLike | None = None) -> SweepSpec:

@@ -25,17 +25,6 @@ from typing import Any, Callable
 FAILED_MARKER = "beamtune_failed.json"
 
 
-def warm_imports() -> None:
-    """Import what every trial needs (torch, core, MLflow: ~7 s in a fresh worker). The launcher
-    runs this as zero-CPU tasks right after starting local Ray, so the pooled workers that Tune's
-    trials then take are already warm while the driver is still setting up."""
-    import mlflow  # noqa: F401
-
-    import core.structured  # noqa: F401
-    import core.train  # noqa: F401
-    import storage.tracking  # noqa: F401
-
-
 def _copy_model(source: Path, target: Path) -> None:
     from storage.best import model_files
 
