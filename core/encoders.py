@@ -10,15 +10,19 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 class CharCNN(nn.Module):
-    """Character CNN of Ma & Hovy (2016): embed characters, one convolution of width 3, max-pool.
+    """Character CNN of Ma & Hovy (2016): embed characters, dropout, one convolution of width 3,
+    max-pool.
 
     Gives each word a vector of `filters` features built from its spelling, which helps with
-    unknown and rare words (capitalisation, suffixes, digits).
+    unknown and rare words (capitalisation, suffixes, digits). Ma & Hovy apply dropout to the
+    character embeddings before the convolution; the taggers pass their own dropout rate here.
     """
 
-    def __init__(self, n_chars: int, char_dim: int = 30, filters: int = 50, width: int = 3, pad_id: int = 0):
+    def __init__(self, n_chars: int, char_dim: int = 30, filters: int = 50, width: int = 3, pad_id: int = 0,
+                 dropout: float = 0.0):
         super().__init__()
         self.embedding = nn.Embedding(n_chars, char_dim, padding_idx=pad_id)
+        self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv1d(char_dim, filters, kernel_size=width, padding=width // 2)
         self.pad_id = pad_id
 
@@ -26,7 +30,7 @@ class CharCNN(nn.Module):
         """chars: (B, T, C) long -> (B, T, filters)."""
         B, T, C = chars.shape
         flat = chars.reshape(B * T, C)  # (B*T, C)
-        x = self.embedding(flat).transpose(1, 2)  # (B*T, char_dim, C)
+        x = self.dropout(self.embedding(flat)).transpose(1, 2)  # (B*T, char_dim, C)
         x = self.conv(x)  # (B*T, filters, C)
         # Padding characters must not win the max: push them to -inf before pooling.
         pad = (flat == self.pad_id).unsqueeze(1)  # (B*T, 1, C)
@@ -38,7 +42,8 @@ class CharCNN(nn.Module):
 
 
 class BiLSTMEncoder(nn.Module):
-    """Word embedding (+ char CNN) -> dropout -> 1-layer BiLSTM -> dropout.
+    """Word embedding (+ char CNN, dropout on its character embeddings) -> dropout -> 1-layer BiLSTM
+    -> dropout.
 
     The LSTM runs on packed sequences, so a sentence's states do not depend on how much padding
     its batch has: decoding one sentence alone or in a batch gives the same result.
@@ -56,7 +61,7 @@ class BiLSTMEncoder(nn.Module):
     ):
         super().__init__()
         self.word_embedding = nn.Embedding(n_words, word_dim, padding_idx=0)
-        self.char_cnn = CharCNN(n_chars, char_dim, char_filters) if char_filters > 0 else None
+        self.char_cnn = CharCNN(n_chars, char_dim, char_filters, dropout=dropout) if char_filters > 0 else None
         input_dim = word_dim + (char_filters if char_filters > 0 else 0)
         self.lstm = nn.LSTM(input_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)

@@ -16,7 +16,6 @@ Shapes: B sentences, T positions, C characters per word, L labels, H hidden unit
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -82,13 +81,14 @@ def _output(logits: torch.Tensor, lengths: torch.Tensor) -> InfnetOutput:
 
 
 class _Embedder(nn.Module):
-    """Word embedding (+ char CNN) -> dropout: (B, T) -> (B, T, D)."""
+    """Word embedding (+ char CNN, dropout on its character embeddings) -> dropout: (B, T) -> (B, T, D)."""
 
     def __init__(self, config: InfnetConfig):
         super().__init__()
         self.word_embedding = nn.Embedding(config.n_words, config.word_dim, padding_idx=0)
         self.word_embedding.weight.requires_grad_(config.finetune_embeddings)
-        self.char_cnn = CharCNN(config.n_chars, config.char_dim, config.char_filters) if config.char_filters else None
+        self.char_cnn = (CharCNN(config.n_chars, config.char_dim, config.char_filters, dropout=config.dropout)
+                         if config.char_filters else None)
         self.output_dim = config.word_dim + config.char_filters
         self.dropout = nn.Dropout(config.dropout)
 
@@ -186,9 +186,3 @@ class InferenceNetwork(nn.Module):
     def forward(self, words: torch.Tensor, chars: torch.Tensor, lengths: torch.Tensor) -> InfnetOutput:
         """words (B, T), chars (B, T, C), lengths (B,) -> logits, probs (B, T, L), labels (B, T)."""
         return self.net(words, chars, lengths)
-
-
-def annealed_lambda(lam: float, epoch: int, anneal: bool, rate: float = 0.01) -> float:
-    """The local-loss weight at `epoch` (from 1): `lam` if constant, `lam * e^{-rate * epoch}` when
-    annealed (Tu & Gimpel §7: lambda = e^{-0.01 t} for lam = 1)."""
-    return lam * math.exp(-rate * epoch) if anneal else lam

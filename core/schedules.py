@@ -9,6 +9,7 @@ compact CLI form:
     linear:1:10:20           1 at epoch 1 to 10 at epoch 20, then 10
     exp:1:100:10             geometric from 1 at epoch 1 to 100 at epoch 10, then 100
     steps:1,2,5,10           value per epoch; the last one repeats
+    decay:1:0.01             1 * exp(-0.01 epoch), without end (Tu & Gimpel's lambda annealing)
 """
 from __future__ import annotations
 
@@ -100,14 +101,32 @@ class Steps:
         return {"schedule": "steps", "values": list(self.values)}
 
 
-Schedule = Constant | Linear | Exponential | Steps
-_KINDS = {"constant": Constant, "linear": Linear, "exp": Exponential, "steps": Steps}
+@dataclass(frozen=True)
+class Decay:
+    """start * exp(-rate * epoch): Tu & Gimpel's (2019, §7) lambda = e^{-0.01 t} is Decay(1, 0.01)."""
+
+    start: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        _check_finite("start", self.start)
+        _check_finite("rate", self.rate)
+
+    def at(self, epoch: int) -> float:
+        return float(self.start * math.exp(-self.rate * epoch))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schedule": "decay", **asdict(self)}
+
+
+Schedule = Constant | Linear | Exponential | Steps | Decay
+_KINDS = {"constant": Constant, "linear": Linear, "exp": Exponential, "steps": Steps, "decay": Decay}
 
 
 def from_config(spec: Any) -> Schedule:
     """A schedule from a number, a compact string (see module docstring) or a dict with key
     "schedule" naming the kind and the kind's fields. Errors name the bad field."""
-    if isinstance(spec, (Constant, Linear, Exponential, Steps)):
+    if isinstance(spec, (Constant, Linear, Exponential, Steps, Decay)):
         return spec
     if isinstance(spec, bool):
         raise ValueError(f"schedule must be a number, string or mapping, got {spec!r}")
@@ -139,10 +158,13 @@ def _parse(text: str) -> Schedule:
         if kind in ("linear", "exp"):
             start, end, epochs = rest.split(":")
             return _KINDS[kind](float(start), float(end), int(epochs))
+        if kind == "decay":
+            start, rate = rest.split(":")
+            return Decay(float(start), float(rate))
         if kind == "constant":
             return Constant(float(rest))
     except ValueError as error:
         if "schedule" in str(error):
             raise
         raise ValueError(f"cannot parse schedule {text!r}: {error}") from None
-    raise ValueError(f"cannot parse schedule {text!r}: expected a number, linear:START:END:EPOCHS, exp:START:END:EPOCHS or steps:V1,V2,...")
+    raise ValueError(f"cannot parse schedule {text!r}: expected a number, linear:START:END:EPOCHS, exp:START:END:EPOCHS, steps:V1,V2,... or decay:START:RATE")

@@ -27,13 +27,15 @@ from tqdm.auto import tqdm
 from core.checkpoint import CheckpointError, load_checkpoint, load_model
 from core.crf import BLSTMCRF, CRFConfig
 from core.data import TaskData, Vocabs, load_task, make_batches
-from core.infnets import InferenceNetwork, InfnetConfig, annealed_lambda
+from core.infnets import InferenceNetwork, InfnetConfig
 from core.metrics import evaluate
 from core.objectives import infnet_loss, token_loss
+from core.schedules import Constant, Decay
 from core.search.gradient import GRID_LRS, GRID_STEPS, check_grid, gradient_descent, instance_tailor, run_oracle_grid, search_errors
 from core.train import TrainConfig, build_vocabs_and_vectors, resolve_device, task_meta
 
 STRUCTURED_DECODERS = ("viterbi", "infnet", "gd", "tailored", "warm-gd")
+LAMBDA_DECAY = 0.01  # --lam-anneal: lambda = LAM * exp(-0.01 epoch) (Tu & Gimpel 2019, §7)
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +156,8 @@ class StructuredStage:
     def __init__(self, config: TrainConfig, task: TaskData, device: torch.device):
         self.config, self.task = config, task
         self.kind = "crf" if config.objective in ("crf", "crf+") else "infnet"
+        # The infnet's local-loss weight per epoch; annealing is Tu & Gimpel's lambda = e^{-0.01 t}.
+        self.lam = Decay(config.lam, LAMBDA_DECAY) if config.lam_anneal else Constant(config.lam)
         self.crf: BLSTMCRF | None = None
         if config.objective == "infnet":
             self.crf, crf_vocabs, crf_meta = load_crf(config.energy, str(device))
@@ -211,14 +215,13 @@ class StructuredStage:
             else:
                 with torch.no_grad():
                     unary = self.crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
-                lam = annealed_lambda(self.config.lam, epoch, self.config.lam_anneal)
-                losses = infnet_loss(self.crf.crf, unary, logits, batch.labels, batch.mask, lam)  # (B,)
+                losses = infnet_loss(self.crf.crf, unary, logits, batch.labels, batch.mask, self.lam.at(epoch))  # (B,)
         return losses.sum() / batch.lengths.sum()
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         if self.config.objective != "infnet":
             return {}
-        return {"lam": annealed_lambda(self.config.lam, epoch, self.config.lam_anneal)}
+        return {"lam": self.lam.at(epoch)}
 
     def dev_score(self) -> dict[str, Any]:
         result = score_decoder(self.task.dev, self.vocabs, self.task.metric, self.decoder, **self._decode_kwargs())

@@ -1,13 +1,12 @@
 """Inference networks (CNN, BLSTM, seq2seq) and their losses (Tu & Gimpel 2019, §4)."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 from core.crf import LinearChainCRF, crf_energy
-from core.infnets import ARCHITECTURES, InferenceNetwork, InfnetConfig, annealed_lambda
+from core.infnets import ARCHITECTURES, InferenceNetwork, InfnetConfig
 from core.objectives import infnet_loss, token_loss
 from tests.helpers import tiny_inputs
 
@@ -134,8 +133,21 @@ class TestLosses:
         assert loss.item() >= viterbi.item() - 1e-4
 
 
-class TestAnnealing:
-    def test_constant_and_exponential(self):
-        assert annealed_lambda(0.5, 10, anneal=False) == 0.5
-        assert annealed_lambda(1.0, 10, anneal=True) == pytest.approx(math.exp(-0.1))
-        assert annealed_lambda(2.0, 0, anneal=True) == 2.0
+class TestCharCNNDropout:
+    """Ma & Hovy's dropout on the character embeddings, before the character convolution."""
+
+    def test_dropout_only_in_training(self):
+        from core.encoders import CharCNN
+
+        torch.manual_seed(0)
+        chars = torch.randint(1, 20, (2, 5, 7))  # (B, T, C)
+        with_dropout, without = CharCNN(20, dropout=0.5), CharCNN(20, dropout=0.0)
+        without.load_state_dict(with_dropout.state_dict())
+        with_dropout.train(), without.train()
+        assert not torch.equal(with_dropout(chars), without(chars))  # dropped character embeddings
+        with_dropout.eval()
+        assert torch.equal(with_dropout(chars), without(chars))  # eval: identical
+
+    def test_taggers_pass_their_rate(self):
+        config = InfnetConfig(arch="cnn13", n_words=10, n_chars=20, n_labels=3, char_filters=4, dropout=0.3)
+        assert InferenceNetwork(config).net.embed.char_cnn.dropout.p == 0.3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -42,6 +43,13 @@ class TestTraining:
         test = inf["test"]["infnet"]
         assert test["energy"] >= test["viterbi_energy"] - 1e-4 and "relaxed_energy" in test
         assert json.loads((root / "inf" / "metrics.json").read_text())["objective"] == "infnet"
+
+    def test_lambda_annealing_reported_per_epoch(self, tmp_path, trained):
+        root, _, _ = trained
+        seen = {}
+        train(TrainConfig(out=str(tmp_path), objective="infnet", arch="cnn13", energy=str(root / "crf"), lam=2.0,
+                          lam_anneal=True, **{**SMALL, "epochs": 2}), lambda epoch, metrics, last: seen.update({epoch: metrics["lam"]}))
+        assert seen == pytest.approx({1: 2 * math.exp(-0.01), 2: 2 * math.exp(-0.02)})
 
     def test_structured_runs_resume_like_any_other(self, tmp_path, trained):
         # The shared epoch loop gives CRF training the same out/last state and exact resumption.

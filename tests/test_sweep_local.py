@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage import tracking
-from storage.best import best_checkpoint, export_checkpoint, trial_rankings
+from storage.best import best_checkpoint, trial_rankings
 from sweeps.spec import validate
 
 TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8, "char_filters": 4, "batch_size": 64,
