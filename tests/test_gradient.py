@@ -160,24 +160,47 @@ class TestOracle:
 
 
 class TestInstanceTailoring:
-    def test_lowers_energy_and_is_per_sentence(self):
+    @staticmethod
+    def setup_case():
         torch.manual_seed(0)
         crf = LinearChainCRF(4)
         with torch.no_grad():
             crf.transitions.normal_(0, 1)
-        net = tiny_infnet("cnn13")
-        words, chars, lengths = tiny_inputs([5, 3])
-        mask = prefix_mask([5, 3], 5)
-        unary = torch.randn(2, 5, 4) * 2
+        words, chars, lengths = tiny_inputs([5, 3, 4])
+        return crf, words, chars, lengths, prefix_mask([5, 3, 4], 5), torch.randn(3, 5, 4) * 2
+
+    @pytest.mark.parametrize("arch", ["cnn13", "cnn15", "blstm", "seq2seq"])
+    def test_lowers_energy_and_is_per_sentence(self, arch):
+        crf, words, chars, lengths, mask, unary = self.setup_case()
+        net = tiny_infnet(arch)
         before = net(words, chars, lengths)
         after = instance_tailor(net, crf, words, chars, lengths, unary, steps=10, lr=0.05)
         e_before = crf.energy(unary, before.probs, mask)
         e_after = crf.energy(unary, after.probs, mask)
         assert (e_after < e_before).all()
-        alone = instance_tailor(net, crf, words[1:], chars[1:], lengths[1:], unary[1:], steps=10, lr=0.05)
-        torch.testing.assert_close(after.logits[1:, :3], alone.logits[:, :3])
+        # A sentence tailored alone gets the same network as in a batch (its own copy either way).
+        alone = instance_tailor(net, crf, words[1:2], chars[1:2], lengths[1:2], unary[1:2], steps=10, lr=0.05)
+        torch.testing.assert_close(after.logits[1:2, :3], alone.logits[:, :3])
+        assert (after.logits[1, 3:] == 0).all() and (after.labels[1, 3:] == 0).all()  # padding
         # The trained network itself is untouched.
         torch.testing.assert_close(net(words, chars, lengths).logits, before.logits)
+
+    @pytest.mark.parametrize("arch", ["cnn13", "cnn15"])
+    def test_batched_cnn_equals_one_copy_at_a_time(self, arch):
+        from core.search.gradient import _tailor_batched, _tailor_one_by_one
+
+        crf, words, chars, lengths, mask, unary = self.setup_case()
+        net = tiny_infnet(arch)
+        batched = _tailor_batched(net, crf, words, chars, lengths, unary, 7, 0.05, 0.9)
+        looped = _tailor_one_by_one(net, crf, words, chars, lengths, unary, 7, 0.05, 0.9)
+        torch.testing.assert_close(batched.logits, looped.logits, atol=1e-5, rtol=1e-4)
+        assert torch.equal(batched.labels, looped.labels)
+
+    def test_zero_steps_is_the_network(self):
+        crf, words, chars, lengths, mask, unary = self.setup_case()
+        net = tiny_infnet("cnn13")
+        out = instance_tailor(net, crf, words, chars, lengths, unary, steps=0, lr=0.05)
+        torch.testing.assert_close(out.logits, net(words, chars, lengths).logits * mask.unsqueeze(-1))
 
 
 class TestOracleGrid:
