@@ -237,9 +237,7 @@ def _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum)
     table = next(name for name, p in net.named_parameters() if p is net.word_embedding().weight)
     vocab = torch.unique(torch.cat([words.new_zeros(1), words.flatten()]))  # (U,) sorted, vocab[0] = 0
     words = torch.searchsorted(vocab, words)  # (B, T) ids into the reduced table
-    reduced = {name: (p[vocab] if name == table else p) for name, p in {**trainable, **fixed}.items()}
-    trainable = {name: reduced[name] for name in trainable}
-    fixed = {name: reduced[name] for name in fixed}
+    trainable, fixed = ({name: (p[vocab] if name == table else p) for name, p in group.items()} for group in (trainable, fixed))
     # One copy of every trainable tensor per sentence: (B, *shape); SGD momentum buffers alike.
     params = {name: p.unsqueeze(0).expand(B, *p.shape).clone() for name, p in trainable.items()}
     velocity = {name: torch.zeros_like(p) for name, p in params.items()}
