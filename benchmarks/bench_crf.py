@@ -1,7 +1,7 @@
 """CRF log Z and Viterbi: core.crf against pytorch-crf and torch-struct on the same inputs.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_crf.py [--threads 1] [--repeats 3]
-        [--struct-budget 60] [--device cpu]
+        [--struct-budget 60] [--device cpu] [--compile]
 
 Cells: L in {17 (NER BIOES), 400 (CCG top-400)} x batch {32, 256}, T = 30, every sentence full
 length (torch-struct's end scores are folded into the last edge, which needs equal lengths).
@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--struct-budget", type=float, default=60.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile(crf_log_partition, dynamic=True); its first call (the compile) is reported apart")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -67,6 +69,7 @@ def main() -> None:
         torch_struct = None
     T = 30
     rows = []
+    compiled = torch.compile(crf_log_partition, dynamic=True) if args.compile else None
     for L in (17, 400):
         for B in (32, 256):
             g = torch.Generator().manual_seed(L * 1000 + B)
@@ -87,6 +90,13 @@ def main() -> None:
                 row["logz_match_torchcrf"] = bool(torch.allclose(z, z_ref, rtol=1e-3, atol=1e-3))
                 row["paths_match_torchcrf"] = vit.labels.tolist() == paths
                 row["logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["ours_logz_s"]
+                if compiled is not None:
+                    t0 = time.perf_counter()
+                    compiled(unary, trans, start, end, mask)
+                    row["compiled_first_call_s"] = time.perf_counter() - t0
+                    row["compiled_logz_s"], z_c = timed(lambda: compiled(unary, trans, start, end, mask), args.repeats)
+                    row["logz_match_compiled"] = bool(torch.allclose(z, z_c, rtol=1e-3, atol=1e-3))
+                    row["compiled_logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["compiled_logz_s"]
                 row["viterbi_speedup_vs_torchcrf"] = row["torchcrf_viterbi_s"] / row["ours_viterbi_s"]
                 if torch_struct is not None:
                     one = struct_potentials(unary[:1], trans, start, end)
