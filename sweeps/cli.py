@@ -194,14 +194,19 @@ def decode(
     lr: Optional[float] = typer.Option(None, min=0.0, help="Step size, the same for every sentence. Default: 100 for gd / "
                                        "warm-gd (steps on the relaxed output), 0.01 for tailored (steps on the network's weights)."),
     energy: Optional[Path] = typer.Option(None, help="infnet checkpoints: the CRF energy (default: the one it was trained with)."),
+    threads: int = typer.Option(0, min=0, help="CPU threads for torch (0: torch's default; 1 when runs share cores)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Decode a split with a trained checkpoint and print its metrics."""
+    import torch
+
     from core.checkpoint import atomic_write
     from core.data import load_task
     from core.metrics import evaluate
     from core.train import load_tagger, predict
 
+    if threads:
+        torch.set_num_threads(threads)
     seq2seq_decoders = ("greedy", "beam", "soft-beam")
     k = 1 if decoder == Decoder.greedy else beam_size
     if decoder.value in seq2seq_decoders:

@@ -70,7 +70,7 @@ class TestTrainCommand:
 class TestDecodeCommand:
     @pytest.mark.parametrize("decoder", ["greedy", "beam"])
     def test_json_metrics_match_training(self, trained, decoder):
-        result = beamtune("decode", "--checkpoint", trained, "--decoder", decoder, "--beam-size", "3", "--split", "test", "--json", "--quiet")
+        result = beamtune("decode", "--checkpoint", trained, "--decoder", decoder, "--beam-size", "3", "--split", "test", "--json", "--quiet", "--threads", "1")
         assert result.returncode == 0, result.stderr
         printed = json.loads(result.stdout)
         recorded = json.loads((trained / "metrics.json").read_text())["test"]["greedy" if decoder == "greedy" else "beam3"]
