@@ -55,6 +55,10 @@ def test_optuna_asha_sweep_mlflow_best_decode(ray_local, tmp_path):
                           scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
     assert outcome.trials == 4 and outcome.errors == 0
     assert set(outcome.statuses.values()) == {"TERMINATED"}
+    # Phase times add up to no more than the whole call (Ray start and MLflow setup overlap).
+    phases = outcome.phases
+    assert set(phases) == {"ray_start", "tracking_setup", "tune", "ray_shutdown", "finish"} and min(phases.values()) >= 0
+    assert phases["ray_start"] + phases["tune"] + phases["ray_shutdown"] + phases["finish"] <= outcome.seconds
 
     client = tracking.client(uri)
     parent = client.get_run(outcome.parent_run_id)
