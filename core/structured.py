@@ -36,6 +36,8 @@ from core.train import TrainConfig, build_vocabs_and_vectors, resolve_device, ta
 
 STRUCTURED_DECODERS = ("viterbi", "infnet", "gd", "tailored", "warm-gd")
 LAMBDA_DECAY = 0.01  # --lam-anneal: lambda = LAM * exp(-0.01 epoch) (Tu & Gimpel 2019, §7)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
