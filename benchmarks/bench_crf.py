@@ -5,7 +5,8 @@
 
 Cells: L in {17 (NER BIOES), 400 (CCG top-400)} x batch {32, 256}, T = 30, every sentence full
 length (torch-struct's end scores are folded into the last edge, which needs equal lengths).
-Per cell: median seconds of each implementation, the speed-up ratios (theirs / ours), and
+Per cell: median seconds of each implementation, timed in round-robin (one call of each per
+round) so that load drift hits all alike, the speed-up ratios (theirs / ours), and
 whether outputs agree (log Z within 1e-3 relative, identical Viterbi paths). torch-struct's
 parallel scan does O(B T L^3) work and holds (B, T, L, L) potentials; a cell whose estimated
 time (from one timed run at batch 1) exceeds --struct-budget seconds is reported as skipped.
@@ -27,16 +28,29 @@ import torch  # noqa: E402
 from core.crf import crf_log_partition, crf_viterbi  # noqa: E402
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, rounds: dict, block: dict) -> tuple[dict, dict]:
+    """Median seconds per call and last output of each callable, timed in round-robin so that load
+    drift hits every implementation alike. In each round each callable runs `block[name]` times
+    in a row (timed together, so a millisecond call is not measured right after another
+    library's large allocations); rounds[name] caps how many rounds a slow one takes part in."""
+    outputs = {name: fn() for name, fn in fns.items()}  # warm-up
+    sync()
+    times: dict = {name: [] for name in fns}
+    for round_ in range(max(rounds.values())):
+        for name, fn in fns.items():
+            if round_ >= rounds[name]:
+                continue
+            start = time.perf_counter()
+            for _ in range(block[name]):
+                outputs[name] = fn()
+            sync()
+            times[name].append((time.perf_counter() - start) / block[name])
+    return {name: statistics.median(t) for name, t in times.items()}, outputs
 
 
 def struct_potentials(unary, trans, start, end):
@@ -81,41 +95,56 @@ def main() -> None:
             with torch.no_grad():
                 ref.transitions.copy_(trans), ref.start_transitions.copy_(start), ref.end_transitions.copy_(end)
             row = {"L": L, "B": B, "T": T}
+            # Small cells take ~1 ms a call and are noisy: blocks of 10 calls, many rounds.
+            # pytorch-crf and torch-struct take seconds at L = 400 (torch-struct at any large B):
+            # one call per round, and one round (pytorch-crf at L = 400) or --repeats.
+            fns = {
+                "ours_logz": lambda: crf_log_partition(unary, trans, start, end, mask),
+                "ours_viterbi": lambda: crf_viterbi(unary, trans, start, end, mask),
+                "torchcrf_logz": lambda: ref._compute_normalizer(unary.transpose(0, 1), mask.t()),
+                "torchcrf_viterbi": lambda: ref.decode(unary, mask),
+            }
+            small = L == 17
+            rounds = {name: args.repeats if small or name.startswith("ours") else 1 for name in fns}
+            block = {name: 10 if small else 1 for name in fns}
+            if compiled is not None:
+                t0 = time.perf_counter()
+                compiled(unary, trans, start, end, mask)
+                row["compiled_first_call_s"] = time.perf_counter() - t0
+                fns["compiled_logz"] = lambda: compiled(unary, trans, start, end, mask)
+                rounds["compiled_logz"], block["compiled_logz"] = args.repeats, block["ours_logz"]
+            if torch_struct is not None:
+                one = struct_potentials(unary[:1], trans, start, end)
+                t0 = time.perf_counter()
+                torch_struct.LinearChainCRF(one).partition
+                estimate = (time.perf_counter() - t0) * B * 2
+                if estimate > args.struct_budget:
+                    row["torchstruct"] = f"skipped: estimated {estimate:.0f}s per call (> {args.struct_budget:.0f}s budget)"
+                else:
+                    phi = struct_potentials(unary, trans, start, end)
+                    fns["torchstruct_logz"] = lambda: torch_struct.LinearChainCRF(phi).partition
+                    # Timed: the argmax edge indicators only; from_parts (a Python loop) is not timed.
+                    fns["torchstruct_viterbi"] = lambda: torch_struct.LinearChainCRF(phi).argmax
+                    rounds["torchstruct_logz"] = rounds["torchstruct_viterbi"] = args.repeats
+                    block["torchstruct_logz"] = block["torchstruct_viterbi"] = 1
             with torch.no_grad():
-                row["ours_logz_s"], z = timed(lambda: crf_log_partition(unary, trans, start, end, mask), args.repeats)
-                row["ours_viterbi_s"], vit = timed(lambda: crf_viterbi(unary, trans, start, end, mask), args.repeats)
-                reps = 1 if L == 400 else args.repeats
-                row["torchcrf_logz_s"], z_ref = timed(lambda: ref._compute_normalizer(unary.transpose(0, 1), mask.t()), reps)
-                row["torchcrf_viterbi_s"], paths = timed(lambda: ref.decode(unary, mask), reps)
-                row["logz_match_torchcrf"] = bool(torch.allclose(z, z_ref, rtol=1e-3, atol=1e-3))
-                row["paths_match_torchcrf"] = vit.labels.tolist() == paths
-                row["logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["ours_logz_s"]
-                if compiled is not None:
-                    t0 = time.perf_counter()
-                    compiled(unary, trans, start, end, mask)
-                    row["compiled_first_call_s"] = time.perf_counter() - t0
-                    row["compiled_logz_s"], z_c = timed(lambda: compiled(unary, trans, start, end, mask), args.repeats)
-                    row["logz_match_compiled"] = bool(torch.allclose(z, z_c, rtol=1e-3, atol=1e-3))
-                    row["compiled_logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["compiled_logz_s"]
-                row["viterbi_speedup_vs_torchcrf"] = row["torchcrf_viterbi_s"] / row["ours_viterbi_s"]
-                if torch_struct is not None:
-                    one = struct_potentials(unary[:1], trans, start, end)
-                    t0 = time.perf_counter()
-                    torch_struct.LinearChainCRF(one).partition
-                    estimate = (time.perf_counter() - t0) * B * 2
-                    if estimate > args.struct_budget:
-                        row["torchstruct"] = f"skipped: estimated {estimate:.0f}s per call (> {args.struct_budget:.0f}s budget)"
-                    else:
-                        phi = struct_potentials(unary, trans, start, end)
-                        row["torchstruct_logz_s"], z_ts = timed(lambda: torch_struct.LinearChainCRF(phi).partition, reps)
-
-                        # Timed: the argmax edge indicators only; from_parts (a Python loop) is not timed.
-                        row["torchstruct_viterbi_s"], edges = timed(lambda: torch_struct.LinearChainCRF(phi).argmax, reps)
-                        ts_labels = torch_struct.LinearChain.from_parts(edges)[0].to(vit.labels.device)
-                        row["logz_match_torchstruct"] = bool(torch.allclose(z, z_ts, rtol=1e-3, atol=1e-3))
-                        row["paths_match_torchstruct"] = bool(torch.equal(ts_labels, vit.labels))
-                        row["logz_speedup_vs_torchstruct"] = row["torchstruct_logz_s"] / row["ours_logz_s"]
-                        row["viterbi_speedup_vs_torchstruct"] = row["torchstruct_viterbi_s"] / row["ours_viterbi_s"]
+                medians, out = interleaved(fns, rounds, block)
+            for name, seconds in medians.items():
+                row[f"{name}_s"] = seconds
+            z, vit = out["ours_logz"], out["ours_viterbi"]
+            row["logz_match_torchcrf"] = bool(torch.allclose(z, out["torchcrf_logz"], rtol=1e-3, atol=1e-3))
+            row["paths_match_torchcrf"] = vit.labels.tolist() == out["torchcrf_viterbi"]
+            for other in ("torchcrf", "torchstruct"):
+                for what in ("logz", "viterbi"):
+                    if f"{other}_{what}_s" in row:
+                        row[f"{what}_speedup_vs_{other}"] = row[f"{other}_{what}_s"] / row[f"ours_{what}_s"]
+            if compiled is not None:
+                row["logz_match_compiled"] = bool(torch.allclose(z, out["compiled_logz"], rtol=1e-3, atol=1e-3))
+                row["compiled_logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["compiled_logz_s"]
+            if "torchstruct_logz" in out:
+                ts_labels = torch_struct.LinearChain.from_parts(out["torchstruct_viterbi"])[0].to(vit.labels.device)
+                row["logz_match_torchstruct"] = bool(torch.allclose(z, out["torchstruct_logz"], rtol=1e-3, atol=1e-3))
+                row["paths_match_torchstruct"] = bool(torch.equal(ts_labels, vit.labels))
             rows.append(row)
             print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     meta = {"torch": torch.__version__, "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count()}

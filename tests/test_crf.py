@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import core.crf as crf_module
 from core.crf import (
     BLSTMCRF,
     CRFConfig,
@@ -162,6 +163,57 @@ class TestLogPartition:
         crf_log_partition(unary, trans, start, end, mask).sum().backward()
         torch.testing.assert_close(unary.grad.sum(-1), mask.double())
 
+    @pytest.mark.parametrize("method", ["matmul", "scan"])
+    @pytest.mark.parametrize("mask_name", sorted(MASKS))
+    def test_gradients_match_logsumexp(self, method, mask_name):
+        mask = MASKS[mask_name]()
+        grads = {}
+        for name in ("logsumexp", method):
+            unary, trans, start, end = random_crf(4, 4, 3, seed=11)
+            params = (unary, trans, start, end)
+            for p in params:
+                p.requires_grad_(True)
+            crf_log_partition(unary, trans, start, end, mask, method=name).sum().backward()
+            grads[name] = [p.grad for p in params]
+        for expected, got in zip(grads["logsumexp"], grads[method]):
+            torch.testing.assert_close(got, expected)
+
+    def test_matmul_exact_in_float32_with_wide_unary_scores(self):
+        # Unary scores spanning hundreds of nats per position do not underflow the
+        # probability-space recursion: only the transitions' span matters.
+        unary, trans, start, end = random_crf(6, 25, 7, seed=12, scale=1.0)
+        unary = unary * 60  # spread ~300 nats per position
+        mask = prefix_mask([25, 1, 13, 24, 7, 0], 25)
+        reference = crf_log_partition(unary, trans, start, end, mask, "logsumexp")  # float64
+        got = crf_log_partition(unary.float(), trans.float(), start.float(), end.float(), mask)
+        torch.testing.assert_close(got.double(), reference, rtol=1e-6, atol=1e-3)
+
+    def test_matmul_finite_with_forbidden_transitions(self):
+        # Transitions spanning 10^4 nats (hard constraints) and unary scores that fight them:
+        # beyond the documented range the result stays finite; logsumexp stays exact.
+        unary, trans, start, end = random_crf(3, 12, 5, seed=13, scale=1.0, dtype=torch.float32)
+        trans[0, 1:] = -1e4  # label 0 may only be followed by itself
+        unary[:, :, 0] += 200.0  # ... and is by far the best label, so paths enter it early
+        unary[:, 1::2, 1:] += 400.0  # while every other position wants a label it cannot reach
+        mask = prefix_mask([12, 5, 9], 12)
+        got = crf_log_partition(unary, trans, start, end, mask)
+        assert torch.isfinite(got).all()
+        reference = crf_log_partition(unary.double(), trans.double(), start.double(), end.double(), mask, "logsumexp")
+        exact = crf_log_partition(unary, trans, start, end, mask, "logsumexp")
+        torch.testing.assert_close(exact.double(), reference, rtol=1e-6, atol=1e-2)
+
+    def test_without_autograd_returns_a_normal_tensor(self):
+        # Without gradients the recursion runs under inference_mode; same values, normal output.
+        unary, trans, start, end = random_crf(3, 5, 4, seed=14)
+        mask = prefix_mask([5, 2, 4], 5)
+        unary.requires_grad_(True)
+        with_grad = crf_log_partition(unary, trans, start, end, mask)
+        with torch.no_grad():
+            without = crf_log_partition(unary, trans, start, end, mask)
+        assert with_grad.requires_grad and not without.requires_grad and not without.is_inference()
+        torch.testing.assert_close(without, with_grad.detach())
+        (with_grad - without).sum().backward()  # usable next to autograd tensors
+
     def test_unknown_method(self):
         unary, trans, start, end = random_crf(1, 2, 2)
         with pytest.raises(ValueError, match="method must be one of"):
@@ -180,8 +232,10 @@ class TestNLL:
 
 
 class TestViterbi:
+    @pytest.mark.parametrize("outer_max_labels", [256, 0], ids=["outer_reduction", "inner_reduction"])
     @pytest.mark.parametrize("mask_name", sorted(MASKS))
-    def test_matches_brute_force(self, mask_name):
+    def test_matches_brute_force(self, mask_name, outer_max_labels, monkeypatch):
+        monkeypatch.setattr(crf_module, "VITERBI_OUTER_MAX_LABELS", outer_max_labels)
         mask = MASKS[mask_name]()
         for seed in range(3):
             unary, trans, start, end = random_crf(4, 4, 3, seed=20 + seed)
@@ -193,6 +247,16 @@ class TestViterbi:
                 assert all(int(result.labels[b, t]) == 0 for t in range(4) if not mask[b, t])
             # The returned score is the energy of the returned path.
             torch.testing.assert_close(result.scores, crf_score(unary, trans, start, end, result.labels, mask))
+
+    def test_outputs_are_normal_tensors(self):
+        # Viterbi runs under inference_mode; its outputs must still work in autograd afterwards.
+        unary, trans, start, end = random_crf(2, 5, 4, seed=31)
+        mask = prefix_mask([5, 3], 5)
+        result = crf_viterbi(unary, trans, start, end, mask)
+        assert not result.labels.is_inference() and not result.scores.is_inference()
+        unary.requires_grad_(True)
+        crf_score(unary, trans, start, end, result.labels, mask).sum().backward()
+        assert unary.grad is not None
 
     def test_lower_energy_than_any_relaxed_point_on_vertices(self):
         unary, trans, start, end = random_crf(2, 5, 4, seed=30)
