@@ -124,10 +124,12 @@ def train(
     min_count: int = typer.Option(1, min=1, help="Words seen fewer times in training become <unk>."),
     train_limit: int = typer.Option(0, min=0, help="Train on the first N training sentences only (0: all)."),
     attention: Attention = typer.Option(Attention.fixed, help="fixed (attend to position t), or a learned attention."),
-    encoder_hidden: int = typer.Option(128, min=1, help="BiLSTM hidden size per direction."),
+    encoder_hidden: Optional[int] = typer.Option(
+        None, min=1, help="BiLSTM hidden size per direction (default: 128 for ce/dl/hinge; the paper's H = 100 for crf/local/infnet)."),
     decoder_hidden: int = typer.Option(128, min=1, help="Decoder LSTM hidden size."),
     label_dim: int = typer.Option(32, min=1, help="Label embedding size."),
-    word_dim: int = typer.Option(50, min=1, help="Word embedding size (ignored with --embeddings)."),
+    word_dim: Optional[int] = typer.Option(
+        None, min=1, help="Word embedding size, ignored with --embeddings (default: 50 for ce/dl/hinge, 100 for crf/local/infnet)."),
     char_filters: int = typer.Option(50, min=0, help="Character-CNN filters (0: no character CNN)."),
     dropout: float = typer.Option(0.5, min=0.0, max=0.99),
     eval_beam_size: int = typer.Option(3, min=1, help="Beam size of the final beam-search scores."),
@@ -152,6 +154,8 @@ def train(
     else:
         model = {"attention": attention.value, "encoder_hidden": encoder_hidden, "decoder_hidden": decoder_hidden,
                  "label_dim": label_dim, "word_dim": word_dim, "char_filters": char_filters, "dropout": dropout}
+    # Sizes left out take the model's own defaults, the same ones a sweep spec without them gets.
+    model = {name: value for name, value in model.items() if value is not None}
     config = run_guarded(
         TrainConfig,
         task=task, out=str(out), data_root=str(data_root) if data_root else None,

@@ -55,3 +55,16 @@ def test_one_line_errors(checkpoints, tmp_path, args, message):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_train_without_sizes_uses_the_stage_defaults(tmp_path):
+    # The CLI must not impose the seq2seq tagger's sizes (H = 128) on the structured models: with
+    # no --encoder-hidden / --word-dim a local baseline gets the paper's H = 100, as in a sweep.
+    from core.checkpoint import load_checkpoint
+
+    out = tmp_path / "local"
+    result = CliRunner().invoke(app, ["train", "--objective", "local", "--task", "synthetic", "--epochs", "1",
+                                      "--train-limit", "200", "--threads", "1", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = load_checkpoint(out, kind="infnet").meta["model_config"]
+    assert (config["hidden"], config["word_dim"]) == (100, 100)
