@@ -20,7 +20,7 @@ log Z runs the forward algorithm in probability space (`method="matmul"`, the de
 kept normalised to sum to one, with its log scale apart, and one step is a BLAS GEMM with
 exp(W - max W) plus four elementwise ops, instead of a (B, L, L) log-sum-exp; masks are folded
 into per-position factors before the loop, and the backward pass is GEMMs too. It is exact up to
-float rounding while the transition scores span less than ~70 nats (float32; ~690 in float64);
+float rounding while the transition scores span less than ~70 nats (float32; ~670 in float64);
 beyond that (hard constraints) it stays finite but may be inexact. `method="logsumexp"` is the
 plain, always-stable recursion. `method="scan"` is the log-depth parallel scan of torch-struct
 (O(L^3 log T) work, O(log T) sequential steps), which pays off on a GPU for small L and long sentences.
