@@ -188,6 +188,18 @@ class TestLogPartition:
         got = crf_log_partition(unary.float(), trans.float(), start.float(), end.float(), mask)
         torch.testing.assert_close(got.double(), reference, rtol=1e-6, atol=1e-3)
 
+    def test_matmul_exact_in_float32_within_the_documented_transition_span(self):
+        # The worst case for the probability-space recursion: all mass sits on a label whose every
+        # outgoing transition costs the full span. Up to ~25 nats of span it stays exact.
+        unary, trans, start, end = random_crf(4, 30, 5, seed=3, scale=1.0)
+        trans = trans * 0.5
+        trans[0, :] -= 20.0  # leaving label 0 (or staying) costs 20 nats more than anything else
+        unary[:, :, 0] += 30.0  # ... yet label 0 is the best label everywhere
+        mask = prefix_mask([30, 17, 2, 29], 30)
+        reference = crf_log_partition(unary, trans, start, end, mask, "logsumexp")  # float64
+        got = crf_log_partition(unary.float(), trans.float(), start.float(), end.float(), mask)
+        torch.testing.assert_close(got.double(), reference, rtol=1e-6, atol=1e-3)
+
     def test_matmul_finite_with_forbidden_transitions(self):
         # Transitions spanning 10^4 nats (hard constraints) and unary scores that fight them:
         # beyond the documented range the result stays finite; logsumexp stays exact.
