@@ -5,7 +5,7 @@
 
 Cells: L in {17 (NER BIOES), 400 (CCG top-400)} x batch {32, 256}, T = 30, every sentence full
 length (torch-struct's end scores are folded into the last edge, which needs equal lengths).
-Per cell: median seconds of each implementation, timed in round-robin (one call of each per
+Per cell: median seconds per call of each implementation, timed in round-robin (a block of calls of each per
 round) so that load drift hits all alike, the speed-up ratios (theirs / ours), and
 whether outputs agree (log Z within 1e-3 relative, identical Viterbi paths). torch-struct's
 parallel scan does O(B T L^3) work and holds (B, T, L, L) potentials; a cell whose estimated

@@ -159,6 +159,12 @@ def crf_energy(unary, transitions, start, end, labels, mask) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def _without_autograd():
+    """torch.inference_mode, which also skips autograd's view and version bookkeeping; plain
+    no_grad while torch.compile traces (inference tensors cannot pass through its graphs)."""
+    return torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode()
+
+
 def _left_align(unary: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Move each row's on-positions to the front, in order (one stable sort and one gather), so
     the recursions below only ever see prefix masks.
@@ -289,7 +295,7 @@ def crf_log_partition(unary, transitions, start, end, mask, method: str = "matmu
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (unary, transitions, start, end))
     if wants_grad:
         return forwards[method](unary, transitions, start, end, mask)
-    with torch.inference_mode():
+    with _without_autograd():
         log_z = forwards[method](unary, transitions, start, end, mask)
     return log_z.clone()
 
@@ -329,7 +335,7 @@ def crf_viterbi(unary, transitions, start, end, mask) -> ViterbiResult:
     B, T, L = unary.shape
     if T == 0:
         return ViterbiResult(unary.new_zeros(B, 0, dtype=torch.long), unary.new_zeros(B))
-    with torch.inference_mode():
+    with _without_autograd():
         U, on, lengths, order = _left_align(unary, mask)  # (T, B, L), (T, B), (B,), (B, T)
         outer = L <= VITERBI_OUTER_MAX_LABELS
         if outer:

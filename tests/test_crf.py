@@ -363,3 +363,16 @@ class TestEdgeCases:
         mask = prefix_mask([3, 2], 3)
         torch.testing.assert_close(crf_log_partition(unary, trans, start, end, mask.long()),
                                    crf_log_partition(unary, trans, start, end, mask))
+
+
+class TestCompile:
+    def test_log_partition_and_viterbi_compile(self):
+        # Both run under inference_mode when no gradient is wanted; torch.compile cannot trace
+        # inference tensors, so under compilation they must fall back to no_grad.
+        unary, trans, start, end = random_crf(3, 5, 4, seed=40, dtype=torch.float32)
+        mask = prefix_mask([5, 2, 4], 5)
+        with torch.no_grad():
+            log_z = torch.compile(crf_log_partition, backend="aot_eager")(unary, trans, start, end, mask)
+            result = torch.compile(crf_viterbi, backend="aot_eager")(unary, trans, start, end, mask)
+        torch.testing.assert_close(log_z, crf_log_partition(unary, trans, start, end, mask))
+        assert torch.equal(result.labels, crf_viterbi(unary, trans, start, end, mask).labels)
