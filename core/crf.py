@@ -22,9 +22,9 @@ with exp(W - max W) plus a few elementwise ops, instead of a (B, L, L) log-sum-e
 folded into per-position factors before the loop, and the backward pass is GEMMs too. It is exact
 up to float rounding while the transition scores span less than ~25 nats (float32; ~300 in
 float64; trained CRFs here span ~6); beyond that (hard constraints) it stays finite but may be
-inexact. `method="logsumexp"` is the
-plain, always-stable recursion. `method="scan"` is the log-depth parallel scan of torch-struct
-(O(L^3 log T) work, O(log T) sequential steps), which pays off on a GPU for small L and long sentences.
+inexact. `method="logsumexp"` is the plain, always-stable recursion. `method="scan"` is the
+log-depth parallel scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays
+off on a GPU for small L and long sentences.
 
 Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
 """
@@ -39,8 +39,6 @@ from torch import nn
 
 from core.encoders import BiLSTMEncoder
 from core.checkpoint import JsonConfig
-
-LOG_Z_METHODS = ("matmul", "logsumexp", "scan")
 
 
 class ViterbiResult(NamedTuple):
@@ -289,7 +287,7 @@ def crf_log_partition(unary, transitions, start, end, mask, method: str = "matmu
     _check_ends(start, end, transitions.shape[0])
     forwards = {"matmul": _forward_matmul, "logsumexp": _forward_logsumexp, "scan": _forward_scan}
     if method not in forwards:
-        raise ValueError(f"method must be one of {LOG_Z_METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {tuple(forwards)}, got {method!r}")
     if unary.shape[1] == 0:
         return unary.new_zeros(unary.shape[0])
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (unary, transitions, start, end))
@@ -337,24 +335,20 @@ def crf_viterbi(unary, transitions, start, end, mask) -> ViterbiResult:
         return ViterbiResult(unary.new_zeros(B, 0, dtype=torch.long), unary.new_zeros(B))
     with _without_autograd():
         U, on, lengths, order = _left_align(unary, mask)  # (T, B, L), (T, B), (B,), (B, T)
-        outer = L <= VITERBI_OUTER_MAX_LABELS
-        if outer:
+        if L <= VITERBI_OUTER_MAX_LABELS:  # buffer (B, L_prev, L_pad), reduced over dim 1
             padded = -(-L // 32) * 32
             weights = transitions.new_full((L, padded), float("-inf"))  # (L_prev, L_pad)
             weights[:, :L] = transitions
-            buffer = U.new_empty(B, L, padded)  # (B, L_prev, L_pad)
-        else:
+            prev_dim = 1
+        else:  # buffer (B, L, L_prev), reduced over the contiguous dim 2
             weights = transitions.t().contiguous()  # (L, L_prev)
-            buffer = U.new_empty(B, L, L)  # (B, L, L_prev)
+            prev_dim = 2
+        buffer = U.new_empty((B,) + weights.shape)  # (B, L_prev, L_pad) or (B, L, L_prev)
         alpha = start + U[0]  # (B, L)
         alphas = [alpha]
         for U_t in U[1:].unbind(0):
-            if outer:
-                torch.add(alpha.unsqueeze(2), weights, out=buffer)  # (B, L_prev, L_pad)
-                best = buffer.amax(dim=1)[:, :L]  # (B, L)
-            else:
-                torch.add(alpha.unsqueeze(1), weights, out=buffer)  # (B, L, L_prev)
-                best = buffer.amax(dim=2)  # (B, L)
+            torch.add(alpha.unsqueeze(3 - prev_dim), weights, out=buffer)
+            best = buffer.amax(dim=prev_dim)[:, :L]  # (B, L): the padding columns dropped
             alpha = best + U_t  # (B, L): past a row's end this runs on, unused
             alphas.append(alpha)
         last = (lengths - 1).clamp(min=0)  # (B,)
