@@ -20,7 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data import load_task, make_batches  # noqa: E402
-from core.train import Seq2SeqStage, TrainConfig, predict, resolve_device, run_epoch, seed_everything  # noqa: E402
+from core.config import resolve_device, seed_everything  # noqa: E402
+from core.decoding import predict  # noqa: E402
+from core.stages.seq2seq import Seq2SeqStage  # noqa: E402
+from core.train import TrainConfig, run_epoch  # noqa: E402
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from core.data import load_task, make_batches  # noqa: E402
 from core.search.gradient import gradient_descent  # noqa: E402
-from core.structured import load_crf, load_infnet  # noqa: E402
+from core.loading import load_crf, load_infnet  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

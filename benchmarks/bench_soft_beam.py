@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data import load_task, make_batches  # noqa: E402
 from core.objectives import hamming_cost  # noqa: E402
-from core.train import TrainConfig, batch_loss, build_model, resolve_device, seed_everything  # noqa: E402
+from core.config import resolve_device, seed_everything  # noqa: E402
+from core.stages.seq2seq import batch_loss, build_model  # noqa: E402
+from core.train import TrainConfig  # noqa: E402
 
 
 def saved_bytes(fn) -> int:

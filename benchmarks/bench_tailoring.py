@@ -3,7 +3,7 @@ path against one network copy at a time, on a trained infnet and its CRF, in one
 
 For each batch of the split, both paths tailor the same sentences (N steps, lr, momentum 0.9);
 reports sentences/s of each, their ratio, the largest logit difference and whether the labels agree.
-The batched path exists for CNN infnets only (see `core.search.gradient.instance_tailor`).
+The batched path exists for CNN infnets only (see `core.tailoring.instance_tailor`).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tailoring.py --checkpoint runs/pos-infplus-cnn13 \\
         --split test --steps 3 --lr 1e-2
@@ -33,8 +33,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from core.data import load_task, make_batches
-    from core.search.gradient import _tailor_batched, _tailor_one_by_one
-    from core.structured import load_crf, load_infnet
+    from core.tailoring import _tailor_batched, _tailor_one_by_one
+    from core.loading import load_crf, load_infnet
 
     infnet, vocabs, meta = load_infnet(args.checkpoint)
     crf, _, _ = load_crf(meta["energy"])

@@ -26,6 +26,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from core.masks import lengths_to_mask
+
 
 class DataError(ValueError):
     """Bad or missing input data.
@@ -674,7 +676,7 @@ def encode_batch(sentences: Sequence[Sentence], index: Sequence[int], vocabs: Vo
         chars.append([chars_of(w) for w in sentence.words] + [[0] * C] * pad)
         labels.append([label_ids.get(t, UNSEEN_LABEL) for t in sentence.tags] + [0] * pad)
     lengths_t = torch.tensor(lengths, dtype=torch.long)
-    mask = torch.arange(T).unsqueeze(0) < lengths_t.unsqueeze(1)
+    mask = lengths_to_mask(lengths_t, T)  # (B, T)
     return Batch(
         words=torch.tensor(words, dtype=torch.long),
         chars=torch.tensor(chars, dtype=torch.long),

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.encoders import CharCNN
+from core.masks import lengths_to_mask
 from core.seq2seq import Seq2SeqTagger, TaggerConfig
 from core.checkpoint import JsonConfig
 
@@ -75,7 +76,7 @@ class InfnetConfig(JsonConfig):
 def _output(logits: torch.Tensor, lengths: torch.Tensor) -> InfnetOutput:
     """logits (B, T, L), lengths (B,) -> InfnetOutput with labels zeroed past each length."""
     T = logits.shape[1]
-    mask = torch.arange(T, device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1)  # (B, T)
+    mask = lengths_to_mask(lengths, T, logits.device)  # (B, T)
     labels = logits.detach().argmax(dim=-1) * mask  # (B, T)
     return InfnetOutput(logits, logits.softmax(dim=-1), labels)
 
@@ -114,7 +115,7 @@ class CNNInfnet(nn.Module):
 
     def forward(self, words, chars, lengths) -> InfnetOutput:
         T = words.shape[1]
-        mask = (torch.arange(T, device=words.device).unsqueeze(0) < lengths.to(words.device).unsqueeze(1))  # (B, T)
+        mask = lengths_to_mask(lengths, T, words.device)  # (B, T)
         x = self.embed(words, chars) * mask.unsqueeze(-1)  # (B, T, D): zero past the end, like the padding
         x = x.transpose(1, 2)  # (B, D, T)
         features = torch.cat([torch.tanh(self.unigram(x)), torch.tanh(self.window(x))], dim=1)  # (B, 2H, T)

@@ -3,7 +3,10 @@
 - token accuracy (CCG top-400: a gold `*` is always wrong, as in Tu & Gimpel 2019);
 - span F1, micro-averaged exactly as the CoNLL `conlleval` script counts chunks (seqeval's default
   mode is a port of conlleval's chunk rules, and it reads BIO, IOB1 and BIOES alike), plus the
-  macro average over entity types that Goyal et al. (2018) report in Table 2.
+  macro average over entity types that Goyal et al. (2018) report in Table 2;
+- per-sentence scores (`instance_scores`, what the GD oracle maximises per instance) and search
+  error E(x, y_method) - E(x, y_Viterbi) with its Spearman correlation against sentence length
+  (`search_errors`, Tu & Gimpel 2019, §6.2).
 
 Metrics work on strings, not label ids, so a dev/test tag never seen in training counts as wrong
 without special handling.
@@ -11,9 +14,11 @@ without special handling.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
+import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.metrics.sequence_labeling import get_entities
 
 from core.data import WRONG_TAG
 
@@ -67,4 +72,51 @@ def evaluate(gold: Tags, pred: Tags, metric: str) -> dict[str, float]:
         result["score"] = result["accuracy"]
     else:
         raise ValueError(f"unknown metric {metric!r}: expected 'accuracy' or 'span_f1'")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-instance metrics and search error (Tu & Gimpel 2019)
+# ---------------------------------------------------------------------------------------------
+
+
+def instance_scores(gold: Tags, pred: Tags, metric: str) -> list[float]:
+    """Per-sentence metric: token accuracy (gold `*` never correct), or span F1 with conlleval's
+    chunks (a sentence with no gold and no predicted chunk scores 1)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"gold has {len(gold)} sentences but predictions have {len(pred)}")
+    out = []
+    if metric == "accuracy":
+        for g, p in zip(gold, pred):
+            out.append(sum(a == b and a != WRONG_TAG for a, b in zip(g, p)) / len(g))
+        return out
+    if metric != "span_f1":
+        raise ValueError(f"unknown metric {metric!r}: expected 'accuracy' or 'span_f1'")
+    for g, p in zip(gold, pred):
+        gs, ps = set(get_entities(list(g))), set(get_entities(list(p)))
+        if not gs and not ps:
+            out.append(1.0)
+            continue
+        correct = len(gs & ps)
+        out.append(2.0 * correct / (len(gs) + len(ps)))
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho (scipy), NaN when either side is constant or has < 2 points."""
+    from scipy.stats import spearmanr  # scipy.stats takes ~1 s to import; most runs never need it
+
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def search_errors(energy: torch.Tensor, viterbi_energy: torch.Tensor, lengths: torch.Tensor,
+                  likelihood: Sequence[float] | None = None) -> dict[str, Any]:
+    """E(x, y_method) - E(x, y_Viterbi) per sentence (>= 0 up to rounding for discrete outputs) and
+    Spearman's rho with the sentence length (and with a language-model likelihood when given)."""
+    errors = (energy - viterbi_energy).tolist()
+    result = {"errors": errors, "mean": sum(errors) / max(len(errors), 1), "rho_length": spearman(lengths.tolist(), errors)}
+    if likelihood is not None:
+        result["rho_likelihood"] = spearman(list(likelihood), errors)
     return result

@@ -43,7 +43,7 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 
 def write_oracle_table(path: str | Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Persist a GD oracle grid result (core.structured.run_oracle): one Parquet row per sentence
+    """Persist a GD oracle grid result (core.oracle.run_oracle): one Parquet row per sentence
     at `path` with the summary (Table-6 rows, oracle, Viterbi, cost) in its metadata, and the same
     summary as JSON beside it (`path` with suffix .json). Returns (Parquet path, summary)."""
     summary = {key: value for key, value in result.items() if key != "rows"}

@@ -53,7 +53,7 @@ class Decoder(str, Enum):
     infnet = "infnet"
     gd = "gd"
     tailored = "tailored"
-    warm_gd = "warm-gd"
+    infnet_gd = "infnet-gd"
 
 
 # Default step sizes of `decode`: gradient descent moves the relaxed output (the oracle grid's
@@ -137,8 +137,7 @@ def train(
     threads: int = typer.Option(0, min=0, help="CPU threads for torch (0: torch's default; 1 when runs share cores)."),
     arch: Arch = typer.Option(Arch.blstm, help="local / infnet: inference-network architecture."),
     energy: Optional[Path] = typer.Option(None, help="infnet: the trained CRF checkpoint whose energy it learns to minimise."),
-    lam: float = typer.Option(1.0, min=0.0, help="infnet: weight of the token loss."),
-    lam_anneal: bool = typer.Option(False, "--lam-anneal", help="infnet: lambda = LAM * exp(-0.01 epoch)."),
+    lam: str = typer.Option("1", help="infnet: weight of the token loss, a schedule like --alpha (decay:1:0.01: Tu & Gimpel's annealing)."),
     layers: int = typer.Option(1, min=1, max=2, help="BLSTM infnet layers."),
     plus: bool = typer.Option(False, "--plus", help="local / infnet: char CNN + dropout 0.5 (the '+' models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -146,7 +145,8 @@ def train(
     """Train a seq2seq tagger, a BLSTM-CRF(+), a local baseline or an inference network; keep the
     best-on-dev checkpoint in OUT and write OUT/metrics.json. For crf/local/infnet, --encoder-hidden
     is the paper's H and --dropout is implied (0, or 0.5 for crf+ / --plus)."""
-    from core.train import STRUCTURED_OBJECTIVES, TrainConfig, train as run_training
+    from core.stages import STRUCTURED_OBJECTIVES
+    from core.train import TrainConfig, train as run_training
 
     if objective.value in STRUCTURED_OBJECTIVES:
         # The structured models' sizes: the paper's H, the word dimension, char-CNN filters ("+" only).
@@ -163,7 +163,7 @@ def train(
         batch_size=batch_size, optimizer=optimizer.value, lr=lr, momentum=momentum, clip=clip, patience=patience,
         feed=feed.value, seed=seed, min_count=min_count, train_limit=train_limit, eval_beam_size=eval_beam_size, device=device, threads=threads,
         progress=not quiet, model=model, init=str(init) if init else None, beam_size=beam_size, alpha=alpha,
-        cost=cost.value, arch=arch.value, energy=str(energy) if energy else None, lam=lam, lam_anneal=lam_anneal,
+        cost=cost.value, arch=arch.value, energy=str(energy) if energy else None, lam=lam,
         plus=plus, layers=layers,
     )
     final = run_guarded(run_training, config)
@@ -194,9 +194,9 @@ def decode(
     predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    steps: int = typer.Option(20, min=0, help="gd / warm-gd / tailored: number of gradient steps N."),
+    steps: int = typer.Option(20, min=0, help="gd / infnet-gd / tailored: number of gradient steps N."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Step size, the same for every sentence. Default: 100 for gd / "
-                                       "warm-gd (steps on the relaxed output), 0.01 for tailored (steps on the network's weights)."),
+                                       "infnet-gd (steps on the relaxed output), 0.01 for tailored (steps on the network's weights)."),
     energy: Optional[Path] = typer.Option(None, help="infnet checkpoints: the CRF energy (default: the one it was trained with)."),
     threads: int = typer.Option(0, min=0, help="CPU threads for torch (0: torch's default; 1 when runs share cores)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -207,7 +207,8 @@ def decode(
     from core.checkpoint import atomic_write
     from core.data import load_task
     from core.metrics import evaluate
-    from core.train import load_tagger, predict
+    from core.decoding import predict
+    from core.loading import load_tagger
 
     if threads:
         torch.set_num_threads(threads)
@@ -216,7 +217,8 @@ def decode(
     if decoder.value in seq2seq_decoders:
         model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
     else:
-        from core.structured import load_for_decoding, score_decoder
+        from core.decoding import score_decoder
+        from core.loading import load_for_decoding
 
         crf, infnet, vocabs, meta = run_guarded(load_for_decoding, checkpoint, energy, device)
     task = run_guarded(load_task, meta["task"]["name"], str(data_root) if data_root else None)
@@ -245,12 +247,12 @@ def decode(
 
 @app.command("gd-oracle")
 def gd_oracle(
-    checkpoint: Path = typer.Option(..., help="A 'crf' checkpoint, or an 'infnet' one (its energy; with --warm-start its logits)."),
+    checkpoint: Path = typer.Option(..., help="A 'crf' checkpoint, or an 'infnet' one (its energy; with --infnet-start its logits)."),
     out: Path = typer.Option(..., help="Parquet file: one row per sentence (id, length, chosen N and lr, metric, energies)."),
     split: Split = typer.Option(Split.test),
     data_root: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_DATA", help=DATA_ROOT_HELP),
     energy: Optional[Path] = typer.Option(None, help="infnet checkpoints: the CRF energy (default: the one it was trained with)."),
-    warm_start: bool = typer.Option(False, "--warm-start", help="Start GD from the inference network's logits."),
+    infnet_start: bool = typer.Option(False, "--infnet-start", help="Start GD from the inference network's logits."),
     steps: str = typer.Option("5,10,20,30,40,50,100,500,1000", help="Step counts N (every N is a prefix of one trajectory)."),
     lrs: str = typer.Option("1e4,5e3,1e3,500,100,50,10,5,1", help="Learning rates (one batched trajectory each)."),
     batch_size: int = typer.Option(256, min=1),
@@ -260,7 +262,7 @@ def gd_oracle(
 ) -> None:
     """Per-instance oracle-tuned gradient-descent inference (Tu & Gimpel 2019, Table 6): writes the
     per-sentence table to OUT and prints the per-N averages (OUT with .json: the summary)."""
-    from core.structured import OracleConfig, run_oracle
+    from core.oracle import OracleConfig, run_oracle
     from storage.tables import write_oracle_table
 
     try:
@@ -270,7 +272,7 @@ def gd_oracle(
         fail(f"--steps and --lrs take comma-separated numbers, got {steps!r} and {lrs!r}")
     config = run_guarded(OracleConfig, checkpoint=str(checkpoint), split=split.value,
                          data_root=str(data_root) if data_root else None, energy=str(energy) if energy else None,
-                         warm_start=warm_start, steps=step_list, lrs=lr_list, batch_size=batch_size, device=device,
+                         infnet_start=infnet_start, steps=step_list, lrs=lr_list, batch_size=batch_size, device=device,
                          threads=threads, progress=not quiet)
     result = run_guarded(run_oracle, config)
     write_oracle_table(out, result)

@@ -69,7 +69,7 @@ KNOWN_STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("crf+", "crf+", "train", "never"),
     Stage("local", "local", "train", "never"),
     Stage("infnet", "infnet", "train", "required", ("crf", "crf+"), warm_field="energy"),  # the fixed CRF energy
-    # Not training: the GD oracle grid over a split with a trained CRF (core.structured.run_oracle).
+    # Not training: the GD oracle grid over a split with a trained CRF (core.oracle.run_oracle).
     Stage("gd-oracle", "gd-oracle", "gd-oracle", "required", ("crf", "crf+"), warm_field="checkpoint"),
 )}
 
@@ -84,7 +84,7 @@ REPORTED_METRICS = ("dev_score", "best_dev_score", "train_loss", "train_sentence
 
 
 def available_stages() -> dict[str, Stage]:
-    from core.train import OBJECTIVES
+    from core.stages import OBJECTIVES
 
     return {name: s for name, s in KNOWN_STAGES.items() if s.objective in OBJECTIVES or s.family == "gd-oracle"}
 
@@ -96,7 +96,7 @@ def stage_for_objective(objective: str) -> Stage:
 def top_config_class(objective: str) -> type:
     """The core config a trial of this objective is built from: TrainConfig, or OracleConfig for
     the gd-oracle stage."""
-    from core.structured import OracleConfig
+    from core.oracle import OracleConfig
     from core.train import TrainConfig
 
     return OracleConfig if objective == "gd-oracle" else TrainConfig

@@ -87,7 +87,7 @@ def oracle_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     and its JSON summary go to the trial's MLflow run (artifacts under "tables")."""
     from ray import tune
 
-    from core.structured import OracleConfig, run_oracle
+    from core.oracle import OracleConfig, run_oracle
     from storage.best import TRIAL_SIDECAR
     from storage.tables import write_oracle_table
 

@@ -1,10 +1,14 @@
-"""Small builders shared by the model and search tests (random tiny taggers and inputs)."""
+"""Small builders and brute-force oracles shared by the tests (random tiny taggers, inference
+networks and inputs; exhaustive CRF scoring). Test modules import them as `from helpers import ...`
+(pytest puts tests/ on sys.path), and never import one another."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
+from core.infnets import InferenceNetwork, InfnetConfig
 from core.seq2seq import Memory, Seq2SeqTagger, TaggerConfig
 
 
@@ -55,3 +59,41 @@ def brute_force_best(model: Seq2SeqTagger, memory: Memory) -> tuple[list[list[in
         best_seqs.append(candidates[i].tolist())
         best_scores.append(scores[i])
     return best_seqs, torch.stack(best_scores)
+
+
+def tiny_infnet(arch: str, seed: int = 0, **overrides) -> InferenceNetwork:
+    torch.manual_seed(seed)
+    options = dict(arch=arch, n_words=20, n_chars=10, n_labels=4, word_dim=8, char_dim=4, char_filters=5,
+                   hidden=6, label_dim=5, dropout=0.0)
+    options.update(overrides)
+    return InferenceNetwork(InfnetConfig(**options)).eval()
+
+
+def prefix_mask(lengths: list[int], T: int) -> torch.Tensor:
+    return torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # (B, T)
+
+
+def reference_score(unary_b, trans, start, end, positions, seq) -> float:
+    """Score of one labelling written out from the formula, one sentence at a time."""
+    if not positions:
+        return 0.0
+    s = float(start[seq[0]]) + float(end[seq[-1]])
+    for k, (t, y) in enumerate(zip(positions, seq)):
+        s += float(unary_b[t, y])
+        if k:
+            s += float(trans[seq[k - 1], y])
+    return s
+
+
+def brute_force(unary, trans, start, end, mask):
+    """Per sentence: log Z, the best labelling (over on-positions) and its score."""
+    B, T, L = unary.shape
+    out = []
+    for b in range(B):
+        positions = [t for t in range(T) if mask[b, t]]
+        scores = {seq: reference_score(unary[b], trans, start, end, positions, seq)
+                  for seq in itertools.product(range(L), repeat=len(positions))}
+        log_z = math.log(sum(math.exp(s) for s in scores.values())) if positions else 0.0
+        best = max(scores, key=scores.get)
+        out.append((positions, log_z, best, scores[best]))
+    return out

@@ -18,12 +18,12 @@ def checkpoints(tmp_path_factory):
     assert result.exit_code == 0, result.output
     assert "test  viterbi" in result.output
     result = runner.invoke(app, ["train", "--objective", "infnet", "--arch", "cnn13", "--energy", str(root / "crf"),
-                                 "--lam", "0.5", "--lam-anneal", "--out", str(root / "inf"), *SMALL])
+                                 "--lam", "decay:0.5:0.01", "--out", str(root / "inf"), *SMALL])
     assert result.exit_code == 0, result.output
     return root
 
 
-@pytest.mark.parametrize("decoder", ["infnet", "gd", "tailored", "warm-gd", "viterbi"])
+@pytest.mark.parametrize("decoder", ["infnet", "gd", "tailored", "infnet-gd", "viterbi"])
 def test_decode(checkpoints, decoder):
     result = CliRunner().invoke(app, ["decode", "--checkpoint", str(checkpoints / "inf"), "--decoder", decoder,
                                       "--steps", "3", "--lr", "1", "--quiet"])

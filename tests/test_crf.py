@@ -2,8 +2,6 @@
 of all L^T labellings and against pytorch-crf."""
 from __future__ import annotations
 
-import itertools
-import math
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from core.crf import (
     crf_score,
     crf_viterbi,
 )
-from tests.helpers import tiny_inputs
+from helpers import brute_force, prefix_mask, reference_score, tiny_inputs
 
 
 def random_crf(B: int, T: int, L: int, seed: int = 0, scale: float = 2.0, dtype=torch.float64):
@@ -29,36 +27,6 @@ def random_crf(B: int, T: int, L: int, seed: int = 0, scale: float = 2.0, dtype=
     start = torch.randn(L, generator=g, dtype=dtype)  # (L,)
     end = torch.randn(L, generator=g, dtype=dtype)  # (L,)
     return unary, trans, start, end
-
-
-def prefix_mask(lengths: list[int], T: int) -> torch.Tensor:
-    return torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # (B, T)
-
-
-def reference_score(unary_b, trans, start, end, positions, seq) -> float:
-    """Score of one labelling written out from the formula, one sentence at a time."""
-    if not positions:
-        return 0.0
-    s = float(start[seq[0]]) + float(end[seq[-1]])
-    for k, (t, y) in enumerate(zip(positions, seq)):
-        s += float(unary_b[t, y])
-        if k:
-            s += float(trans[seq[k - 1], y])
-    return s
-
-
-def brute_force(unary, trans, start, end, mask):
-    """Per sentence: log Z, the best labelling (over on-positions) and its score."""
-    B, T, L = unary.shape
-    out = []
-    for b in range(B):
-        positions = [t for t in range(T) if mask[b, t]]
-        scores = {seq: reference_score(unary[b], trans, start, end, positions, seq)
-                  for seq in itertools.product(range(L), repeat=len(positions))}
-        log_z = math.log(sum(math.exp(s) for s in scores.values())) if positions else 0.0
-        best = max(scores, key=scores.get)
-        out.append((positions, log_z, best, scores[best]))
-    return out
 
 
 MASKS = {

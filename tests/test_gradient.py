@@ -8,20 +8,11 @@ import torch
 
 from core.crf import BLSTMCRF, CRFConfig, LinearChainCRF, crf_energy
 from core.data import Sentence, build_vocabs
-from core.search.gradient import (
-    GRID_LRS,
-    INIT_STD,
-    gradient_descent,
-    instance_scores,
-    instance_tailor,
-    oracle_choice,
-    per_step_choice,
-    run_oracle_grid,
-    search_errors,
-)
-from tests.helpers import tiny_inputs
-from tests.test_crf import brute_force, prefix_mask
-from tests.test_infnets import tiny_infnet
+from core.metrics import instance_scores, search_errors
+from core.oracle import oracle_choice, per_step_choice, run_oracle_grid
+from core.search.gradient import GRID_LRS, INIT_STD, gradient_descent
+from core.tailoring import instance_tailor
+from helpers import brute_force, prefix_mask, tiny_infnet, tiny_inputs
 
 
 def tiny_problem(B=4, T=4, L=3, seed=0, dtype=torch.float64):
@@ -187,7 +178,7 @@ class TestInstanceTailoring:
 
     @pytest.mark.parametrize("arch", ["cnn13", "cnn15"])
     def test_batched_cnn_equals_one_copy_at_a_time(self, arch):
-        from core.search.gradient import _tailor_batched, _tailor_one_by_one
+        from core.tailoring import _tailor_batched, _tailor_one_by_one
 
         crf, words, chars, lengths, mask, unary = self.setup_case()
         net = tiny_infnet(arch)

@@ -8,15 +8,7 @@ import torch
 from core.crf import LinearChainCRF, crf_energy
 from core.infnets import ARCHITECTURES, InferenceNetwork, InfnetConfig
 from core.objectives import infnet_loss, token_loss
-from tests.helpers import tiny_inputs
-
-
-def tiny_infnet(arch: str, seed: int = 0, **overrides) -> InferenceNetwork:
-    torch.manual_seed(seed)
-    options = dict(arch=arch, n_words=20, n_chars=10, n_labels=4, word_dim=8, char_dim=4, char_filters=5,
-                   hidden=6, label_dim=5, dropout=0.0)
-    options.update(overrides)
-    return InferenceNetwork(InfnetConfig(**options)).eval()
+from helpers import tiny_infnet, tiny_inputs
 
 
 def mask_of(lengths: torch.Tensor, T: int) -> torch.Tensor:

@@ -9,14 +9,9 @@ import torch
 
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.data import Vocab, Vocabs, load_task
-from core.structured import (
-    STRUCTURED_DECODERS,
-    load_crf,
-    load_for_decoding,
-    load_infnet,
-    oracle_grid,
-    score_decoder,
-)
+from core.decoding import STRUCTURED_DECODERS, score_decoder
+from core.loading import load_crf, load_for_decoding, load_infnet
+from core.oracle import oracle_grid
 from core.train import TrainConfig, train
 
 SMALL = dict(task="synthetic", epochs=1, model={"hidden": 8, "word_dim": 8, "char_filters": 5}, threads=1, progress=False,
@@ -28,7 +23,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("structured")
     crf = train(TrainConfig(out=str(root / "crf"), objective="crf", **SMALL))
     inf = train(TrainConfig(out=str(root / "inf"), objective="infnet", arch="blstm",
-                                            energy=str(root / "crf"), lam_anneal=True, **SMALL))
+                                            energy=str(root / "crf"), lam="decay:1:0.01", **SMALL))
     return root, crf, inf
 
 
@@ -47,8 +42,8 @@ class TestTraining:
     def test_lambda_annealing_reported_per_epoch(self, tmp_path, trained):
         root, _, _ = trained
         seen = {}
-        train(TrainConfig(out=str(tmp_path), objective="infnet", arch="cnn13", energy=str(root / "crf"), lam=2.0,
-                          lam_anneal=True, **{**SMALL, "epochs": 2}), lambda epoch, metrics, last: seen.update({epoch: metrics["lam"]}))
+        train(TrainConfig(out=str(tmp_path), objective="infnet", arch="cnn13", energy=str(root / "crf"),
+                          lam="decay:2:0.01", **{**SMALL, "epochs": 2}), lambda epoch, metrics, last: seen.update({epoch: metrics["lam"]}))
         assert seen == pytest.approx({1: 2 * math.exp(-0.01), 2: 2 * math.exp(-0.02)})
 
     def test_structured_runs_resume_like_any_other(self, tmp_path, trained):
@@ -84,8 +79,8 @@ class TestDecoding:
 
     def test_oracle_grid(self, trained):
         root, _, _ = trained
-        result = oracle_grid(root / "inf", warm_start=True, steps=(1, 3), lrs=(10.0, 1.0))
-        assert len(result["rows"]) == len(load_task("synthetic").test) and result["cost"]["warm_start"]
+        result = oracle_grid(root / "inf", infnet_start=True, steps=(1, 3), lrs=(10.0, 1.0))
+        assert len(result["rows"]) == len(load_task("synthetic").test) and result["cost"]["infnet_start"]
 
     def test_wrong_kind_is_one_clear_error(self, trained):
         root, _, _ = trained

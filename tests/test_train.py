@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from core.data import load_task, make_batches
-from core.train import Seq2SeqStage, TrainConfig, TrainingError, build_model, load_tagger, run_epoch, train
+from core.loading import load_tagger
+from core.stages.seq2seq import Seq2SeqStage, build_model
+from core.train import TrainConfig, TrainingError, run_epoch, train
 
 SMALL = {"encoder_hidden": 16, "decoder_hidden": 16, "label_dim": 8, "word_dim": 16, "char_filters": 8}
 

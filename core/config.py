@@ -1,0 +1,111 @@
+"""What every training stage shares, below both the epoch loop (core.train) and the stages
+(core.stages): the shared `TrainConfig` fields and their checks, `ConfigError`, the device, the
+seed, vocabularies with their pretrained vectors, and the task metadata a checkpoint records.
+
+A stage's own fields (the soft beam's alpha, the inference network's lambda, ...) live with the
+stage (`core.stages.seq2seq.Seq2SeqFields`, `core.stages.infnet.InfnetFields`); `core.stages`
+puts them together into the one flat `TrainConfig` a run, the CLI and a sweep spec all build.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from core.data import TaskData, Vocabs, build_vocabs
+from core.embeddings import glove_words, load_glove
+
+OPTIMIZERS = ("adam", "sgd")
+
+# A check is (field, ok, message): `ok` False raises ConfigError(field, message).
+Check = tuple[str, bool, str]
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value. `field` names it (what a sweep spec reports the problem
+    under); str() is "<Config>: <message>", the one line the CLI prints."""
+
+    def __init__(self, owner: str, field: str, message: str):
+        self.owner, self.field, self.message = owner, field, message
+        super().__init__(f"{owner}: {message}")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where."""
+
+
+def raise_first(owner: str, checks: Iterable[Check]) -> None:
+    """Raise ConfigError for the first failed check, in order."""
+    for name, ok, message in checks:
+        if not ok:
+            raise ConfigError(owner, name, message)
+
+
+@dataclass
+class SharedConfig:
+    """The fields of a training run that every stage reads (the epoch loop, data, vocabularies)."""
+
+    task: str
+    out: str
+    data_root: str | None = None
+    embeddings: str | None = None  # GloVe text file; sets the word dimension
+    objective: str = "ce"  # a key of core.stages.STAGES
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    clip: float = 5.0  # max gradient norm; 0 turns clipping off
+    patience: int = 5  # epochs without dev improvement before stopping; 0 never stops early
+    seed: int = 0
+    min_count: int = 1
+    lowercase: bool = True
+    train_limit: int = 0  # train on the first N training sentences only (0: all); a stated reduction
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default. Use 1 when runs share cores:
+    # oversubscribed OpenMP threads made backward ~100x slower here (2 runs x 2 threads, 2 cores).
+    progress: bool = True
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the stage's model config
+    resume_from: str | None = None  # a checkpoint with training state (e.g. OUT/last) to continue from
+
+    def shared_checks(self) -> list[Check]:
+        return [
+            ("optimizer", self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            ("epochs", self.epochs >= 1, "epochs must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "batch_size must be >= 1"),
+            ("lr", self.lr > 0, "lr must be > 0"),
+            ("clip", self.clip >= 0, "clip must be >= 0"),
+            ("patience", self.patience >= 0, "patience must be >= 0"),
+            ("threads", self.threads >= 0, "threads must be >= 0"),
+            ("train_limit", self.train_limit >= 0, "train_limit must be >= 0"),
+        ]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def task_meta(task: TaskData) -> dict[str, str]:
+    return {"name": task.name, "metric": task.metric, "scheme": task.scheme}
+
+
+def build_vocabs_and_vectors(config: SharedConfig, task: TaskData) -> tuple[Vocabs, torch.Tensor | None]:
+    """Vocabularies from the training split plus the pretrained words that occur in dev/test (so
+    they keep their vectors), and the GloVe matrix (len(words), d) when `config.embeddings` is set."""
+    extra: set[str] = set()
+    if config.embeddings:
+        extra = {w.lower() for s in task.dev + task.test for w in s.words} & glove_words(config.embeddings)
+    vocabs = build_vocabs(task.train, min_count=config.min_count, lowercase=config.lowercase, extra_words=sorted(extra))
+    vectors = load_glove(config.embeddings, vocabs.words)[0] if config.embeddings else None
+    return vocabs, vectors
