@@ -1,0 +1,28 @@
+"""The `beamtune` command line, one module per command family over a thin shared layer:
+
+    sweeps/cli/common.py   one-line errors (exit 2), choices and defaults taken from core
+    sweeps/cli/train.py    train              (core only)
+    sweeps/cli/decode.py   decode, gd-oracle  (core only)
+    sweeps/cli/sweep.py    sweep, best        (Ray Tune + MLflow, imported when run)
+"""
+from __future__ import annotations
+
+import typer
+
+from sweeps.cli import decode, sweep, train
+
+app = typer.Typer(
+    help="beamtune: search-aware training of neural sequence taggers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(train.train)
+app.command()(decode.decode)
+app.command("gd-oracle")(decode.gd_oracle)
+app.command()(sweep.sweep)
+app.command()(sweep.best)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,4 @@
+"""`python -m sweeps.cli ...`, the same as the `beamtune` console script."""
+from sweeps.cli import app
+
+app()
