@@ -2,7 +2,7 @@
 
     name: quickstart                 # folder under the sweep storage, and the MLflow parent run name
     task: synthetic                  # a core.data task; data_root (or $BEAMTUNE_DATA) for real ones
-    stage: ce                        # a training stage that core.train implements (see STAGES)
+    stage: ce                        # a sweep stage (STAGES): a core.stages objective, or gd-oracle
     epochs: 3                        # per trial; ASHA's max_t
     fixed: {batch_size: 32, encoder_hidden: 16}
     space:                           # one distribution per parameter
@@ -17,7 +17,7 @@
     mode: max
     warm_start: {sweep: ce_sweep}    # or {checkpoint: path}: the best trial of another sweep
 
-Parameters in `fixed` and `space` are `core.train.TrainConfig` fields or `TaggerConfig` fields
+Parameters in `fixed` and `space` are `core.stages.TrainConfig` fields or `TaggerConfig` fields
 (which go into `TrainConfig.model`), so a field that core adds becomes sweepable without touching
 this file. Every value a trial can receive is checked by constructing the core config, so a bad
 value fails here, with the field named, instead of in a trial.
@@ -46,58 +46,47 @@ class SpecError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Stages: which core training objective a stage runs and what it must start from.
+# Stages: which core run a sweep stage makes and what it must start from.
 
 
 @dataclass(frozen=True)
-class Stage:
+class SweepStage:
     name: str
-    objective: str  # TrainConfig.objective
+    objective: str  # a key of core.stages.STAGES, or "gd-oracle"
     family: str  # key of sweeps.trainables.FAMILIES
     warm_start: str  # "never" | "optional" | "required"
     warm_from: tuple[str, ...] = ()  # stages whose best checkpoint it usually starts from
-    warm_field: str = "init"  # the TrainConfig field the warm-start checkpoint goes into
+    warm_field: str = "init"  # the config field the warm-start checkpoint goes into
 
 
-# Every stage the papers' sweeps need. Only those whose objective core.train implements are
-# available (`available_stages()`); the rest give a clear "not available yet" error.
-KNOWN_STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("ce", "ce", "train", "optional"),
-    Stage("dl", "dl", "train", "required", ("ce",)),
-    Stage("hinge", "hinge", "train", "required", ("ce",)),
-    Stage("crf", "crf", "train", "never"),
-    Stage("crf+", "crf+", "train", "never"),
-    Stage("local", "local", "train", "never"),
-    Stage("infnet", "infnet", "train", "required", ("crf", "crf+"), warm_field="energy"),  # the fixed CRF energy
+# Every stage the papers' sweeps need: each training objective of core.stages, and the GD oracle.
+STAGES: dict[str, SweepStage] = {s.name: s for s in (
+    SweepStage("ce", "ce", "train", "optional"),
+    SweepStage("dl", "dl", "train", "required", ("ce",)),
+    SweepStage("hinge", "hinge", "train", "required", ("ce",)),
+    SweepStage("crf", "crf", "train", "never"),
+    SweepStage("crf+", "crf+", "train", "never"),
+    SweepStage("local", "local", "train", "never"),
+    SweepStage("infnet", "infnet", "train", "required", ("crf", "crf+"), warm_field="energy"),  # the fixed CRF energy
     # Not training: the GD oracle grid over a split with a trained CRF (core.oracle.run_oracle).
-    Stage("gd-oracle", "gd-oracle", "gd-oracle", "required", ("crf", "crf+"), warm_field="checkpoint"),
+    SweepStage("gd-oracle", "gd-oracle", "gd-oracle", "required", ("crf", "crf+"), warm_field="checkpoint"),
 )}
 
-# TrainConfig fields that a warm-start checkpoint path goes into (Stage.warm_field).
+# Config fields that a warm-start checkpoint path goes into (SweepStage.warm_field).
 WARM_START_FIELDS = ("init", "energy", "checkpoint")
 # TrainConfig fields the sweep layer sets itself.
 RESERVED = {"task", "out", "data_root", "objective", "epochs", "progress", "model", "resume_from", *WARM_START_FIELDS}
-# TaggerConfig fields that come from the data, not from a spec.
+# Model-config fields that come from the data, not from a spec.
 DATA_DERIVED = {"n_words", "n_chars", "n_labels"}
 # Metrics every trial reports each epoch (core.train's report) and may be optimised.
 REPORTED_METRICS = ("dev_score", "best_dev_score", "train_loss", "train_sentences_per_second")
-
-
-def available_stages() -> dict[str, Stage]:
-    from core.stages import OBJECTIVES
-
-    return {name: s for name, s in KNOWN_STAGES.items() if s.objective in OBJECTIVES or s.family == "gd-oracle"}
-
-
-def stage_for_objective(objective: str) -> Stage:
-    return next(s for s in KNOWN_STAGES.values() if s.objective == objective)
 
 
 def top_config_class(objective: str) -> type:
     """The core config a trial of this objective is built from: TrainConfig, or OracleConfig for
     the gd-oracle stage."""
     from core.oracle import OracleConfig
-    from core.train import TrainConfig
+    from core.stages import TrainConfig
 
     return OracleConfig if objective == "gd-oracle" else TrainConfig
 
@@ -256,8 +245,8 @@ class SweepSpec(_Strict):
     # ---- derived -----------------------------------------------------------------------------
 
     @property
-    def stage_info(self) -> Stage:
-        return KNOWN_STAGES[self.stage]
+    def stage_info(self) -> SweepStage:
+        return STAGES[self.stage]
 
     def param_space(self) -> dict[str, Any]:
         """Ray Tune param space: the fixed values and one domain per searched parameter."""
@@ -302,32 +291,46 @@ def parse_spec(data: Any) -> SweepSpec:
 
 def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None) -> list[str]:
     """Everything that needs core or the sweep storage: task, stage, parameter names and values,
-    metric, warm start. Returns one line per problem."""
+    metric, warm start. Returns one line per problem; values are checked only when everything
+    else is right (their check builds the core configs)."""
+    problems = task_problems(spec) + stage_problems(spec)
+    objective = STAGES[spec.stage].objective if spec.stage in STAGES else "ce"
+    problems += name_problems(spec, objective) + search_problems(spec) + metric_problems(spec)
+    if not problems:
+        problems += value_problems(spec, objective)
+    problems += warm_start_requirement_problems(spec)
+    if spec.warm_start is not None:
+        problems += warm_start_problems(spec.warm_start, storage)
+    return problems
+
+
+def task_problems(spec: SweepSpec) -> list[str]:
     from core.data import TASKS
-    from core.train import TrainConfig
 
-    problems: list[str] = []
     if spec.task not in TASKS:
-        problems.append(f"task: unknown task {spec.task!r}; valid tasks: {', '.join(TASKS)}")
-    elif spec.task != "synthetic":
-        root = spec.data_root or os.environ.get("BEAMTUNE_DATA")
-        if not root:
-            problems.append(f"data_root: task {spec.task!r} needs a data root (data_root: or $BEAMTUNE_DATA)")
-        elif not Path(root).is_dir():
-            problems.append(f"data_root: {root} is not a directory")
+        return [f"task: unknown task {spec.task!r}; valid tasks: {', '.join(TASKS)}"]
+    if spec.task == "synthetic":
+        return []
+    root = spec.data_root or os.environ.get("BEAMTUNE_DATA")
+    if not root:
+        return [f"data_root: task {spec.task!r} needs a data root (data_root: or $BEAMTUNE_DATA)"]
+    if not Path(root).is_dir():
+        return [f"data_root: {root} is not a directory"]
+    return []
 
-    available = available_stages()
-    if spec.stage not in KNOWN_STAGES:
-        problems.append(f"stage: unknown stage {spec.stage!r}; available: {', '.join(available)}")
-    elif spec.stage not in available:
-        problems.append(f"stage: {spec.stage!r} is not available yet (core.train has no {KNOWN_STAGES[spec.stage].objective!r} "
-                        f"objective); available: {', '.join(available)}")
 
-    # Parameter names.
-    objective = KNOWN_STAGES[spec.stage].objective if spec.stage in KNOWN_STAGES else "ce"
-    model_class = model_config_class(objective)
-    top_class = top_config_class(objective)
+def stage_problems(spec: SweepSpec) -> list[str]:
+    if spec.stage not in STAGES:
+        return [f"stage: unknown stage {spec.stage!r}; available: {', '.join(STAGES)}"]
+    return []
+
+
+def name_problems(spec: SweepSpec, objective: str) -> list[str]:
+    """Parameter names: fields of the stage's configs, not set by the sweep itself, fixed or searched."""
+    problems = []
     known = {**_train_fields(objective), **_model_fields(objective)}
+    owners = (f"{top_config_class(objective).__name__} fields" if objective == "gd-oracle"
+              else f"TrainConfig or {model_config_class(objective).__name__} fields")
     for section, names in (("fixed", spec.fixed), ("space", spec.space)):
         for name in names:
             if name == "epochs":
@@ -335,81 +338,92 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
             elif name in RESERVED:
                 problems.append(f"{section}.{name}: set by the sweep itself, not by a spec")
             elif name not in known:
-                problems.append(f"{section}.{name}: unknown parameter; parameters are "
-                                + (f"{top_class.__name__} fields" if objective == "gd-oracle"
-                                   else f"TrainConfig or {model_class.__name__} fields"))
+                problems.append(f"{section}.{name}: unknown parameter; parameters are {owners}")
     for name in set(spec.fixed) & set(spec.space):
         problems.append(f"space.{name}: also in fixed; a parameter is either fixed or searched")
+    return problems
 
-    # Search algorithm and space kinds.
+
+def search_problems(spec: SweepSpec) -> list[str]:
+    """The search algorithm against the kinds of the space's distributions."""
     kinds = {name: d.kind for name, d in spec.space.items()}
     if spec.search.algorithm == "grid":
-        for name, kind in kinds.items():
-            if kind not in ("grid", "choice"):
-                problems.append(f"space.{name}: search.algorithm grid needs a list of values (grid: [...]), not {kind}")
-    elif spec.search.algorithm == "optuna":
-        for name, kind in kinds.items():
-            if kind == "grid":
-                problems.append(f"space.{name}: grid values need search.algorithm grid (Optuna samples; use choice)")
+        return [f"space.{name}: search.algorithm grid needs a list of values (grid: [...]), not {kind}"
+                for name, kind in kinds.items() if kind not in ("grid", "choice")]
+    if spec.search.algorithm == "optuna":
+        return [f"space.{name}: grid values need search.algorithm grid (Optuna samples; use choice)"
+                for name, kind in kinds.items() if kind == "grid"]
+    return []
 
-    # Metric and scheduler.
+
+def metric_problems(spec: SweepSpec) -> list[str]:
+    problems = []
     if spec.metric not in REPORTED_METRICS:
         problems.append(f"metric: {spec.metric!r} is not reported by trials; one of {', '.join(REPORTED_METRICS)}")
     if spec.scheduler.type == "asha" and spec.scheduler.grace_period > spec.epochs:
         problems.append(f"scheduler.grace_period: {spec.scheduler.grace_period} is more than epochs ({spec.epochs})")
-
-    # Values: build the core configs with the fixed values, then with each boundary value of each
-    # searched parameter, so that core's own checks run before any trial does.
-    if not problems:
-        # The warm start is checked below; here it only stands in for core's "needs init" check.
-        placeholder = {spec.stage_info.warm_field: "<warm start>"} if spec.stage_info.warm_start != "never" else {}
-
-        def check(section: str, params: dict[str, Any]) -> str | None:
-            try:
-                top, model = split_params(params, objective)
-                if objective == "gd-oracle":
-                    top_class(**top, **placeholder)
-                    return None
-                TrainConfig(task=spec.task, out="-", objective=spec.stage_info.objective, epochs=spec.epochs,
-                            **top, **placeholder)
-                arch = {"arch": top.get("arch", "blstm")} if model_class.__name__ == "InfnetConfig" else {}
-                model_class(n_words=2, n_chars=2, n_labels=2, **arch, **model)
-            except (ValueError, TypeError) as error:
-                message = str(error).splitlines()[0]
-                return re.sub(r"^(TrainConfig|TaggerConfig|CRFConfig|InfnetConfig|OracleConfig)[:.]\s*", "", message)
-            return None
-
-        base_error = check("fixed", dict(spec.fixed))
-        if base_error:
-            problems.append(f"fixed: {base_error}")
-        else:
-            for name, dist in spec.space.items():
-                for value in dist.corners():
-                    error = check("space", {**spec.fixed, name: value})
-                    if error:
-                        problems.append(f"space.{name}: value {value!r}: {error}")
-                        break
-
-    # Warm start.
-    if spec.stage in available:
-        stage = spec.stage_info
-        if stage.warm_start == "required" and spec.warm_start is None:
-            sources = " or ".join(stage.warm_from) or "an earlier stage"
-            problems.append(f"warm_start: stage {spec.stage!r} must start from a checkpoint: "
-                            f"give warm_start: {{sweep: NAME}} (the best trial of a {sources} sweep) or {{checkpoint: PATH}}")
-        if spec.warm_start is not None and stage.warm_start == "never":
-            problems.append(f"warm_start: stage {spec.stage!r} trains from scratch; remove warm_start")
-    if spec.warm_start is not None:
-        problems += warm_start_problems(spec.warm_start, storage)
     return problems
 
 
+def config_error(spec: SweepSpec, objective: str, params: dict[str, Any]) -> str | None:
+    """Build the core configs a trial with `params` would build; core's own checks run, and the
+    first problem comes back as one line (None when there is none)."""
+    from core.config import ConfigError
+
+    stage = spec.stage_info
+    # The warm start is checked on its own; here it only stands in for core's "needs init" check.
+    placeholder = {stage.warm_field: "<warm start>"} if stage.warm_start != "never" else {}
+    top, model = split_params(params, objective)
+    model_class = model_config_class(objective)
+    try:
+        if objective == "gd-oracle":
+            top_config_class(objective)(**top, **placeholder)
+            return None
+        top_config_class(objective)(task=spec.task, out="-", objective=objective, epochs=spec.epochs, **top, **placeholder)
+        arch = {"arch": top.get("arch", "blstm")} if model_class.__name__ == "InfnetConfig" else {}
+        model_class(n_words=2, n_chars=2, n_labels=2, **arch, **model)
+    except ConfigError as error:
+        return error.message
+    except (ValueError, TypeError) as error:  # the model configs' errors: "TaggerConfig.dropout must be ..."
+        return str(error).splitlines()[0].removeprefix(f"{model_class.__name__}.")
+    return None
+
+
+def value_problems(spec: SweepSpec, objective: str) -> list[str]:
+    """The fixed values, then each boundary value of each searched parameter (Distribution.corners)."""
+    base = config_error(spec, objective, dict(spec.fixed))
+    if base:
+        return [f"fixed: {base}"]
+    problems = []
+    for name, dist in spec.space.items():
+        for value in dist.corners():
+            error = config_error(spec, objective, {**spec.fixed, name: value})
+            if error:
+                problems.append(f"space.{name}: value {value!r}: {error}")
+                break
+    return problems
+
+
+def warm_start_requirement_problems(spec: SweepSpec) -> list[str]:
+    if spec.stage not in STAGES:
+        return []
+    stage = spec.stage_info
+    if stage.warm_start == "required" and spec.warm_start is None:
+        sources = " or ".join(stage.warm_from) or "an earlier stage"
+        return [f"warm_start: stage {spec.stage!r} must start from a checkpoint: "
+                f"give warm_start: {{sweep: NAME}} (the best trial of a {sources} sweep) or {{checkpoint: PATH}}"]
+    if spec.warm_start is not None and stage.warm_start == "never":
+        return [f"warm_start: stage {spec.stage!r} trains from scratch; remove warm_start"]
+    return []
+
+
 def warm_start_problems(warm: WarmStart, storage: str | os.PathLike | None) -> list[str]:
+    from core.checkpoint import MANIFEST
     from storage.best import SweepNotFound, best_checkpoint
 
     if warm.checkpoint is not None:
-        if not (Path(warm.checkpoint) / "checkpoint.json").is_file():
-            return [f"warm_start.checkpoint: {warm.checkpoint} is not a checkpoint directory (no checkpoint.json)"]
+        if not (Path(warm.checkpoint) / MANIFEST).is_file():
+            return [f"warm_start.checkpoint: {warm.checkpoint} is not a checkpoint directory (no {MANIFEST})"]
         return []
     try:
         best_checkpoint(storage, warm.sweep, warm.metric)

@@ -55,13 +55,13 @@ def _unpack(source: Path, out: Path) -> dict[str, Any]:
 
 def build_train_config(config: dict[str, Any], context: dict[str, Any], out: Path, resume_from: Path | None):
     from core.train import TrainConfig
-    from sweeps.spec import KNOWN_STAGES, split_params
+    from sweeps.spec import STAGES, split_params
 
     top, model = split_params(config, context["objective"])
     top.setdefault("threads", context.get("threads", 1))
     extra = {}
     if context.get("warm_start") and resume_from is None:
-        extra[KNOWN_STAGES[context["stage"]].warm_field] = context["warm_start"]
+        extra[STAGES[context["stage"]].warm_field] = context["warm_start"]
     return TrainConfig(task=context["task"], data_root=context.get("data_root"), out=str(out),
                        objective=context["objective"], epochs=context["epochs"], progress=False, model=model,
                        resume_from=str(resume_from) if resume_from else None, **top, **extra)
@@ -119,7 +119,8 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
-    from core.train import TrainingError, train
+    from core.config import TrainingError
+    from core.train import train
     from storage import tracking
     from storage.best import model_files
 

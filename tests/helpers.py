@@ -97,3 +97,21 @@ def brute_force(unary, trans, start, end, mask):
         best = max(scores, key=scores.get)
         out.append((positions, log_z, best, scores[best]))
     return out
+
+
+def fake_sweep(storage, name: str, metric: str = "dev_score", value: float = 0.5):
+    """A sweep folder under `storage` laid out as `beamtune sweep` leaves it (storage.best), with
+    one trial and one checkpoint: what a spec that warm-starts from sweep `name` is checked against."""
+    import json
+    from pathlib import Path
+
+    from storage.best import SPEC_FILE, TRIAL_SIDECAR
+
+    root = Path(storage) / name
+    checkpoint = root / "trial_00000" / "checkpoint_000000"
+    checkpoint.mkdir(parents=True)
+    (root / SPEC_FILE).write_text(f"name: {name}\nmetric: {metric}\nmode: max\n")
+    (checkpoint / "checkpoint.json").write_text(json.dumps({"files": {}}))
+    (checkpoint / TRIAL_SIDECAR).write_text(json.dumps({"trial_id": "t0", "trial_name": "trial_00000", "epoch": 1,
+                                                        "metrics": {metric: value}, "params": {}}))
+    return checkpoint
