@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains several models (seconds each)
+
 SMALL = ["--encoder-hidden", "16", "--decoder-hidden", "16", "--label-dim", "8", "--word-dim", "16", "--char-filters", "8"]
 
 

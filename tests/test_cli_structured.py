@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 from storage.tables import read_rows
 from sweeps.cli import app
 
+pytestmark = pytest.mark.slow  # trains several models (seconds each)
+
 SMALL = ["--task", "synthetic", "--epochs", "1", "--encoder-hidden", "8", "--word-dim", "8", "--threads", "1", "--quiet"]
 
 
@@ -69,27 +71,3 @@ def test_train_without_sizes_uses_the_stage_defaults(tmp_path):
     config = load_checkpoint(out, kind="infnet").meta["model_config"]
     assert (config["hidden"], config["word_dim"]) == (100, 100)
 
-
-@pytest.mark.parametrize("args,flag", [
-    (["--objective", "crf", "--dropout", "0.3"], "--dropout"),
-    (["--objective", "crf", "--attention", "dot"], "--attention"),
-    (["--objective", "crf", "--label-dim", "4"], "--label-dim"),
-    (["--objective", "crf", "--char-filters", "0"], "--char-filters"),
-    (["--objective", "ce", "--lam", "2"], "--lam"),
-    (["--objective", "local", "--arch", "cnn13", "--layers", "2"], "--layers"),
-])
-def test_flags_a_model_ignores_are_errors(tmp_path, args, flag):
-    result = CliRunner().invoke(app, ["train", "--task", "synthetic", *args, "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2
-    assert f"{flag}: not used by objective" in result.output and not (tmp_path / "x").exists()
-
-
-def test_choices_are_core_tuples():
-    from core.decoding import DECODERS, STRUCTURED_DECODERS
-    from core.infnets import ARCHITECTURES
-    from core.stages import OBJECTIVES
-    from sweeps.cli import decode, train
-
-    assert [m.value for m in train.Objective] == list(OBJECTIVES)
-    assert [m.value for m in train.Arch] == list(ARCHITECTURES)
-    assert [m.value for m in decode.Decoder] == list(DECODERS + STRUCTURED_DECODERS)

@@ -14,6 +14,8 @@ from core.loading import load_crf, load_for_decoding, load_infnet
 from core.oracle import oracle_grid
 from core.train import TrainConfig, train
 
+pytestmark = pytest.mark.slow  # trains several models (seconds each)
+
 SMALL = dict(task="synthetic", epochs=1, model={"hidden": 8, "word_dim": 8, "char_filters": 5}, threads=1, progress=False,
              batch_size=64)
 

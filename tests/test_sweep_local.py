@@ -17,6 +17,8 @@ from storage import tracking
 from storage.best import best_checkpoint, trial_rankings
 from sweeps.spec import validate
 
+pytestmark = pytest.mark.slow  # starts Ray and MLflow
+
 TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8, "char_filters": 4, "batch_size": 64,
         "patience": 0}
 BEAMTUNE = Path(sys.executable).with_name("beamtune")

@@ -12,9 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from storage import tracking
+
+pytestmark = pytest.mark.slow  # starts Ray and MLflow
 
 BEAMTUNE = Path(sys.executable).with_name("beamtune")
 TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8, "char_filters": 4, "batch_size": 64,

@@ -100,6 +100,7 @@ def test_several_problems_one_line_each(tmp_path):
     assert [p.split(":")[0] for p in found] == ["task", "stage", "fixed.bogus"]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_cli_fails_before_ray_is_imported(tmp_path):
     """`beamtune sweep` with an invalid spec prints one `error:` line per problem and exits 2;
     Ray is made unimportable, so the check provably happens before Ray starts."""

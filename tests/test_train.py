@@ -12,6 +12,8 @@ from core.loading import load_tagger
 from core.stages.seq2seq import Seq2SeqStage, build_model
 from core.train import TrainConfig, TrainingError, run_epoch, train
 
+pytestmark = pytest.mark.slow  # trains models for seconds each
+
 SMALL = {"encoder_hidden": 16, "decoder_hidden": 16, "label_dim": 8, "word_dim": 16, "char_filters": 8}
 
 
