@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.checkpoint import MANIFEST
+
 TRIAL_SIDECAR = "beamtune_trial.json"
 SWEEP_FILE = "beamtune_sweep.json"
 TRIALS_FILE = "beamtune_trials.json"  # trial id -> Ray status, written when a sweep (or resume) ends
@@ -115,8 +117,8 @@ def best_checkpoint(storage: str | os.PathLike | None, name: str, metric: str | 
 
 def model_files(checkpoint: Path) -> list[Path]:
     """The files that make up the model checkpoint at `checkpoint` (manifest + tensor files)."""
-    manifest = json.loads((checkpoint / "checkpoint.json").read_text())
-    return [checkpoint / "checkpoint.json"] + [checkpoint / entry["file"] for entry in manifest.get("files", {}).values()]
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    return [checkpoint / MANIFEST] + [checkpoint / entry["file"] for entry in manifest.get("files", {}).values()]
 
 
 def export_checkpoint(trial: TrialBest, directory: str | os.PathLike) -> Path:

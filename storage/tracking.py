@@ -95,6 +95,28 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", message: str | None
     c.set_terminated(run_id, status=status)
 
 
+def delete_run(uri: str, run_id: str) -> None:
+    client(uri).delete_run(run_id)
+
+
+def log_summary(uri: str, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Metrics and tags on a (parent) run, at step 0."""
+    c = client(uri)
+    for key, value in metrics.items():
+        c.log_metric(run_id, key, value)
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+
+
+def run_tag(uri: str, run_id: str, key: str, default: str | None = None) -> str | None:
+    return client(uri).get_run(run_id).data.tags.get(key, default)
+
+
+def logged_steps(uri: str, run_id: str, key: str) -> set[int]:
+    """The steps at which metric `key` of a run was logged."""
+    return {m.step for m in client(uri).get_metric_history(run_id, key)}
+
+
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     return client(uri).search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
                                    max_results=10_000)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -23,10 +24,14 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
+from core.checkpoint import MANIFEST
 from storage import tracking
 from storage.best import SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
     resolve_storage, sweep_dir
+from sweeps.ray_private import asha_state, knows_trial, restore_asha_state, result_trials
 from sweeps.spec import SpecError, SweepSpec
+
+log = logging.getLogger(__name__)
 
 OBJECT_STORE_BYTES = 256 * 1024**2
 ASHA_STATE = "asha_state.json"
@@ -55,24 +60,13 @@ class ResumableASHA(AsyncHyperBandScheduler):
             return
         self._loaded = True
         path = Path(self._state_path)
-        if not path.is_file():
-            return
-        state = json.loads(path.read_text())
-        for bracket, rungs in zip(self._brackets, state["brackets"]):
-            by_milestone = {float(m): recorded for m, recorded in rungs}
-            bracket._rungs = [(milestone, dict(by_milestone.get(float(milestone), {})))
-                              for milestone, _ in bracket._rungs]
-        self._trial_info.update({tid: self._brackets[i] for tid, i in state["trial_bracket"].items()})
-        self._num_stopped = state.get("num_stopped", 0)
+        if path.is_file():
+            restore_asha_state(self, json.loads(path.read_text()))
 
     def _save(self) -> None:
-        index = {id(b): i for i, b in enumerate(self._brackets)}
-        state = {"brackets": [[[m, recorded] for m, recorded in b._rungs] for b in self._brackets],
-                 "trial_bracket": {tid: index[id(b)] for tid, b in self._trial_info.items()},
-                 "num_stopped": self._num_stopped}
         path = Path(self._state_path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
+        tmp.write_text(json.dumps(asha_state(self)))
         os.replace(tmp, path)
 
     def state(self) -> dict[str, Any]:
@@ -81,13 +75,13 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def on_trial_add(self, tune_controller, trial):
         self._load()
-        if trial.trial_id not in self._trial_info:  # a restored trial keeps its bracket
+        if not knows_trial(self, trial.trial_id):  # a restored trial keeps its bracket
             super().on_trial_add(tune_controller, trial)
             self._save()
 
     def on_trial_result(self, tune_controller, trial, result):
         self._load()
-        if trial.trial_id not in self._trial_info:
+        if not knows_trial(self, trial.trial_id):
             super().on_trial_add(tune_controller, trial)
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
@@ -95,13 +89,13 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result):
         self._load()
-        if trial.trial_id in self._trial_info:
+        if knows_trial(self, trial.trial_id):
             super().on_trial_complete(tune_controller, trial, result)
             self._save()
 
     def on_trial_remove(self, tune_controller, trial):
         self._load()
-        if trial.trial_id in self._trial_info:
+        if knows_trial(self, trial.trial_id):
             super().on_trial_remove(tune_controller, trial)
             self._save()
 
@@ -121,7 +115,8 @@ class MlflowSweepCallback(Callback):
     def _run(self, trial):
         try:
             return tracking.find_trial_run(self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
-        except Exception:  # tracking trouble must not stop the sweep
+        except Exception:  # tracking trouble must not stop the sweep; the end-of-sweep pass settles the run
+            log.warning("MLflow: could not look up the run of trial %s", trial.trial_id, exc_info=True)
             return None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -136,11 +131,11 @@ class MlflowSweepCallback(Callback):
                 from storage.best import BEST_SUBDIR, model_files
 
                 best = Path(checkpoint.path) / BEST_SUBDIR
-                if (best / "checkpoint.json").is_file():
+                if (best / MANIFEST).is_file():
                     trial_run.log_files(model_files(best), tracking.CHECKPOINT_ARTIFACT)
             trial_run.finish("FINISHED")
-        except Exception:
-            pass
+        except Exception:  # as above: the sweep goes on, the end-of-sweep pass ends the run
+            log.warning("MLflow: could not finish the run of stopped trial %s", trial.trial_id, exc_info=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run = self._run(trial)
@@ -148,8 +143,8 @@ class MlflowSweepCallback(Callback):
             return
         try:
             tracking.end_run(self.uri, run.info.run_id, "FAILED", _trial_error(trial))
-        except Exception:
-            pass
+        except Exception:  # as above
+            log.warning("MLflow: could not mark the run of failed trial %s", trial.trial_id, exc_info=True)
 
 
 def _trial_error(trial) -> str:
@@ -244,130 +239,195 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
               verbose: int = 1) -> SweepOutcome:
     """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import ray
-    from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from sweeps.trainables import FAMILIES
-
     start = time.perf_counter()
     root = resolve_storage(storage)
     directory = root / spec.name
-    sweep_file = directory / SWEEP_FILE
-    if resume and (not sweep_file.is_file() or not tune.Tuner.can_restore(str(directory))):
+    check_sweep_folder(spec, root, directory, resume)
+    phases: dict[str, float] = {}
+    state, started_ray = start_ray_and_tracking(spec, root, directory, tracking_uri, address, num_cpus, resume, phases)
+    try:
+        with timed(phases, "tune"):
+            statuses, errors = fit(make_tuner(spec, root, directory, state, resume, verbose), state)
+    finally:
+        with timed(phases, "ray_shutdown"):
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    with timed(phases, "finish"):
+        best = finish_sweep(spec, root, directory, state, statuses, errors)
+    return SweepOutcome(spec.name, directory, state["tracking_uri"], state["experiment_id"], state["parent_run_id"], best,
+                        len(statuses), len(errors), statuses, time.perf_counter() - start, phases)
+
+
+class timed:
+    """`with timed(phases, name):` adds the block's wall seconds to phases[name]."""
+
+    def __init__(self, phases: dict[str, float], name: str):
+        self.phases, self.name = phases, name
+
+    def __enter__(self) -> None:
+        self.began = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.phases[self.name] = self.phases.get(self.name, 0.0) + time.perf_counter() - self.began
+
+
+def check_sweep_folder(spec: SweepSpec, root: Path, directory: Path, resume: bool) -> None:
+    """A new sweep needs an empty folder; a resumed one a folder Ray can restore."""
+    from ray import tune
+
+    if resume and (not (directory / SWEEP_FILE).is_file() or not tune.Tuner.can_restore(str(directory))):
         raise SweepError(f"nothing to resume: no sweep named {spec.name!r} under {root}")
     if not resume and directory.exists() and any(directory.iterdir()):
         raise SweepError(f"sweep {spec.name!r} already exists under {root}: continue it with "
                          f"`beamtune sweep --resume {spec.name}`, or give the spec another name")
 
-    phases: dict[str, float] = {}
 
-    def prepare_tracking() -> dict[str, Any]:
-        """The sweep's MLflow experiment and parent run (and its warm start), created or reopened."""
-        began = time.perf_counter()
-        try:
-            return _prepare_tracking()
-        finally:
-            phases["tracking_setup"] = time.perf_counter() - began
+def start_ray_and_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str | None, address: str | None,
+                           num_cpus: int | None, resume: bool, phases: dict[str, float]) -> tuple[dict[str, Any], bool]:
+    """Start (or join) Ray and set up the sweep's MLflow runs at the same time: MLflow's setup
+    (schema migrations on a fresh SQLite file, the parent run) and Ray's start take seconds each
+    and do not depend on each other. Ray keeps the main thread (it installs signal handlers there).
+    Returns (the sweep's state, as in beamtune_sweep.json; whether this call started Ray)."""
+    def tracking_setup() -> dict[str, Any]:
+        with timed(phases, "tracking_setup"):
+            if resume:
+                return reopen_tracking(directory, tracking_uri)
+            return start_tracking(spec, root, directory, tracking_uri)
 
-    def _prepare_tracking() -> dict[str, Any]:
-        if resume:
-            state = json.loads(sweep_file.read_text())
-            if tracking_uri:
-                state["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
-            tracking.reopen(state["tracking_uri"], state["parent_run_id"])
-            return state
-        directory.mkdir(parents=True, exist_ok=True)
-        uri = tracking.resolve_tracking_uri(tracking_uri)
-        experiment_id = tracking.ensure_experiment(uri, spec.experiment)
-        warm_start = None
-        if spec.warm_start is not None:
-            if spec.warm_start.checkpoint:
-                warm_start = str(Path(spec.warm_start.checkpoint).absolute())
-            else:  # the best trial of an earlier sweep, copied so later changes to it do not matter
-                try:
-                    best = best_checkpoint(root, spec.warm_start.sweep, spec.warm_start.metric)
-                except SweepNotFound as error:
-                    raise SpecError([f"warm_start.sweep: {error}"]) from None
-                warm_start = str(export_checkpoint(best, directory / "warm_start"))
-        commit = tracking.git_commit()
-        parent_run_id = tracking.start_parent(
-            uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
-                                            "mlflow.source.git.commit": commit or "unknown"}, spec.to_yaml())
-        state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
-                 "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
-        (directory / SPEC_FILE).write_text(spec.to_yaml())
-        sweep_file.write_text(json.dumps(state, indent=2))
-        return state
-
-    # MLflow's setup (schema migrations on a fresh SQLite file, the parent run) and Ray's start take
-    # seconds each and do not depend on each other: overlap them. Ray keeps the main thread (it
-    # installs signal handlers there).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare_tracking)
-        began = time.perf_counter()
-        started_ray = connect(address, num_cpus)
-        phases["ray_start"] = time.perf_counter() - began
+        pending = pool.submit(tracking_setup)
+        with timed(phases, "ray_start"):
+            started_ray = connect(address, num_cpus)
         try:
-            state = pending.result()
+            return pending.result(), started_ray
         except BaseException:
             if started_ray:
+                import ray
+
                 ray.shutdown()
             raise
-    uri, experiment_id, parent_run_id = state["tracking_uri"], state["experiment_id"], state["parent_run_id"]
 
-    context = {"sweep": spec.name, "stage": spec.stage, "objective": spec.stage_info.objective, "task": spec.task,
-               "data_root": str(Path(spec.data_root).absolute()) if spec.data_root else os.environ.get("BEAMTUNE_DATA"),
-               "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": uri,
-               "experiment_id": experiment_id, "parent_run_id": parent_run_id, "warm_start": state.get("warm_start"),
-               "git_commit": state.get("git_commit")}
-    if not spec.data_root and spec.task == "synthetic":
-        context["data_root"] = None
 
-    began = time.perf_counter()
+def reopen_tracking(directory: Path, tracking_uri: str | None) -> dict[str, Any]:
+    """A resumed sweep's state, its parent run RUNNING again (at a new tracking URI if given)."""
+    state = json.loads((directory / SWEEP_FILE).read_text())
+    if tracking_uri:
+        state["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.reopen(state["tracking_uri"], state["parent_run_id"])
+    return state
+
+
+def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str | None) -> dict[str, Any]:
+    """A new sweep's experiment, parent run and warm start; its state in beamtune_sweep.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    experiment_id = tracking.ensure_experiment(uri, spec.experiment)
+    warm_start = resolve_warm_start(spec, root, directory)
+    commit = tracking.git_commit()
+    parent_run_id = tracking.start_parent(
+        uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
+                                        "mlflow.source.git.commit": commit or "unknown"}, spec.to_yaml())
+    state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
+             "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
+    (directory / SPEC_FILE).write_text(spec.to_yaml())
+    (directory / SWEEP_FILE).write_text(json.dumps(state, indent=2))
+    return state
+
+
+def resolve_warm_start(spec: SweepSpec, root: Path, directory: Path) -> str | None:
+    """The checkpoint every trial starts from: the spec's path, or the best trial of the sweep it
+    names, copied into this sweep's folder so later changes to that sweep do not matter."""
+    if spec.warm_start is None:
+        return None
+    if spec.warm_start.checkpoint:
+        return str(Path(spec.warm_start.checkpoint).absolute())
     try:
-        trainable = tune.with_resources(tune.with_parameters(FAMILIES[spec.stage_info.family], context=context),
-                                        spec.resources.to_ray())
-        if resume:
-            tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
-        else:
-            search_alg = _search_alg(spec)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(spec),
-                tune_config=tune.TuneConfig(
-                    metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, search_alg=search_alg,
-                    scheduler=_scheduler(spec, directory), reuse_actors=True,
-                    max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else spec.max_concurrent,
-                    trial_dirname_creator=trial_dirname),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=str(root), verbose=verbose,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
-                                                            checkpoint_score_attribute=spec.metric,
-                                                            checkpoint_score_order=spec.mode),
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    callbacks=[MlflowSweepCallback(uri, experiment_id, parent_run_id)]))
-        try:
-            results = tuner.fit()
-        except BaseException:
-            tracking.end_run(uri, parent_run_id, "KILLED")
-            raise
-        statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
-        errors = {t.trial_id: str(t.get_error() or "trial failed") for t in results._experiment_analysis.trials
-                  if t.status == "ERROR"}
-    finally:
-        phases["tune"] = time.perf_counter() - began
-        began = time.perf_counter()
-        if started_ray:
-            ray.shutdown()
-        phases["ray_shutdown"] = time.perf_counter() - began
+        best = best_checkpoint(root, spec.warm_start.sweep, spec.warm_start.metric)
+    except SweepNotFound as error:
+        raise SpecError([f"warm_start.sweep: {error}"]) from None
+    return str(export_checkpoint(best, directory / "warm_start"))
 
-    began = time.perf_counter()
+
+def trial_context(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
+    """What every trial of the sweep shares (sweeps.trainables): stage, task, MLflow ids, warm start."""
+    data_root = str(Path(spec.data_root).absolute()) if spec.data_root else os.environ.get("BEAMTUNE_DATA")
+    return {"sweep": spec.name, "stage": spec.stage, "objective": spec.stage_info.objective, "task": spec.task,
+            "data_root": None if not spec.data_root and spec.task == "synthetic" else data_root,
+            "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": state["tracking_uri"],
+            "experiment_id": state["experiment_id"], "parent_run_id": state["parent_run_id"],
+            "warm_start": state.get("warm_start"), "git_commit": state.get("git_commit")}
+
+
+def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], resume: bool, verbose: int):
+    """The Tuner of a new sweep, or the restored one of a resumed sweep."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from sweeps.trainables import FAMILIES
+
+    trainable = tune.with_resources(tune.with_parameters(FAMILIES[spec.stage_info.family], context=trial_context(spec, state)),
+                                    spec.resources.to_ray())
+    if resume:
+        return tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    search_alg = _search_alg(spec)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, search_alg=search_alg,
+            scheduler=_scheduler(spec, directory), reuse_actors=True,
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else spec.max_concurrent,
+            trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(root), verbose=verbose,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
+                                                    checkpoint_score_attribute=spec.metric,
+                                                    checkpoint_score_order=spec.mode),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=[MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])]))
+
+
+def fit(tuner, state: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Run the trials; (trial id -> Ray status, trial id -> error of the failed ones). A driver
+    interrupted here leaves its parent run KILLED (resumable)."""
+    try:
+        results = tuner.fit()
+    except BaseException:
+        tracking.end_run(state["tracking_uri"], state["parent_run_id"], "KILLED")
+        raise
+    trials = result_trials(results)
+    statuses = {t.trial_id: t.status for t in trials}
+    errors = {t.trial_id: str(t.get_error() or "trial failed") for t in trials if t.status == "ERROR"}
+    return statuses, errors
+
+
+def finish_sweep(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], statuses: dict[str, str],
+                 errors: dict[str, str]) -> TrialBest | None:
+    """Record the sweep's trials, settle every child run, and sum the sweep up on its parent run."""
+    uri, parent_run_id = state["tracking_uri"], state["parent_run_id"]
     # The trials of this sweep as Ray knows them (storage.best ignores folders of other trials).
     (directory / TRIALS_FILE).write_text(json.dumps(statuses, indent=1))
-    # No child run may stay RUNNING: settle any that a lost worker left behind.
     unfinished = [tid for tid, status in statuses.items() if status not in ("TERMINATED", "ERROR")]
+    settle_child_runs(uri, state["experiment_id"], parent_run_id, statuses, errors, unfinished)
+    try:
+        best = best_checkpoint(root, spec.name)
+    except SweepNotFound:
+        best = None
+    metrics = {f"best_{spec.metric}": best.value} if best is not None else {}
+    tags = {"beamtune.trials": str(len(statuses)), "beamtune.errors": str(len(errors))}
+    if best is not None:
+        tags.update({"beamtune.best_trial": best.trial_name, "beamtune.best_checkpoint": str(best.checkpoint)})
+    tracking.log_summary(uri, parent_run_id, metrics, tags)
+    tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")
+    return best
+
+
+def settle_child_runs(uri: str, experiment_id: str, parent_run_id: str, statuses: dict[str, str],
+                      errors: dict[str, str], unfinished: list[str]) -> None:
+    """No child run may stay RUNNING: settle any that a lost worker left behind."""
     for run in tracking.child_runs(uri, experiment_id, parent_run_id):
         tid = run.data.tags.get(tracking.TRIAL_TAG)
         if tid not in statuses:
@@ -375,7 +435,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
             # not know it (its searcher sampled a replacement), so its partial run goes too.
             tracking.end_run(uri, run.info.run_id, "KILLED", "orphaned: its sweep driver was killed before Ray "
                              "recorded this trial; the resumed sweep ran a new trial instead")
-            tracking.client(uri).delete_run(run.info.run_id)
+            tracking.delete_run(uri, run.info.run_id)
         elif run.info.status == "RUNNING":
             if tid in errors:
                 tracking.end_run(uri, run.info.run_id, "FAILED", errors[tid].splitlines()[-1] if errors[tid] else None)
@@ -383,21 +443,6 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                 tracking.end_run(uri, run.info.run_id, "KILLED")
             else:
                 tracking.end_run(uri, run.info.run_id, "FINISHED")
-    try:
-        best = best_checkpoint(root, spec.name)
-    except SweepNotFound:
-        best = None
-    c = tracking.client(uri)
-    if best is not None:
-        c.log_metric(parent_run_id, f"best_{spec.metric}", best.value)
-        c.set_tag(parent_run_id, "beamtune.best_trial", best.trial_name)
-        c.set_tag(parent_run_id, "beamtune.best_checkpoint", str(best.checkpoint))
-    c.set_tag(parent_run_id, "beamtune.trials", str(len(statuses)))
-    c.set_tag(parent_run_id, "beamtune.errors", str(len(errors)))
-    tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")
-    phases["finish"] = time.perf_counter() - began
-    return SweepOutcome(spec.name, directory, uri, experiment_id, parent_run_id, best, len(statuses), len(errors),
-                        statuses, time.perf_counter() - start, phases)
 
 
 def load_sweep_spec(name: str, storage: str | os.PathLike | None = None) -> SweepSpec:

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from core.checkpoint import MANIFEST
+
 FAILED_MARKER = "beamtune_failed.json"
 
 
@@ -37,7 +39,7 @@ def _pack(target: Path, last: Path, out: Path, info: dict[str, Any]) -> None:
     from storage.best import BEST_SUBDIR, TRIAL_SIDECAR
 
     _copy_model(last, target)
-    if (out / "checkpoint.json").is_file():
+    if (out / MANIFEST).is_file():
         _copy_model(out, target / BEST_SUBDIR)
     (target / TRIAL_SIDECAR).write_text(json.dumps(info, indent=1, default=str))
 
@@ -48,7 +50,7 @@ def _unpack(source: Path, out: Path) -> dict[str, Any]:
 
     shutil.rmtree(out, ignore_errors=True)
     _copy_model(source, out / "last")
-    if (source / BEST_SUBDIR / "checkpoint.json").is_file():
+    if (source / BEST_SUBDIR / MANIFEST).is_file():
         _copy_model(source / BEST_SUBDIR, out)
     return json.loads((source / TRIAL_SIDECAR).read_text())
 
@@ -146,7 +148,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     run = open_trial_run(config, context, trial_id, trial_name, info.get("mlflow_run_id"))
     # Attempts that died before their first checkpoint are only counted here, not in the sidecar.
-    attempt = max(len(attempts), int(run.client.get_run(run.run_id).data.tags.get("beamtune.attempts", 0)) + 1)
+    attempt = max(len(attempts), int(tracking.run_tag(run.uri, run.run_id, "beamtune.attempts", "0")) + 1)
     run.set_tags({"beamtune.attempts": attempt, "beamtune.resumed_from_epoch": start_epoch})
 
     # A NaN loss is deterministic given the checkpoint: a retry from the same checkpoint would hit
@@ -161,7 +163,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     # Epochs this run already logged: an attempt killed after logging an epoch but before Ray
     # registered its checkpoint repeats that epoch, exactly (core resumes exactly), so it is not
     # logged twice.
-    logged = {m.step for m in run.client.get_metric_history(run.run_id, "epoch")} if attempt > 1 else set()
+    logged = tracking.logged_steps(run.uri, run.run_id, "epoch") if attempt > 1 else set()
 
     def report(epoch: int, metrics: dict[str, float], last: Path | None) -> None:
         if epoch not in logged:
@@ -179,7 +181,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     except SystemExit:
         # The scheduler stopped this trial (tune.report exits the training thread).
         run.set_tags({tracking.STOPPED_TAG: "true"})
-        if (out / "checkpoint.json").is_file():
+        if (out / MANIFEST).is_file():
             run.log_files(model_files(out), tracking.CHECKPOINT_ARTIFACT)
         run.finish("FINISHED")
         shutil.rmtree(work, ignore_errors=True)
