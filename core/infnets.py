@@ -9,8 +9,8 @@ Three families, each also usable as a *local baseline* (trained on the token los
   predicted label (§4.1.3); its token loss is the seq2seq log loss under that feeding.
 
 Every network returns `InfnetOutput(logits, probs, labels)`: the score vectors before the softmax
-(the warm start of §4.2.2), the relaxed output in Y_R (what the energy is trained on), and the
-discretised output (argmax per position).
+(where GD can start from, §4.2.2: core.infnet_gd), the relaxed output in Y_R (what the energy is
+trained on), and the discretised output (argmax per position).
 
 Shapes: B sentences, T positions, C characters per word, L labels, H hidden units.
 """

@@ -1,5 +1,6 @@
 """Per-epoch schedules for the soft-beam temperature alpha (Goyal et al. 2018, §2.3: start with a
-smooth, non-peaked softmax and anneal towards the peaked one) and, for inference networks, lambda.
+smooth, non-peaked softmax and anneal towards the peaked one) and, for inference networks, the
+token-loss weight lambda (`TrainConfig.alpha` and `TrainConfig.lam` both go through `from_config`).
 
 A schedule is a small frozen dataclass with `at(epoch) -> float` (epochs count from 1) and
 `to_dict()`; `from_config` builds one from that dict, from a plain number (constant), or from the

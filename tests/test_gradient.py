@@ -96,7 +96,7 @@ class TestGradientDescent:
             optimizer.step()
         torch.testing.assert_close(trace.logits[0], y.detach())
 
-    def test_warm_start_from_logits(self):
+    def test_start_from_given_logits(self):
         crf, unary, mask = tiny_problem(seed=6)
         vit = crf.viterbi(unary, mask)
         init = torch.nn.functional.one_hot(vit.labels, 3).double() * 20  # (B, T, L): Viterbi as logits

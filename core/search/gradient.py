@@ -65,8 +65,8 @@ def gradient_descent(
     in `steps`. The update is torch.optim.SGD's: v <- momentum * v + g; y <- y - lr * v.
 
     crf: a LinearChainCRF (its parameters are held fixed), unary (B, T, L), mask (B, T),
-    init: (B, T, L) logits (warm start) or None for y ~ N(0, init_std^2) drawn from `seed` (the
-    same start for every learning rate; see INIT_STD)."""
+    init: (B, T, L) logits (an inference network's, core.infnet_gd) or None for y ~ N(0, init_std^2)
+    drawn from `seed` (the same start for every learning rate; see INIT_STD)."""
     steps, lrs = check_grid(steps, lrs)
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")

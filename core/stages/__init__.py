@@ -6,6 +6,10 @@ objective name to stage. core.train's epoch loop sees only `Stage`.
     crf, crf+        core.stages.crf.CRFStage              crf       (Tu & Gimpel 2019)
     local, infnet    core.stages.infnet.InfnetStage        infnet    (Tu & Gimpel 2019)
 
+A config value reaches its stage's loss in a few named hops: the soft-beam temperature alpha in six
+(listed in core/stages/seq2seq.py), the inference network's lambda in four of the same shape
+(core/stages/infnet.py); both are schedules parsed by core.schedules.from_config.
+
 Adding a stage: a module with the stage class (and a `...Fields` dataclass for its own config
 fields, mixed into `TrainConfig` below), and one line in `STAGES`. The CLI's `--objective`
 choices, a sweep spec's stages and `TrainConfig`'s check all read `STAGES`.

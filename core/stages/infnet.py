@@ -7,10 +7,11 @@
 
 The lambda path has the alpha path's shape (core.stages.seq2seq), from a spec or `--lam`:
 
-    TrainConfig.lam (1.0, "decay:1:0.01" = Tu & Gimpel's e^{-0.01 t}, or a dict)
-      -> InfnetFields.parse_lam: core.schedules.from_config -> TrainConfig.lam_schedule
-      -> InfnetStage.loss(batch, epoch): lam_schedule.at(epoch)
-      -> core.objectives.infnet_loss(crf, unary, logits, labels, mask, lam)
+    1 sweeps.trainables.build_train_config (or the CLI): TrainConfig(lam="decay:1:0.01"),
+      Tu & Gimpel's annealing lambda = e^{-0.01 t}; a plain number is constant
+    2 InfnetFields.parse_lam: core.schedules.from_config -> TrainConfig.lam_schedule
+    3 InfnetStage.loss(batch, epoch): lam_schedule.at(epoch)
+    4 core.objectives.infnet_loss(crf, unary, logits, labels, mask, lam)
 """
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
 """The seq2seq stage (Goyal et al. 2018): objectives ce, dl and hinge on the BiLSTM-encoder,
 LSTM-decoder tagger, decoded greedily, by hard beam search or by soft beam search.
 
-The alpha path, from a spec or `--alpha` to the soft beam (each hop one function):
+The alpha path, from a spec or `--alpha` to the soft beam, in six hops:
 
-    TrainConfig.alpha ("exp:1:100:10", a number or a dict)
-      -> Seq2SeqFields.stage_checks: core.schedules.from_config -> TrainConfig.alpha_schedule
-      -> Seq2SeqStage.loss(batch, epoch): alpha_schedule.at(epoch)
-      -> batch_loss -> core.objectives.direct_loss / soft_hinge_loss
-      -> core.search.soft_beam.soft_beam_search(model, memory, k, alpha)
+    1 sweeps.trainables.build_train_config (or the CLI): TrainConfig(alpha="exp:1:100:10")
+    2 Seq2SeqFields.parse_alpha: core.schedules.from_config -> TrainConfig.alpha_schedule
+    3 Seq2SeqStage.loss(batch, epoch): alpha_schedule.at(epoch)
+    4 batch_loss: the objective
+    5 core.objectives.direct_loss / soft_hinge_loss
+    6 core.search.soft_beam.soft_beam_search(model, memory, k, alpha)
 """
 from __future__ import annotations
 
