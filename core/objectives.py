@@ -1,5 +1,5 @@
-"""Training losses. Cross-entropy here; the soft-beam direct loss and hinge, the CRF NLL and the
-inference-network loss join it as their issues land.
+"""Training losses: cross-entropy, the soft-beam direct loss and soft hinge (Goyal et al. 2018),
+the token loss and the inference-network loss (Tu & Gimpel 2019). The CRF NLL is core.crf's.
 
 Shapes: B sentences, T positions, L labels, S encoder output size.
 """

@@ -125,7 +125,7 @@ def ce_checkpoint(tmp_path_factory):
 
 class TestSoftBeamStages:
     @pytest.mark.parametrize("objective", ["dl", "hinge"])
-    def test_warm_started_run_logs_alpha_and_decodes(self, tmp_path, ce_checkpoint, objective):
+    def test_initialised_run_logs_alpha_and_decodes(self, tmp_path, ce_checkpoint, objective):
         reports = []
         config = _config(tmp_path, objective=objective, init=str(ce_checkpoint), alpha="exp:1:4:2", batch_size=64)
         final = train(config, report=lambda e, m, c: reports.append(m))
@@ -135,7 +135,7 @@ class TestSoftBeamStages:
         model, _, meta = load_tagger(tmp_path / "run")
         assert meta["train_config"]["objective"] == objective and meta["epoch"] == final["best_epoch"]
 
-    def test_warm_start_is_epoch_zero(self, tmp_path, ce_checkpoint):
+    def test_init_checkpoint_is_epoch_zero(self, tmp_path, ce_checkpoint):
         # With a vanishing learning rate nothing beats the CE model, which stays the best checkpoint.
         final = train(_config(tmp_path, objective="dl", init=str(ce_checkpoint), lr=1e-12, epochs=1))
         ce = json.loads((ce_checkpoint / "metrics.json").read_text())
