@@ -165,6 +165,9 @@ def run_oracle_grid(
 # ---------------------------------------------------------------------------------------------
 
 
+SPLITS = ("dev", "test")
+
+
 @dataclass
 class OracleConfig:
     """One run of the GD oracle grid (Tu & Gimpel 2019, Table 6) over a split: the `gd-oracle`
@@ -196,9 +199,6 @@ class OracleConfig:
             check_grid(self.steps, self.lrs)
         except ValueError as error:
             raise ConfigError("OracleConfig", "steps" if "steps" in str(error) else "lrs", str(error)) from None
-
-
-SPLITS = ("dev", "test")
 
 
 def oracle_grid(checkpoint, split: str = "test", data_root=None, energy=None, infnet_start: bool = False,

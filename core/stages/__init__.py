@@ -63,7 +63,7 @@ STRUCTURED_OBJECTIVES = tuple(name for name, stage in STAGES.items() if stage is
 
 
 @dataclass
-class TrainConfig(SharedConfig, Seq2SeqFields, InfnetFields):
+class TrainConfig(InfnetFields, Seq2SeqFields, SharedConfig):  # fields in the order SharedConfig, Seq2Seq, Infnet
     """One training run: the shared fields (core.config.SharedConfig) and every stage's own fields
     (Seq2SeqFields, InfnetFields), flat, so that the CLI and sweep specs set any of them by name.
     `model` holds overrides of the stage's model config: TaggerConfig for ce, dl and hinge (hidden
