@@ -202,5 +202,5 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in Ray's storage and MLflow
 
 
-# Stage family -> trainable (sweeps.spec.Stage.family).
+# Stage family -> trainable (sweeps.spec.SweepStage.family).
 FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {"train": train_trial, "gd-oracle": oracle_trial}
