@@ -1,7 +1,7 @@
 """CRF log Z and Viterbi: core.crf against pytorch-crf and torch-struct on the same inputs.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_crf.py [--threads 1] [--repeats 3]
-        [--struct-budget 60] [--device cpu] [--compile]
+        [--struct-budget 60] [--device cpu] [--compile] [--previous] [--only-l 17]
 
 Cells: L in {17 (NER BIOES), 400 (CCG top-400)} x batch {32, 256}, T = 30, every sentence full
 length (torch-struct's end scores are folded into the last edge, which needs equal lengths).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -25,7 +26,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core.crf import crf_log_partition, crf_viterbi  # noqa: E402
+from core.crf import _without_autograd, crf_log_partition, crf_viterbi  # noqa: E402
+
+
+def previous_forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
+    """Bench-only copy of the session-4 default (commit c3baf9d): inexact beyond ~25 nats of
+    transition span (issue 11). Timed next to the current code with --previous."""
+    B, T, L = unary.shape
+    dtype = unary.dtype
+    finfo = torch.finfo(dtype)
+    count = mask.cumsum(dim=1)  # (B, T): on-positions up to and including t
+    on = mask.t().unsqueeze(2)  # (T, B, 1)
+    count_t = count.t().unsqueeze(2)  # (T, B, 1)
+    first = on & (count_t == 1)  # (T, B, 1)
+    inner = on & (count_t > 1)  # (T, B, 1)
+    floor = math.sqrt(finfo.tiny) * L  # two steps of q >= floor * p, from p summing to one, stay normal
+    carry = (~on).to(dtype) + inner.to(dtype) * floor  # (T, B, 1): off 1, inner floor, first 0
+    u = unary.amax(dim=2, keepdim=True)  # (B, T, 1): per-position shift keeps exp(U - u) in (0, 1]
+    expU = (unary - u).exp_().transpose(0, 1)  # (T, B, L)
+    A = torch.addcmul(carry, expU, first)  # (T, B, L)
+    C = expU * inner  # (T, B, L)
+    w = transitions.max()  # ()
+    expW = (transitions - w).exp()  # (L, L)
+    s = start.max()  # ()
+    p = (start - s).exp().expand(B, L)  # (B, L)
+    sums = []
+    for t in range(T):
+        p = torch.addcmul(p * A[t], torch.mm(p, expW), C[t])  # (B, L)
+        if t % 2 == 1 or t == T - 1:  # normalising every second step halves that cost
+            c = p.sum(dim=1, keepdim=True)  # (B, 1)
+            p = p / c  # (B, L)
+            sums.append(c)
+    e = end.max()  # ()
+    n = count[:, -1]  # (B,): sentence lengths
+    shift = (u.squeeze(2) * mask).sum(dim=1) + w * (n - 1).clamp(min=0)  # (B,): u_t per token, w per transition
+    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + s + (p @ (end - e).exp()).log() + e  # (B,)
+    return log_z * (n > 0)  # empty rows: Z = 1
+
+
+def previous_log_partition(unary, transitions, start, end, mask):
+    with _without_autograd():
+        return previous_forward_matmul(unary, transitions, start, end, mask).clone()
 
 
 def sync() -> None:
@@ -70,6 +111,9 @@ def main() -> None:
     parser.add_argument("--struct-budget", type=float, default=60.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--previous", action="store_true",
+                        help="also time the session-4 log Z (before issue 11's range check), as previous_logz")
+    parser.add_argument("--only-l", type=int, default=None, help="run only the cells with this L")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(crf_log_partition, dynamic=True); its first call (the compile) is reported apart")
     args = parser.parse_args()
@@ -84,7 +128,7 @@ def main() -> None:
     T = 30
     rows = []
     compiled = torch.compile(crf_log_partition, dynamic=True) if args.compile else None
-    for L in (17, 400):
+    for L in (17, 400) if args.only_l is None else (args.only_l,):
         for B in (32, 256):
             g = torch.Generator().manual_seed(L * 1000 + B)
             unary = (torch.randn(B, T, L, generator=g) * 3).to(device)
@@ -104,6 +148,8 @@ def main() -> None:
                 "torchcrf_logz": lambda: ref._compute_normalizer(unary.transpose(0, 1), mask.t()),
                 "torchcrf_viterbi": lambda: ref.decode(unary, mask),
             }
+            if args.previous:
+                fns["previous_logz"] = lambda: previous_log_partition(unary, trans, start, end, mask)
             small = L == 17
             rounds = {name: args.repeats if small or name.startswith("ours") else 1 for name in fns}
             block = {name: 10 if small else 1 for name in fns}
@@ -138,6 +184,9 @@ def main() -> None:
                 for what in ("logz", "viterbi"):
                     if f"{other}_{what}_s" in row:
                         row[f"{what}_speedup_vs_{other}"] = row[f"{other}_{what}_s"] / row[f"ours_{what}_s"]
+            if args.previous:
+                row["logz_match_previous"] = bool(torch.allclose(z, out["previous_logz"], rtol=1e-3, atol=1e-3))
+                row["previous_logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["previous_logz_s"]
             if compiled is not None:
                 row["logz_match_compiled"] = bool(torch.allclose(z, out["compiled_logz"], rtol=1e-3, atol=1e-3))
                 row["compiled_logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["compiled_logz_s"]
@@ -147,7 +196,9 @@ def main() -> None:
                 row["paths_match_torchstruct"] = bool(torch.equal(ts_labels, vit.labels))
             rows.append(row)
             print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    meta = {"torch": torch.__version__, "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count()}
+    meta = {"torch": torch.__version__, "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg()}
+    print(json.dumps({"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 

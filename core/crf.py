@@ -14,17 +14,21 @@ Masks: any boolean mask (B, T) is valid. A sentence is the subsequence of its on
 order: prefix masks (the usual `lengths`), rows with no tokens (E = log Z = 0), and on-positions
 that do not start at t = 0 are all handled by the same code. Off positions carry the recursion
 through unchanged (Viterbi backpointers there are the identity), so no per-sample Python loops or
-host syncs (`.item()`, data-dependent branches) happen in log Z, Viterbi or the energy.
+per-step host syncs (`.item()`, data-dependent branches) happen in log Z, Viterbi or the energy;
+the one sync per call is at the boundary (the label range check, log Z's range check).
 
 log Z runs the forward algorithm in probability space (`method="matmul"`, the default): alpha is
 rescaled to sum to one every second step, with its log scale apart, and one step is a BLAS GEMM
-with exp(W - max W) plus a few elementwise ops, instead of a (B, L, L) log-sum-exp; masks are
-folded into per-position factors before the loop, and the backward pass is GEMMs too. It is exact
-up to float rounding while the transition scores span less than ~25 nats (float32; ~300 in
-float64; trained CRFs here span ~6); beyond that (hard constraints) it stays finite but may be
-inexact. `method="logsumexp"` is the plain, always-stable recursion. `method="scan"` is the
-log-depth parallel scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays
-off on a GPU for small L and long sentences.
+with exp(W - max W) (per column) plus a few elementwise ops, instead of a (B, L, L) log-sum-exp;
+masks are folded into per-position factors before the loop, and the backward pass is GEMMs too.
+`method="logsumexp"` is the plain log-space recursion. `method="scan"` is the log-depth parallel
+scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays off on a GPU for
+small L and long sentences. Every method is exact (to the rounding of adding up the scores in
+their dtype) for all finite scores, and so are its gradients: the two probability-space methods
+check first (one reduction over [W | e] and one host sync) that every column of the transitions
+and the end scores spans at most `exact_span` nats (float32: ~20 for matmul, ~60 for scan, at
+T = 30, L = 17; trained CRFs here span ~6), and hand over to the logsumexp recursion otherwise
+(hard constraints such as -1e4 or -inf, NaN). Unary and start scores may span anything.
 
 Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
 """
@@ -187,42 +191,80 @@ def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
     return torch.where(lengths > 0, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
 
 
+def exact_span(dtype: torch.dtype, T: int, L: int, steps_per_rescale: int) -> float:
+    """The widest transition span (nats) for which a probability-space recursion is exact:
+
+        (log(eps / tiny) - log(4 T L^2)) / (steps_per_rescale + 1)
+
+    (eps, tiny of the dtype). Derivation in `_forward_matmul`; at T = 30, L = 17 this is 20.3
+    nats for float32 and 220 for float64 with steps_per_rescale = 2 (matmul), and 61 / 661 with
+    steps_per_rescale = 0 (one rescaled product per scan node)."""
+    finfo = torch.finfo(dtype)
+    return (math.log(finfo.eps / finfo.tiny) - math.log(4 * max(T, 1) * L * L)) / (steps_per_rescale + 1)
+
+
+def _column_extremes(transitions: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column minima and maxima of [W | e] (L, L + 1), without gradient: column j < L holds the
+    scores of entering label j, column L the end scores (leaving the sentence)."""
+    extended = torch.cat([transitions.detach(), end.detach().unsqueeze(1)], dim=1)  # (L, L + 1)
+    return torch.aminmax(extended, dim=0)  # (L + 1,), (L + 1,)
+
+
+def _within_span(low: torch.Tensor, high: torch.Tensor, limit: float) -> bool:
+    """Whether every column of [W | e] spans at most `limit` nats: the range check of the
+    probability-space recursions, one host sync. NaN (or an infinite score) fails it."""
+    return float((high - low).max()) <= limit
+
+
 def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
     """The forward algorithm in probability space: per position one GEMM and two elementwise ops,
-    plus a normalisation (a sum and a division) every second position.
+    plus a normalisation (a sum and a division) every second position; `_forward_logsumexp`
+    when the scores are out of its exact range (checked first, one host sync).
 
     p (B, L) is alpha scaled to sum to one at each normalisation; the log scale is kept apart (the
-    sums c and the shifts w, u_t below). One step is q = p * A_t + (p @ exp(W - w)) * C_t, where
-    the (T, B, L) factors are built before the loop from the mask:
-      inner on-position (an earlier one exists):  A = floor,     C = exp(U_t - u_t)
-      first on-position:                          A = exp(U_t - u_t), C = 0   (p starts as exp(s))
-      off position:                               A = 1,         C = 0        (p carries over)
-    so any mask runs with no `where` or alignment in the loop. Every column of exp(W - w) is at
-    least exp(min W - max W), so one step keeps sum(q) >= exp(min W - max W) * sum(p), and the two
-    steps between normalisations lose at most twice that span. The floor keeps q > 0 over both
-    steps (floor = L * sqrt(tiny): q >= floor * p twice stays a normal float) and biases the
-    result by floor * exp(max W - min W) relative. Together: exact to float rounding while the
-    transitions span less than ~25 nats (float32; ~300 in float64; trained CRFs here span ~6),
-    finite always, inexact beyond (hard constraints such as -1e4): use method="logsumexp" there.
-    Normalising every step instead would allow ~70 nats, at 25% more time per step at L = 17."""
+    sums c and the shifts v_t below). The transitions are shifted per column, w_j = max_i W[i, j],
+    and w_j is moved into the scores of entering label j, so every column of exp(W - w) has
+    maximum 1. The start scores are folded into the first on-position's unary scores, which makes
+    them irrelevant to the range:
+      V_t = U_t + s  at a row's first on-position,  U_t + w  at its other on-positions   (B, T, L)
+      v_t = max_j V_t[j],  and log Z = sum_on v_t + sum log c + log(p_T . exp(e - max e)) + max e.
+    One step is q = p * A_t + (p @ exp(W - w)) * C_t, where the (T, B, L) factors are built
+    before the loop from the mask:
+      inner on-position (an earlier one exists):  A = 0,                C = exp(V_t - v_t)
+      first on-position:                          A = exp(V_t - v_t),   C = 0   (p starts at 1)
+      off position:                               A = 1,                C = 0   (p carries over)
+    so any mask runs with no `where` or alignment in the loop.
+
+    Exactness. Let S be the widest column span of [W | e] (max_i W[i, j] - min_i W[i, j], and
+    max e - min e). exp(V_t - v_t) is 1 at its argmax j*, and column j* of exp(W - w) is at least
+    exp(-S), so one step keeps sum(q) >= exp(-S) sum(p), two steps exp(-2 S). Unary spans do not
+    matter: exp(V_t - v_t) may underflow, but only below tiny times a surviving entry. Underflow
+    and subnormal rounding change each entry by at most ~L tiny sum(p) per step, i.e. by
+    L tiny exp(2 S) relative to the normalised mass; an entry's weight in Z (its future: the next
+    transition or the end score) is at most exp(S) times any other entry's, so each perturbation
+    moves Z by at most L tiny exp(3 S) relative, and all T L of them by at most 4 T L^2 tiny
+    exp(3 S) <= eps when S <= `exact_span(dtype, T, L, 2)` (float32: 20.3 nats at T = 30,
+    L = 17; 18 at L = 400; float64: ~220). Trained CRFs here span ~6. Beyond that (hard
+    constraints, -1e4) the recursion is not used: log Z comes from `_forward_logsumexp`, exact
+    for all finite scores, at ~3x the time. The range check fails closed on NaN and inf.
+    Normalising every step instead would allow ~30 nats (float32), at 25% more time per step at
+    L = 17."""
     B, T, L = unary.shape
     dtype = unary.dtype
-    finfo = torch.finfo(dtype)
+    low, high = _column_extremes(transitions, end)  # (L + 1,), (L + 1,)
+    if not _within_span(low, high, exact_span(dtype, T, L, steps_per_rescale=2)):
+        return _forward_logsumexp(unary, transitions, start, end, mask)
     count = mask.cumsum(dim=1)  # (B, T): on-positions up to and including t
-    on = mask.t().unsqueeze(2)  # (T, B, 1)
-    count_t = count.t().unsqueeze(2)  # (T, B, 1)
-    first = on & (count_t == 1)  # (T, B, 1)
-    inner = on & (count_t > 1)  # (T, B, 1)
-    floor = math.sqrt(finfo.tiny) * L  # two steps of q >= floor * p, from p summing to one, stay normal
-    carry = (~on).to(dtype) + inner.to(dtype) * floor  # (T, B, 1): off 1, inner floor, first 0
-    u = unary.amax(dim=2, keepdim=True)  # (B, T, 1): per-position shift keeps exp(U - u) in (0, 1]
-    expU = (unary - u).exp_().transpose(0, 1)  # (T, B, L)
-    A = torch.addcmul(carry, expU, first)  # (T, B, L)
-    C = expU * inner  # (T, B, L)
-    w = transitions.max()  # ()
-    expW = (transitions - w).exp()  # (L, L)
-    s = start.max()  # ()
-    p = (start - s).exp().expand(B, L)  # (B, L)
+    first = mask & (count == 1)  # (B, T)
+    inner = (mask & (count > 1)).t().unsqueeze(2)  # (T, B, 1)
+    w, e = high[:L], high[L]  # (L,), (): per-column maxima of W, max of e (no gradient)
+    V = unary + torch.where(first.unsqueeze(2), start, w)  # (B, T, L)
+    v = V.detach().amax(dim=2, keepdim=True)  # (B, T, 1): shift keeps exp(V - v) in (0, 1]
+    expV = (V - v).exp_().transpose(0, 1)  # (T, B, L)
+    A = torch.addcmul((~mask).t().unsqueeze(2).to(dtype), expV, first.t().unsqueeze(2))  # (T, B, L)
+    C = expV * inner  # (T, B, L)
+    expW = (transitions - w).exp()  # (L, L): every column's max is 1
+    p = unary.new_ones(B, L)  # (B, L)
     sums = []
     for t in range(T):
         p = torch.addcmul(p * A[t], torch.mm(p, expW), C[t])  # (B, L)
@@ -230,31 +272,44 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
             c = p.sum(dim=1, keepdim=True)  # (B, 1)
             p = p / c  # (B, L)
             sums.append(c)
-    e = end.max()  # ()
     n = count[:, -1]  # (B,): sentence lengths
-    shift = (u.squeeze(2) * mask).sum(dim=1) + w * (n - 1).clamp(min=0)  # (B,): u_t per token, w per transition
-    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + s + (p @ (end - e).exp()).log() + e  # (B,)
-    return log_z * (n > 0)  # empty rows: Z = 1
+    shift = (v.squeeze(2) * mask).sum(dim=1)  # (B,): v_t per token
+    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + (p @ (end - e).exp()).log() + e  # (B,)
+    return torch.where(n > 0, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
 
 
 def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Log-semiring product of batched matrices: a (..., L, L), b (..., L, L) -> (..., L, L), as a
-    rescaled probability-space bmm (rows of a and columns of b shifted by their max)."""
-    tiny = torch.finfo(a.dtype).tiny
-    am = a.amax(dim=-1, keepdim=True).clamp_min(-1e30)  # (..., L, 1); all -inf rows stay -inf below
-    bm = b.amax(dim=-2, keepdim=True).clamp_min(-1e30)  # (..., 1, L)
+    rescaled probability-space bmm (rows of a and columns of b shifted by their max). Entry
+    (i, j) is exact up to an absolute (L + 1) tiny exp(max a[i, :] + max b[:, j]): see
+    `_forward_scan` for when that is negligible."""
+    lowest = torch.finfo(a.dtype).min
+    am = a.amax(dim=-1, keepdim=True).clamp_min(lowest)  # (..., L, 1); all -inf rows stay -inf below
+    bm = b.amax(dim=-2, keepdim=True).clamp_min(lowest)  # (..., 1, L)
     prod = (a - am).exp() @ (b - bm).exp()  # (..., L, L)
-    return prod.clamp_min(tiny).log() + am + bm
+    return prod.clamp_min(torch.finfo(a.dtype).tiny).log() + am + bm
 
 
 def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
-    """Log-depth parallel scan: one (L, L) potential per position, multiplied in a balanced tree.
+    """Log-depth parallel scan: one (L, L) potential per position, multiplied in a balanced tree;
+    `_forward_logsumexp` when the scores are out of its exact range (checked first, one sync).
 
     Position t's potential is Phi_t[i, j] = W[i, j] + U_t[j] after the first on-position,
     Phi[i, j] = s[j] + U_t[j] (any i) at it, and the log-semiring identity at off positions.
-    The initial vector is one-hot(0), so the product's row 0 is alpha_T."""
+    The initial vector is one-hot(0), so the product's row 0 is alpha_T.
+
+    Exactness. In a product a (x) b, every column of b that is not an identity column spans at
+    most S nats (S: the widest column span of [W | e]; b's rows differ only in their first
+    transition), so entry (i, j) is at least exp(max a[i, :] + max b[:, j] - S) against an
+    absolute error of (L + 1) tiny exp(max a[i, :] + max b[:, j]) (`_log_matmul`); where b is the
+    identity, the raised entries weigh at most exp(S) times the row's largest in what follows.
+    Over the <= T products that gives at most 4 T L^2 tiny exp(S) relative, <= eps when S <=
+    `exact_span(dtype, T, L, 0)` (float32: 61 nats at T = 30, L = 17; float64: ~660)."""
     B, T, L = unary.shape
     dtype, device = unary.dtype, unary.device
+    low, high = _column_extremes(transitions, end)  # (L + 1,), (L + 1,)
+    if not _within_span(low, high, exact_span(dtype, T, L, steps_per_rescale=0)):
+        return _forward_logsumexp(unary, transitions, start, end, mask)
     neg = torch.finfo(dtype).min
     _, has_prev, first, _ = _neighbours(mask)
     inner = transitions.unsqueeze(0).unsqueeze(0) + unary.unsqueeze(2)  # (B, T, L, L)
@@ -278,6 +333,10 @@ def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
 
 def crf_log_partition(unary, transitions, start, end, mask, method: str = "matmul") -> torch.Tensor:
     """log Z (B,): log-sum-exp of the scores of all labellings of each sentence.
+
+    Exact for all finite scores, whatever the method (see the module docstring): "matmul" and
+    "scan" run only where their probability-space arithmetic is exact (`exact_span`) and fall back
+    to "logsumexp" elsewhere, so they differ in speed, not in the value or its gradient.
 
     When no gradient is wanted (autograd off, or no input requires grad) the recursion runs under
     torch.inference_mode, which skips autograd's view and version bookkeeping (~20% of the time
