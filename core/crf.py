@@ -19,16 +19,16 @@ the one sync per call is at the boundary (the label range check, log Z's range c
 
 log Z runs the forward algorithm in probability space (`method="matmul"`, the default): alpha is
 rescaled to sum to one every second step, with its log scale apart, and one step is a BLAS GEMM
-with exp(W - max W) (per column) plus a few elementwise ops, instead of a (B, L, L) log-sum-exp;
+with exp(W - max W) plus a few elementwise ops, instead of a (B, L, L) log-sum-exp;
 masks are folded into per-position factors before the loop, and the backward pass is GEMMs too.
 `method="logsumexp"` is the plain log-space recursion. `method="scan"` is the log-depth parallel
 scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays off on a GPU for
 small L and long sentences. Every method is exact (to the rounding of adding up the scores in
 their dtype) for all finite scores, and so are its gradients: the two probability-space methods
-check first (one reduction over [W | e] and one host sync) that every column of the transitions
-and the end scores spans at most `exact_span` nats (float32: ~20 for matmul, ~60 for scan, at
+check first (three min/max reductions and one host sync) that the transition, start and end
+scores each span at most `exact_span` nats (max - min; float32: ~20 for matmul, ~60 for scan, at
 T = 30, L = 17; trained CRFs here span ~6), and hand over to the logsumexp recursion otherwise
-(hard constraints such as -1e4 or -inf, NaN). Unary and start scores may span anything.
+(hard constraints such as -1e4 or -inf, NaN). Unary scores may span anything.
 
 Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
 """
@@ -182,6 +182,12 @@ def _left_align(unary: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
+    """The forward recursion in log space, exact for all finite scores. -inf scores (forbidden
+    transitions) are clamped to the dtype's lowest finite value first: the same log Z, but
+    logsumexp's backward never sees an all -inf column (exp(-inf - -inf) = NaN), so gradients
+    stay finite (0 for forbidden entries)."""
+    lowest = torch.finfo(unary.dtype).min
+    unary, transitions, start, end = (x.clamp_min(lowest) for x in (unary, transitions, start, end))
     U, on, lengths, _ = _left_align(unary, mask)  # (T, B, L), (T, B), (B,)
     alpha = start + U[0]  # (B, L)
     for t in range(1, U.shape[0]):
@@ -203,68 +209,59 @@ def exact_span(dtype: torch.dtype, T: int, L: int, steps_per_rescale: int) -> fl
     return (math.log(finfo.eps / finfo.tiny) - math.log(4 * max(T, 1) * L * L)) / (steps_per_rescale + 1)
 
 
-def _column_extremes(transitions: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column minima and maxima of [W | e] (L, L + 1), without gradient: column j < L holds the
-    scores of entering label j, column L the end scores (leaving the sentence)."""
-    extended = torch.cat([transitions.detach(), end.detach().unsqueeze(1)], dim=1)  # (L, L + 1)
-    return torch.aminmax(extended, dim=0)  # (L + 1,), (L + 1,)
-
-
-def _within_span(low: torch.Tensor, high: torch.Tensor, limit: float) -> bool:
-    """Whether every column of [W | e] spans at most `limit` nats: the range check of the
-    probability-space recursions, one host sync. NaN (or an infinite score) fails it."""
-    return float((high - low).max()) <= limit
+def _shifts_and_spans(transitions, start, end) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(max W, max s, max e) and (span W, span s, span e), span = max - min, as Python floats: one
+    host sync. A NaN or an infinite score makes its span NaN or inf, so every range check fails."""
+    extremes = [x for t in (transitions, start, end) for x in torch.aminmax(t)]
+    lw, hw, ls, hs, le, he = torch.stack(extremes).tolist()
+    return (hw, hs, he), (hw - lw, hs - ls, he - le)
 
 
 def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
     """The forward algorithm in probability space: per position one GEMM and two elementwise ops,
     plus a normalisation (a sum and a division) every second position; `_forward_logsumexp`
-    when the scores are out of its exact range (checked first, one host sync).
+    where the scores are out of its exact range (checked first, one host sync).
 
     p (B, L) is alpha scaled to sum to one at each normalisation; the log scale is kept apart (the
-    sums c and the shifts v_t below). The transitions are shifted per column, w_j = max_i W[i, j],
-    and w_j is moved into the scores of entering label j, so every column of exp(W - w) has
-    maximum 1. The start scores are folded into the first on-position's unary scores, which makes
-    them irrelevant to the range:
-      V_t = U_t + s  at a row's first on-position,  U_t + w  at its other on-positions   (B, T, L)
-      v_t = max_j V_t[j],  and log Z = sum_on v_t + sum log c + log(p_T . exp(e - max e)) + max e.
-    One step is q = p * A_t + (p @ exp(W - w)) * C_t, where the (T, B, L) factors are built
-    before the loop from the mask:
-      inner on-position (an earlier one exists):  A = 0,                C = exp(V_t - v_t)
-      first on-position:                          A = exp(V_t - v_t),   C = 0   (p starts at 1)
-      off position:                               A = 1,                C = 0   (p carries over)
+    sums c and the shifts w = max W, s = max s, e = max e, u_t = max_j U_t[j]). One step is
+    q = p * A_t + (p @ exp(W - w)) * C_t, where the (T, B, L) factors are built before the loop
+    from the mask:
+      inner on-position (an earlier one exists):  A = 0,             C = exp(U_t - u_t)
+      first on-position:                          A = exp(U_t - u_t), C = 0   (p starts as exp(s - max s))
+      off position:                               A = 1,             C = 0   (p carries over)
     so any mask runs with no `where` or alignment in the loop.
 
-    Exactness. Let S be the widest column span of [W | e] (max_i W[i, j] - min_i W[i, j], and
-    max e - min e). exp(V_t - v_t) is 1 at its argmax j*, and column j* of exp(W - w) is at least
-    exp(-S), so one step keeps sum(q) >= exp(-S) sum(p), two steps exp(-2 S). Unary spans do not
-    matter: exp(V_t - v_t) may underflow, but only below tiny times a surviving entry. Underflow
-    and subnormal rounding change each entry by at most ~L tiny sum(p) per step, i.e. by
+    Exactness. Let S be the largest of the spans (max - min) of W, s and e. exp(U_t - u_t) is 1
+    at its argmax, and every entry of exp(W - w) (and of exp(s - max s)) is at least exp(-S), so
+    one step keeps sum(q) >= exp(-S) sum(p), and a block between normalisations exp(-2 S). Unary
+    spans do not matter: exp(U_t - u_t) may underflow, but only below tiny times a surviving entry.
+    Underflow and subnormal rounding change each entry by at most ~L tiny sum(p) per step, i.e. by
     L tiny exp(2 S) relative to the normalised mass; an entry's weight in Z (its future: the next
     transition or the end score) is at most exp(S) times any other entry's, so each perturbation
     moves Z by at most L tiny exp(3 S) relative, and all T L of them by at most 4 T L^2 tiny
-    exp(3 S) <= eps when S <= `exact_span(dtype, T, L, 2)` (float32: 20.3 nats at T = 30,
-    L = 17; 18 at L = 400; float64: ~220). Trained CRFs here span ~6. Beyond that (hard
-    constraints, -1e4) the recursion is not used: log Z comes from `_forward_logsumexp`, exact
-    for all finite scores, at ~3x the time. The range check fails closed on NaN and inf.
-    Normalising every step instead would allow ~30 nats (float32), at 25% more time per step at
-    L = 17."""
+    exp(3 S) <= eps when S <= `exact_span(dtype, T, L, 2)` (float32: 20.3 nats at T = 30, L = 17;
+    18.2 at L = 400; float64: ~220). Trained CRFs here span ~6. Beyond that (hard constraints,
+    -1e4 or -inf; NaN) the recursion is not used: log Z comes from `_forward_logsumexp`, exact for
+    all finite scores, at ~3x the time. Without the check, a worst case (tests/test_crf_exact.py)
+    is 22 nats off at S = 45. Normalising every step instead would allow ~30 nats (float32), at
+    25% more time per step at L = 17."""
     B, T, L = unary.shape
     dtype = unary.dtype
-    low, high = _column_extremes(transitions, end)  # (L + 1,), (L + 1,)
-    if not _within_span(low, high, exact_span(dtype, T, L, steps_per_rescale=2)):
+    (w, s, e), spans = _shifts_and_spans(transitions, start, end)
+    limit = exact_span(dtype, T, L, steps_per_rescale=2)
+    if not all(span <= limit for span in spans):
         return _forward_logsumexp(unary, transitions, start, end, mask)
     count = mask.cumsum(dim=1)  # (B, T): on-positions up to and including t
-    first = mask & (count == 1)  # (B, T)
-    inner = (mask & (count > 1)).t().unsqueeze(2)  # (T, B, 1)
-    w, e = high[:L], high[L]  # (L,), (): per-column maxima of W, max of e (no gradient)
-    V = unary + torch.where(first.unsqueeze(2), start, w)  # (B, T, L)
-    v = V.detach().amax(dim=2, keepdim=True)  # (B, T, 1): shift keeps exp(V - v) in (0, 1]
-    expV = (V - v).exp_().transpose(0, 1)  # (T, B, L)
-    A = torch.addcmul((~mask).t().unsqueeze(2).to(dtype), expV, first.t().unsqueeze(2))  # (T, B, L)
-    C = expV * inner  # (T, B, L)
-    expW = (transitions - w).exp()  # (L, L): every column's max is 1
-    p = unary.new_ones(B, L)  # (B, L)
+    on = mask.t().unsqueeze(2)  # (T, B, 1)
+    count_t = count.t().unsqueeze(2)  # (T, B, 1)
+    first = on & (count_t == 1)  # (T, B, 1)
+    inner = on & (count_t > 1)  # (T, B, 1)
+    u = unary.detach().amax(dim=2, keepdim=True)  # (B, T, 1): per-position shift keeps exp(U - u) in (0, 1]
+    expU = (unary - u).exp_().transpose(0, 1)  # (T, B, L)
+    A = torch.addcmul((~on).to(dtype), expU, first)  # (T, B, L): off 1, first exp(U - u), inner 0
+    C = expU * inner  # (T, B, L)
+    expW = (transitions - w).exp()  # (L, L)
+    p = (start - s).exp().expand(B, L)  # (B, L)
     sums = []
     for t in range(T):
         p = torch.addcmul(p * A[t], torch.mm(p, expW), C[t])  # (B, L)
@@ -273,8 +270,9 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
             p = p / c  # (B, L)
             sums.append(c)
     n = count[:, -1]  # (B,): sentence lengths
-    shift = (v.squeeze(2) * mask).sum(dim=1)  # (B,): v_t per token
-    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + (p @ (end - e).exp()).log() + e  # (B,)
+    transitions_n = (n - 1).clamp(min=0).to(dtype)  # (B,)
+    shift = (u.squeeze(2) * mask).sum(dim=1) + w * transitions_n + (s + e)  # (B,): u_t per token, w per transition
+    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + (p @ (end - e).exp()).log()  # (B,)
     return torch.where(n > 0, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
 
 
@@ -299,16 +297,17 @@ def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
     The initial vector is one-hot(0), so the product's row 0 is alpha_T.
 
     Exactness. In a product a (x) b, every column of b that is not an identity column spans at
-    most S nats (S: the widest column span of [W | e]; b's rows differ only in their first
-    transition), so entry (i, j) is at least exp(max a[i, :] + max b[:, j] - S) against an
+    most S nats (S: the larger of the spans of W and e; b's rows differ only in their first
+    transition; start scores do not matter), so entry (i, j) is at least exp(max a[i, :] + max b[:, j] - S) against an
     absolute error of (L + 1) tiny exp(max a[i, :] + max b[:, j]) (`_log_matmul`); where b is the
     identity, the raised entries weigh at most exp(S) times the row's largest in what follows.
     Over the <= T products that gives at most 4 T L^2 tiny exp(S) relative, <= eps when S <=
     `exact_span(dtype, T, L, 0)` (float32: 61 nats at T = 30, L = 17; float64: ~660)."""
     B, T, L = unary.shape
     dtype, device = unary.dtype, unary.device
-    low, high = _column_extremes(transitions, end)  # (L + 1,), (L + 1,)
-    if not _within_span(low, high, exact_span(dtype, T, L, steps_per_rescale=0)):
+    _, (span_w, _, span_e) = _shifts_and_spans(transitions, start, end)
+    limit = exact_span(dtype, T, L, steps_per_rescale=0)
+    if not (span_w <= limit and span_e <= limit):
         return _forward_logsumexp(unary, transitions, start, end, mask)
     neg = torch.finfo(dtype).min
     _, has_prev, first, _ = _neighbours(mask)

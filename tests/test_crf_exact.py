@@ -27,7 +27,7 @@ MASK = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 0, 1], [1, 1, 0, 0, 0], [0, 0, 0
 
 def make_case(kind: str, span: float, B: int, T: int, L: int, seed: int, dtype=torch.float64):
     """unary (B, T, L), transitions (L, L), start, end (L,) whose transitions and end scores
-    span `span` nats (column-wise for "adversarial"), and whose unary scores are of that size."""
+    span about `span` nats, and whose unary scores are of that size."""
     g = torch.Generator().manual_seed(seed)
     f64 = torch.float64
     if kind == "random":
@@ -172,7 +172,7 @@ class TestRangeCheck:
 
     @staticmethod
     def worst_case(span, dtype, B=64, T=5, L=3, seed=0):
-        """Every column of [W | e] spans `span`: leaving label 0 costs `span`, leaving label 1 is
+        """W and e span `span` (in every column): leaving label 0 costs `span`, leaving label 1 is
         free, and the unary scores of labels 1, 2 sit 0, span/2, ..., 2 span below label 0's. The
         mass collects on label 0 and shrinks by exp(-span) per step, while label 1's share, which
         pays back exp(span) later, sinks below float32's tiny from ~40 nats on (without the check:
@@ -231,6 +231,19 @@ class TestRangeCheck:
         torch.testing.assert_close(got, expected)
         trans[1, 1] = float("nan")
         assert torch.isnan(crf_log_partition(unary, trans, start, end, MASK, method=method)[:3]).all()
+
+    @pytest.mark.parametrize("method", METHODS)
+    def test_gradients_finite_with_a_forbidden_column(self, method):
+        # Label 0 can never be entered (a whole column at -inf): its marginals after the first
+        # position and the forbidden transitions' expected counts are 0, not NaN.
+        unary, trans, start, end = make_case("random", 3.0, 4, 5, 3, seed=4)
+        trans[:, 0] = float("-inf")
+        params = [p.requires_grad_(True) for p in (unary, trans, start, end)]
+        crf_log_partition(*params, MASK, method=method).sum().backward()
+        for p in params:
+            assert torch.isfinite(p.grad).all()
+        torch.testing.assert_close(unary.grad.sum(-1), MASK.double())  # marginals sum to one
+        assert (trans.grad[:, 0] == 0).all() and (unary.grad[MASK.cumsum(1) > 1][:, 0] == 0).all()
 
 
 class TestViterbiAndEnergyExact:
