@@ -7,7 +7,10 @@ Cells: L in {17 (NER BIOES), 400 (CCG top-400)} x batch {32, 256}, T = 30, every
 length (torch-struct's end scores are folded into the last edge, which needs equal lengths).
 Per cell: median seconds per call of each implementation, timed in round-robin (a block of calls of each per
 round) so that load drift hits all alike, the speed-up ratios (theirs / ours), and
-whether outputs agree (log Z within 1e-3 relative, identical Viterbi paths). torch-struct's
+whether outputs agree (log Z within 1e-3 relative, identical Viterbi paths), and our log Z's
+largest error (nats) against the float64 logsumexp recursion, also with hard constraints (one
+transition at -1e4: `ours_logz_constrained`, which takes the logsumexp path). --previous also
+times the session-4 log Z (before issue 11's range check) on both inputs. torch-struct's
 parallel scan does O(B T L^3) work and holds (B, T, L, L) potentials; a cell whose estimated
 time (from one timed run at batch 1) exceeds --struct-budget seconds is reported as skipped.
 """
@@ -142,14 +145,20 @@ def main() -> None:
             # Small cells take ~1 ms a call and are noisy: blocks of 10 calls, many rounds.
             # pytorch-crf and torch-struct take seconds at L = 400 (torch-struct at any large B):
             # one call per round, and one round (pytorch-crf at L = 400) or --repeats.
+            # Hard constraints (one forbidden transition at -1e4): out of matmul's exact range, so
+            # log Z takes the logsumexp recursion; pytorch-crf's cost does not depend on the values.
+            constrained = trans.clone()
+            constrained[0, 1] = -1e4
             fns = {
                 "ours_logz": lambda: crf_log_partition(unary, trans, start, end, mask),
+                "ours_logz_constrained": lambda: crf_log_partition(unary, constrained, start, end, mask),
                 "ours_viterbi": lambda: crf_viterbi(unary, trans, start, end, mask),
                 "torchcrf_logz": lambda: ref._compute_normalizer(unary.transpose(0, 1), mask.t()),
                 "torchcrf_viterbi": lambda: ref.decode(unary, mask),
             }
             if args.previous:
                 fns["previous_logz"] = lambda: previous_log_partition(unary, trans, start, end, mask)
+                fns["previous_logz_constrained"] = lambda: previous_log_partition(unary, constrained, start, end, mask)
             small = L == 17
             rounds = {name: args.repeats if small or name.startswith("ours") else 1 for name in fns}
             block = {name: 10 if small else 1 for name in fns}
@@ -180,6 +189,14 @@ def main() -> None:
             z, vit = out["ours_logz"], out["ours_viterbi"]
             row["logz_match_torchcrf"] = bool(torch.allclose(z, out["torchcrf_logz"], rtol=1e-3, atol=1e-3))
             row["paths_match_torchcrf"] = vit.labels.tolist() == out["torchcrf_viterbi"]
+            row["logz_constrained_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["ours_logz_constrained_s"]
+            # Exactness first: max |log Z - float64 logsumexp log Z| over the batch, in nats.
+            exact = {name: crf_log_partition(*(x.double() for x in (unary, w, start, end)), mask, method="logsumexp")
+                     for name, w in (("", trans), ("_constrained", constrained))}
+            for name in ("ours_logz", "ours_logz_constrained", "previous_logz", "previous_logz_constrained"):
+                if name in out:
+                    reference = exact["_constrained" if name.endswith("_constrained") else ""]
+                    row[f"{name}_max_error"] = float((out[name].double() - reference).abs().max())
             for other in ("torchcrf", "torchstruct"):
                 for what in ("logz", "viterbi"):
                     if f"{other}_{what}_s" in row:

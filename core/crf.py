@@ -26,9 +26,10 @@ scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays 
 small L and long sentences. Every method is exact (to the rounding of adding up the scores in
 their dtype) for all finite scores, and so are its gradients: the two probability-space methods
 check first (three min/max reductions and one host sync) that the transition, start and end
-scores each span at most `exact_span` nats (max - min; float32: ~20 for matmul, ~60 for scan, at
-T = 30, L = 17; trained CRFs here span ~6), and hand over to the logsumexp recursion otherwise
-(hard constraints such as -1e4 or -inf, NaN). Unary scores may span anything.
+scores (scan: transition and end) each span at most `exact_span` nats (max - min; float32: ~20
+for matmul, ~60 for scan, at T = 30, L = 17; trained CRFs here span ~6), and hand over to the
+logsumexp recursion otherwise (hard constraints such as -1e4 or -inf, NaN). Unary scores may
+span anything.
 
 Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
 """
@@ -198,12 +199,13 @@ def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
 
 
 def exact_span(dtype: torch.dtype, T: int, L: int, steps_per_rescale: int) -> float:
-    """The widest transition span (nats) for which a probability-space recursion is exact:
+    """The widest span (max - min, nats) of the transition, start and end scores for which a
+    probability-space recursion is exact (relative error of Z at most eps):
 
         (log(eps / tiny) - log(4 T L^2)) / (steps_per_rescale + 1)
 
     (eps, tiny of the dtype). Derivation in `_forward_matmul`; at T = 30, L = 17 this is 20.3
-    nats for float32 and 220 for float64 with steps_per_rescale = 2 (matmul), and 61 / 661 with
+    nats for float32 and 220 for float64 with steps_per_rescale = 2 (matmul), and 60.9 / 662 with
     steps_per_rescale = 0 (one rescaled product per scan node)."""
     finfo = torch.finfo(dtype)
     return (math.log(finfo.eps / finfo.tiny) - math.log(4 * max(T, 1) * L * L)) / (steps_per_rescale + 1)
@@ -211,7 +213,7 @@ def exact_span(dtype: torch.dtype, T: int, L: int, steps_per_rescale: int) -> fl
 
 def _shifts_and_spans(transitions, start, end) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(max W, max s, max e) and (span W, span s, span e), span = max - min, as Python floats: one
-    host sync. A NaN or an infinite score makes its span NaN or inf, so every range check fails."""
+    host sync. A NaN or an infinite score makes its span NaN or inf: the range checks then fail."""
     extremes = [x for t in (transitions, start, end) for x in torch.aminmax(t)]
     lw, hw, ls, hs, le, he = torch.stack(extremes).tolist()
     return (hw, hs, he), (hw - lw, hs - ls, he - le)
@@ -298,9 +300,10 @@ def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
 
     Exactness. In a product a (x) b, every column of b that is not an identity column spans at
     most S nats (S: the larger of the spans of W and e; b's rows differ only in their first
-    transition; start scores do not matter), so entry (i, j) is at least exp(max a[i, :] + max b[:, j] - S) against an
-    absolute error of (L + 1) tiny exp(max a[i, :] + max b[:, j]) (`_log_matmul`); where b is the
-    identity, the raised entries weigh at most exp(S) times the row's largest in what follows.
+    transition; start scores do not matter), so entry (i, j) is at least
+    exp(max a[i, :] + max b[:, j] - S), against an absolute error of
+    (L + 1) tiny exp(max a[i, :] + max b[:, j]) (`_log_matmul`); where b is the identity, the
+    raised entries weigh at most exp(S) times the row's largest in what follows.
     Over the <= T products that gives at most 4 T L^2 tiny exp(S) relative, <= eps when S <=
     `exact_span(dtype, T, L, 0)` (float32: 61 nats at T = 30, L = 17; float64: ~660)."""
     B, T, L = unary.shape
