@@ -25,11 +25,11 @@ masks are folded into per-position factors before the loop, and the backward pas
 scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays off on a GPU for
 small L and long sentences. Every method is exact (to the rounding of adding up the scores in
 their dtype) for all finite scores, and so are its gradients: the two probability-space methods
-check first (three min/max reductions and one host sync) that the transition, start and end
-scores (scan: transition and end) each span at most `exact_span` nats (max - min; float32: ~20
-for matmul, ~60 for scan, at T = 30, L = 17; trained CRFs here span ~6), and hand over to the
-logsumexp recursion otherwise (hard constraints such as -1e4 or -inf, NaN). Unary scores may
-span anything.
+check first (one min/max reduction and one host sync) that the transition, start and end scores
+together span at most `exact_span` nats (max - min over all three; float32: ~20 for matmul, ~60
+for scan, at T = 30, L = 17; trained CRFs here span ~6), and hand over to the logsumexp
+recursion otherwise (hard constraints such as -1e4 or -inf, NaN). Unary scores may span
+anything.
 
 Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
 """
@@ -199,7 +199,7 @@ def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
 
 
 def exact_span(dtype: torch.dtype, T: int, L: int, steps_per_rescale: int) -> float:
-    """The widest span (max - min, nats) of the transition, start and end scores for which a
+    """The widest joint span (max - min, nats) of the transition, start and end scores for which a
     probability-space recursion is exact (relative error of Z at most eps):
 
         (log(eps / tiny) - log(4 T L^2)) / (steps_per_rescale + 1)
@@ -211,12 +211,12 @@ def exact_span(dtype: torch.dtype, T: int, L: int, steps_per_rescale: int) -> fl
     return (math.log(finfo.eps / finfo.tiny) - math.log(4 * max(T, 1) * L * L)) / (steps_per_rescale + 1)
 
 
-def _shifts_and_spans(transitions, start, end) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(max W, max s, max e) and (span W, span s, span e), span = max - min, as Python floats: one
-    host sync. A NaN or an infinite score makes its span NaN or inf: the range checks then fail."""
-    extremes = [x for t in (transitions, start, end) for x in torch.aminmax(t)]
-    lw, hw, ls, hs, le, he = torch.stack(extremes).tolist()
-    return (hw, hs, he), (hw - lw, hs - ls, he - le)
+def _max_and_span(transitions, start, end) -> tuple[torch.Tensor, float]:
+    """The largest of the transition, start and end scores (a 0-dim tensor, no gradient) and their
+    joint span, max - min over all three (a Python float: one host sync). A NaN or an infinite
+    score makes the span NaN or inf: the range checks then fail."""
+    low, high = torch.aminmax(torch.cat([transitions.reshape(-1), start, end]).detach())  # (), ()
+    return high, float(high - low)
 
 
 def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
@@ -225,17 +225,17 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
     where the scores are out of its exact range (checked first, one host sync).
 
     p (B, L) is alpha scaled to sum to one at each normalisation; the log scale is kept apart (the
-    sums c and the shifts w = max W, s = max s, e = max e, u_t = max_j U_t[j]). One step is
-    q = p * A_t + (p @ exp(W - w)) * C_t, where the (T, B, L) factors are built before the loop
+    sums c and the shifts M = max(W, s, e), u_t = max_j U_t[j]). One step is
+    q = p * A_t + (p @ exp(W - M)) * C_t, where the (T, B, L) factors are built before the loop
     from the mask:
       inner on-position (an earlier one exists):  A = 0,             C = exp(U_t - u_t)
-      first on-position:                          A = exp(U_t - u_t), C = 0   (p starts as exp(s - max s))
+      first on-position:                          A = exp(U_t - u_t), C = 0   (p starts as exp(s - M))
       off position:                               A = 1,             C = 0   (p carries over)
     so any mask runs with no `where` or alignment in the loop.
 
-    Exactness. Let S be the largest of the spans (max - min) of W, s and e. exp(U_t - u_t) is 1
-    at its argmax, and every entry of exp(W - w) (and of exp(s - max s)) is at least exp(-S), so
-    one step keeps sum(q) >= exp(-S) sum(p), and a block between normalisations exp(-2 S). Unary
+    Exactness. Let S be the joint span (max - min) of W, s and e. exp(U_t - u_t) is 1 at its
+    argmax, and every entry of exp(W - M), exp(s - M) and exp(e - M) lies in [exp(-S), 1], so one
+    step keeps sum(q) >= exp(-S) sum(p), and a block between normalisations exp(-2 S). Unary
     spans do not matter: exp(U_t - u_t) may underflow, but only below tiny times a surviving entry.
     Underflow and subnormal rounding change each entry by at most ~L tiny sum(p) per step, i.e. by
     L tiny exp(2 S) relative to the normalised mass; an entry's weight in Z (its future: the next
@@ -244,14 +244,13 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
     exp(3 S) <= eps when S <= `exact_span(dtype, T, L, 2)` (float32: 20.3 nats at T = 30, L = 17;
     18.2 at L = 400; float64: ~220). Trained CRFs here span ~6. Beyond that (hard constraints,
     -1e4 or -inf; NaN) the recursion is not used: log Z comes from `_forward_logsumexp`, exact for
-    all finite scores, at ~3x the time. Without the check, a worst case (tests/test_crf_exact.py)
-    is 22 nats off at S = 45. Normalising every step instead would allow ~30 nats (float32), at
-    25% more time per step at L = 17."""
+    all finite scores, at ~3x the time (about pytorch-crf's). Without the check, a worst case
+    (tests/test_crf_exact.py) is 22 nats off at S = 45. Normalising every step instead would
+    allow ~30 nats (float32), at 25% more time per step at L = 17."""
     B, T, L = unary.shape
     dtype = unary.dtype
-    (w, s, e), spans = _shifts_and_spans(transitions, start, end)
-    limit = exact_span(dtype, T, L, steps_per_rescale=2)
-    if not all(span <= limit for span in spans):
+    M, span = _max_and_span(transitions, start, end)  # (), float
+    if not span <= exact_span(dtype, T, L, steps_per_rescale=2):
         return _forward_logsumexp(unary, transitions, start, end, mask)
     count = mask.cumsum(dim=1)  # (B, T): on-positions up to and including t
     on = mask.t().unsqueeze(2)  # (T, B, 1)
@@ -262,8 +261,8 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
     expU = (unary - u).exp_().transpose(0, 1)  # (T, B, L)
     A = torch.addcmul((~on).to(dtype), expU, first)  # (T, B, L): off 1, first exp(U - u), inner 0
     C = expU * inner  # (T, B, L)
-    expW = (transitions - w).exp()  # (L, L)
-    p = (start - s).exp().expand(B, L)  # (B, L)
+    expW = (transitions - M).exp()  # (L, L)
+    p = (start - M).exp().expand(B, L)  # (B, L)
     sums = []
     for t in range(T):
         p = torch.addcmul(p * A[t], torch.mm(p, expW), C[t])  # (B, L)
@@ -272,10 +271,9 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
             p = p / c  # (B, L)
             sums.append(c)
     n = count[:, -1]  # (B,): sentence lengths
-    transitions_n = (n - 1).clamp(min=0).to(dtype)  # (B,)
-    shift = (u.squeeze(2) * mask).sum(dim=1) + w * transitions_n + (s + e)  # (B,): u_t per token, w per transition
-    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + (p @ (end - e).exp()).log()  # (B,)
-    return torch.where(n > 0, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
+    shift = (u.squeeze(2) * mask).sum(dim=1) + M * (n + 1).to(dtype)  # (B,): u_t per token, M per score
+    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + (p @ (end - M).exp()).log()  # (B,)
+    return log_z * (n > 0)  # empty rows: Z = 1 (their p is exp(s - M) carried over: finite)
 
 
 def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -299,8 +297,8 @@ def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
     The initial vector is one-hot(0), so the product's row 0 is alpha_T.
 
     Exactness. In a product a (x) b, every column of b that is not an identity column spans at
-    most S nats (S: the larger of the spans of W and e; b's rows differ only in their first
-    transition; start scores do not matter), so entry (i, j) is at least
+    most S nats (S: the joint span of W, s and e, checked as for matmul; b's rows differ only in
+    their first transition), so entry (i, j) is at least
     exp(max a[i, :] + max b[:, j] - S), against an absolute error of
     (L + 1) tiny exp(max a[i, :] + max b[:, j]) (`_log_matmul`); where b is the identity, the
     raised entries weigh at most exp(S) times the row's largest in what follows.
@@ -308,9 +306,8 @@ def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
     `exact_span(dtype, T, L, 0)` (float32: 61 nats at T = 30, L = 17; float64: ~660)."""
     B, T, L = unary.shape
     dtype, device = unary.dtype, unary.device
-    _, (span_w, _, span_e) = _shifts_and_spans(transitions, start, end)
-    limit = exact_span(dtype, T, L, steps_per_rescale=0)
-    if not (span_w <= limit and span_e <= limit):
+    _, span = _max_and_span(transitions, start, end)
+    if not span <= exact_span(dtype, T, L, steps_per_rescale=0):
         return _forward_logsumexp(unary, transitions, start, end, mask)
     neg = torch.finfo(dtype).min
     _, has_prev, first, _ = _neighbours(mask)
