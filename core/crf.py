@@ -244,7 +244,8 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
     exp(3 S) <= eps when S <= `exact_span(dtype, T, L, 2)` (float32: 20.3 nats at T = 30, L = 17;
     18.2 at L = 400; float64: ~220). Trained CRFs here span ~6. Beyond that (hard constraints,
     -1e4 or -inf; NaN) the recursion is not used: log Z comes from `_forward_logsumexp`, exact for
-    all finite scores, at ~3x the time (about pytorch-crf's). Without the check, a worst case
+    all finite scores, at about pytorch-crf's speed (3-6x this recursion's time at L = 17, ~150x
+    at L = 400; benchmarks/RESULTS.md, issue 11). Without the check, a worst case
     (tests/test_crf_exact.py) is 22 nats off at S = 45. Normalising every step instead would
     allow ~30 nats (float32), at 25% more time per step at L = 17."""
     B, T, L = unary.shape
