@@ -1,7 +1,7 @@
 """CRF log Z and Viterbi: core.crf against pytorch-crf and torch-struct on the same inputs.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_crf.py [--threads 1] [--repeats 3]
-        [--struct-budget 60] [--device cpu] [--compile] [--previous] [--only-l 17]
+        [--struct-budget 60] [--device cpu] [--compile] [--only-l 17]
 
 Cells: L in {17 (NER BIOES), 400 (CCG top-400)} x batch {32, 256}, T = 30, every sentence full
 length (torch-struct's end scores are folded into the last edge, which needs equal lengths).
@@ -9,8 +9,7 @@ Per cell: median seconds per call of each implementation, timed in round-robin (
 round) so that load drift hits all alike, the speed-up ratios (theirs / ours), and
 whether outputs agree (log Z within 1e-3 relative, identical Viterbi paths), and our log Z's
 largest error (nats) against the float64 logsumexp recursion, also with hard constraints (one
-transition at -1e4: `ours_logz_constrained`, which takes the logsumexp path). --previous also
-times the session-4 log Z (before issue 11's range check) on both inputs. torch-struct's
+transition at -1e4: `ours_logz_constrained`, which takes the logsumexp path). torch-struct's
 parallel scan does O(B T L^3) work and holds (B, T, L, L) potentials; a cell whose estimated
 time (from one timed run at batch 1) exceeds --struct-budget seconds is reported as skipped.
 """
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -29,54 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import core.crf as crf_module  # noqa: E402
 from core.crf import crf_log_partition, crf_viterbi  # noqa: E402
-
-
-def previous_forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
-    """Bench-only copy of the session-4 default (commit c3baf9d): inexact beyond ~25 nats of
-    transition span (issue 11). Timed next to the current code with --previous."""
-    B, T, L = unary.shape
-    dtype = unary.dtype
-    finfo = torch.finfo(dtype)
-    count = mask.cumsum(dim=1)  # (B, T): on-positions up to and including t
-    on = mask.t().unsqueeze(2)  # (T, B, 1)
-    count_t = count.t().unsqueeze(2)  # (T, B, 1)
-    first = on & (count_t == 1)  # (T, B, 1)
-    inner = on & (count_t > 1)  # (T, B, 1)
-    floor = math.sqrt(finfo.tiny) * L  # two steps of q >= floor * p, from p summing to one, stay normal
-    carry = (~on).to(dtype) + inner.to(dtype) * floor  # (T, B, 1): off 1, inner floor, first 0
-    u = unary.amax(dim=2, keepdim=True)  # (B, T, 1): per-position shift keeps exp(U - u) in (0, 1]
-    expU = (unary - u).exp_().transpose(0, 1)  # (T, B, L)
-    A = torch.addcmul(carry, expU, first)  # (T, B, L)
-    C = expU * inner  # (T, B, L)
-    w = transitions.max()  # ()
-    expW = (transitions - w).exp()  # (L, L)
-    s = start.max()  # ()
-    p = (start - s).exp().expand(B, L)  # (B, L)
-    sums = []
-    for t in range(T):
-        p = torch.addcmul(p * A[t], torch.mm(p, expW), C[t])  # (B, L)
-        if t % 2 == 1 or t == T - 1:  # normalising every second step halves that cost
-            c = p.sum(dim=1, keepdim=True)  # (B, 1)
-            p = p / c  # (B, L)
-            sums.append(c)
-    e = end.max()  # ()
-    n = count[:, -1]  # (B,): sentence lengths
-    shift = (u.squeeze(2) * mask).sum(dim=1) + w * (n - 1).clamp(min=0)  # (B,): u_t per token, w per transition
-    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + s + (p @ (end - e).exp()).log() + e  # (B,)
-    return log_z * (n > 0)  # empty rows: Z = 1
-
-
-def previous_log_partition(unary, transitions, start, end, mask):
-    """crf_log_partition(method="matmul") with the session-4 forward: the same input checks and
-    inference_mode wrapper, so that only the forward differs."""
-    original = crf_module._forward_matmul
-    crf_module._forward_matmul = previous_forward_matmul
-    try:
-        return crf_log_partition(unary, transitions, start, end, mask)
-    finally:
-        crf_module._forward_matmul = original
 
 
 def sync() -> None:
@@ -121,8 +72,6 @@ def main() -> None:
     parser.add_argument("--struct-budget", type=float, default=60.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--previous", action="store_true",
-                        help="also time the session-4 log Z (before issue 11's range check), as previous_logz")
     parser.add_argument("--only-l", type=int, default=None, help="run only the cells with this L")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(crf_log_partition, dynamic=True); its first call (the compile) is reported apart")
@@ -163,9 +112,6 @@ def main() -> None:
                 "torchcrf_logz": lambda: ref._compute_normalizer(unary.transpose(0, 1), mask.t()),
                 "torchcrf_viterbi": lambda: ref.decode(unary, mask),
             }
-            if args.previous:
-                fns["previous_logz"] = lambda: previous_log_partition(unary, trans, start, end, mask)
-                fns["previous_logz_constrained"] = lambda: previous_log_partition(unary, constrained, start, end, mask)
             small = L == 17
             rounds = {name: args.repeats if small or name.startswith("ours") else 1 for name in fns}
             block = {name: 10 if small else 1 for name in fns}
@@ -200,17 +146,12 @@ def main() -> None:
             # Exactness first: max |log Z - float64 logsumexp log Z| over the batch, in nats.
             exact = {name: crf_log_partition(*(x.double() for x in (unary, w, start, end)), mask, method="logsumexp")
                      for name, w in (("", trans), ("_constrained", constrained))}
-            for name in ("ours_logz", "ours_logz_constrained", "previous_logz", "previous_logz_constrained"):
-                if name in out:
-                    reference = exact["_constrained" if name.endswith("_constrained") else ""]
-                    row[f"{name}_max_error"] = float((out[name].double() - reference).abs().max())
+            for name, reference in (("ours_logz", exact[""]), ("ours_logz_constrained", exact["_constrained"])):
+                row[f"{name}_max_error"] = float((out[name].double() - reference).abs().max())
             for other in ("torchcrf", "torchstruct"):
                 for what in ("logz", "viterbi"):
                     if f"{other}_{what}_s" in row:
                         row[f"{what}_speedup_vs_{other}"] = row[f"{other}_{what}_s"] / row[f"ours_{what}_s"]
-            if args.previous:
-                row["logz_match_previous"] = bool(torch.allclose(z, out["previous_logz"], rtol=1e-3, atol=1e-3))
-                row["previous_logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["previous_logz_s"]
             if compiled is not None:
                 row["logz_match_compiled"] = bool(torch.allclose(z, out["compiled_logz"], rtol=1e-3, atol=1e-3))
                 row["compiled_logz_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["compiled_logz_s"]
