@@ -19,8 +19,9 @@ the one sync per call is at the boundary (the label range check, log Z's range c
 
 log Z runs the forward algorithm in probability space (`method="matmul"`, the default): alpha is
 rescaled to sum to one every second step, with its log scale apart, and one step is a BLAS GEMM
-with exp(W - max W) plus a few elementwise ops, instead of a (B, L, L) log-sum-exp;
-masks are folded into per-position factors before the loop, and the backward pass is GEMMs too.
+with exp(W - M) (M: the largest transition, start or end score) plus a few elementwise ops,
+instead of a (B, L, L) log-sum-exp; masks are folded into per-position factors before the loop,
+and the backward pass is GEMMs too.
 `method="logsumexp"` is the plain log-space recursion. `method="scan"` is the log-depth parallel
 scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays off on a GPU for
 small L and long sentences. Every method is exact (to the rounding of adding up the scores in
