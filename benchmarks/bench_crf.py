@@ -1,13 +1,15 @@
 """CRF log Z and Viterbi: core.crf against pytorch-crf and torch-struct on the same inputs.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_crf.py [--threads 1] [--repeats 3]
-        [--struct-budget 60] [--device cpu] [--compile]
+        [--struct-budget 60] [--device cpu] [--compile] [--only-l 17]
 
 Cells: L in {17 (NER BIOES), 400 (CCG top-400)} x batch {32, 256}, T = 30, every sentence full
 length (torch-struct's end scores are folded into the last edge, which needs equal lengths).
 Per cell: median seconds per call of each implementation, timed in round-robin (a block of calls of each per
 round) so that load drift hits all alike, the speed-up ratios (theirs / ours), and
-whether outputs agree (log Z within 1e-3 relative, identical Viterbi paths). torch-struct's
+whether outputs agree (log Z within 1e-3 relative, identical Viterbi paths), and our log Z's
+largest error (nats) against the float64 logsumexp recursion, also with hard constraints (one
+transition at -1e4: `ours_logz_constrained`, which takes the logsumexp path). torch-struct's
 parallel scan does O(B T L^3) work and holds (B, T, L, L) potentials; a cell whose estimated
 time (from one timed run at batch 1) exceeds --struct-budget seconds is reported as skipped.
 """
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--struct-budget", type=float, default=60.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only-l", type=int, default=None, help="run only the cells with this L")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(crf_log_partition, dynamic=True); its first call (the compile) is reported apart")
     args = parser.parse_args()
@@ -84,7 +87,7 @@ def main() -> None:
     T = 30
     rows = []
     compiled = torch.compile(crf_log_partition, dynamic=True) if args.compile else None
-    for L in (17, 400):
+    for L in (17, 400) if args.only_l is None else (args.only_l,):
         for B in (32, 256):
             g = torch.Generator().manual_seed(L * 1000 + B)
             unary = (torch.randn(B, T, L, generator=g) * 3).to(device)
@@ -98,8 +101,13 @@ def main() -> None:
             # Small cells take ~1 ms a call and are noisy: blocks of 10 calls, many rounds.
             # pytorch-crf and torch-struct take seconds at L = 400 (torch-struct at any large B):
             # one call per round, and one round (pytorch-crf at L = 400) or --repeats.
+            # Hard constraints (one forbidden transition at -1e4): out of matmul's exact range, so
+            # log Z takes the logsumexp recursion; pytorch-crf's cost does not depend on the values.
+            constrained = trans.clone()
+            constrained[0, 1] = -1e4
             fns = {
                 "ours_logz": lambda: crf_log_partition(unary, trans, start, end, mask),
+                "ours_logz_constrained": lambda: crf_log_partition(unary, constrained, start, end, mask),
                 "ours_viterbi": lambda: crf_viterbi(unary, trans, start, end, mask),
                 "torchcrf_logz": lambda: ref._compute_normalizer(unary.transpose(0, 1), mask.t()),
                 "torchcrf_viterbi": lambda: ref.decode(unary, mask),
@@ -134,6 +142,12 @@ def main() -> None:
             z, vit = out["ours_logz"], out["ours_viterbi"]
             row["logz_match_torchcrf"] = bool(torch.allclose(z, out["torchcrf_logz"], rtol=1e-3, atol=1e-3))
             row["paths_match_torchcrf"] = vit.labels.tolist() == out["torchcrf_viterbi"]
+            row["logz_constrained_speedup_vs_torchcrf"] = row["torchcrf_logz_s"] / row["ours_logz_constrained_s"]
+            # Exactness first: max |log Z - float64 logsumexp log Z| over the batch, in nats.
+            exact = {name: crf_log_partition(*(x.double() for x in (unary, w, start, end)), mask, method="logsumexp")
+                     for name, w in (("", trans), ("_constrained", constrained))}
+            for name, reference in (("ours_logz", exact[""]), ("ours_logz_constrained", exact["_constrained"])):
+                row[f"{name}_max_error"] = float((out[name].double() - reference).abs().max())
             for other in ("torchcrf", "torchstruct"):
                 for what in ("logz", "viterbi"):
                     if f"{other}_{what}_s" in row:
@@ -147,7 +161,9 @@ def main() -> None:
                 row["paths_match_torchstruct"] = bool(torch.equal(ts_labels, vit.labels))
             rows.append(row)
             print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    meta = {"torch": torch.__version__, "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count()}
+    meta = {"torch": torch.__version__, "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg()}
+    print(json.dumps({"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 

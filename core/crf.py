@@ -14,17 +14,23 @@ Masks: any boolean mask (B, T) is valid. A sentence is the subsequence of its on
 order: prefix masks (the usual `lengths`), rows with no tokens (E = log Z = 0), and on-positions
 that do not start at t = 0 are all handled by the same code. Off positions carry the recursion
 through unchanged (Viterbi backpointers there are the identity), so no per-sample Python loops or
-host syncs (`.item()`, data-dependent branches) happen in log Z, Viterbi or the energy.
+per-step host syncs (`.item()`, data-dependent branches) happen in log Z, Viterbi or the energy;
+the one sync per call is at the boundary (the label range check, log Z's range check).
 
 log Z runs the forward algorithm in probability space (`method="matmul"`, the default): alpha is
 rescaled to sum to one every second step, with its log scale apart, and one step is a BLAS GEMM
-with exp(W - max W) plus a few elementwise ops, instead of a (B, L, L) log-sum-exp; masks are
-folded into per-position factors before the loop, and the backward pass is GEMMs too. It is exact
-up to float rounding while the transition scores span less than ~25 nats (float32; ~300 in
-float64; trained CRFs here span ~6); beyond that (hard constraints) it stays finite but may be
-inexact. `method="logsumexp"` is the plain, always-stable recursion. `method="scan"` is the
-log-depth parallel scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays
-off on a GPU for small L and long sentences.
+with exp(W - M) (M: the largest transition, start or end score) plus a few elementwise ops,
+instead of a (B, L, L) log-sum-exp; masks are folded into per-position factors before the loop,
+and the backward pass is GEMMs too.
+`method="logsumexp"` is the plain log-space recursion. `method="scan"` is the log-depth parallel
+scan of torch-struct (O(L^3 log T) work, O(log T) sequential steps), which pays off on a GPU for
+small L and long sentences. Every method is exact (to the rounding of adding up the scores in
+their dtype) for all finite scores, and so are its gradients: the two probability-space methods
+check first (one min/max reduction and one host sync) that the transition, start and end scores
+together span at most `exact_span` nats (max - min over all three; float32: ~20 for matmul, ~60
+for scan, at T = 30, L = 17; trained CRFs here span ~6), and hand over to the logsumexp
+recursion otherwise (hard constraints such as -1e4 or -inf, NaN). Unary scores may span
+anything.
 
 Shapes: B sentences, T positions, L labels, H hidden units per LSTM direction.
 """
@@ -178,6 +184,12 @@ def _left_align(unary: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
+    """The forward recursion in log space, exact for all finite scores. -inf scores (forbidden
+    transitions) are clamped to the dtype's lowest finite value first: the same log Z, but
+    logsumexp's backward never sees an all -inf column (exp(-inf - -inf) = NaN), so gradients
+    stay finite (0 for forbidden entries)."""
+    lowest = torch.finfo(unary.dtype).min
+    unary, transitions, start, end = (x.clamp_min(lowest) for x in (unary, transitions, start, end))
     U, on, lengths, _ = _left_align(unary, mask)  # (T, B, L), (T, B), (B,)
     alpha = start + U[0]  # (B, L)
     for t in range(1, U.shape[0]):
@@ -187,42 +199,72 @@ def _forward_logsumexp(unary, transitions, start, end, mask) -> torch.Tensor:
     return torch.where(lengths > 0, log_z, torch.zeros_like(log_z))  # empty rows: Z = 1
 
 
+def exact_span(dtype: torch.dtype, T: int, L: int, steps_per_rescale: int) -> float:
+    """The widest joint span (max - min, nats) of the transition, start and end scores for which a
+    probability-space recursion is exact (relative error of Z at most eps):
+
+        (log(eps / tiny) - log(4 T L^2)) / (steps_per_rescale + 1)
+
+    (eps, tiny of the dtype). Derivation in `_forward_matmul`; at T = 30, L = 17 this is 20.3
+    nats for float32 and 220 for float64 with steps_per_rescale = 2 (matmul), and 60.9 / 662 with
+    steps_per_rescale = 0 (one rescaled product per scan node)."""
+    finfo = torch.finfo(dtype)
+    return (math.log(finfo.eps / finfo.tiny) - math.log(4 * max(T, 1) * L * L)) / (steps_per_rescale + 1)
+
+
+def _max_and_span(transitions, start, end) -> tuple[torch.Tensor, float]:
+    """The largest of the transition, start and end scores (a 0-dim tensor, no gradient) and their
+    joint span, max - min over all three (a Python float: one host sync). A NaN or an infinite
+    score makes the span NaN or inf: the range checks then fail."""
+    low, high = torch.aminmax(torch.cat([transitions.reshape(-1), start, end]).detach())  # (), ()
+    return high, float(high - low)
+
+
 def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
     """The forward algorithm in probability space: per position one GEMM and two elementwise ops,
-    plus a normalisation (a sum and a division) every second position.
+    plus a normalisation (a sum and a division) every second position; `_forward_logsumexp`
+    where the scores are out of its exact range (checked first, one host sync).
 
     p (B, L) is alpha scaled to sum to one at each normalisation; the log scale is kept apart (the
-    sums c and the shifts w, u_t below). One step is q = p * A_t + (p @ exp(W - w)) * C_t, where
-    the (T, B, L) factors are built before the loop from the mask:
-      inner on-position (an earlier one exists):  A = floor,     C = exp(U_t - u_t)
-      first on-position:                          A = exp(U_t - u_t), C = 0   (p starts as exp(s))
-      off position:                               A = 1,         C = 0        (p carries over)
-    so any mask runs with no `where` or alignment in the loop. Every column of exp(W - w) is at
-    least exp(min W - max W), so one step keeps sum(q) >= exp(min W - max W) * sum(p), and the two
-    steps between normalisations lose at most twice that span. The floor keeps q > 0 over both
-    steps (floor = L * sqrt(tiny): q >= floor * p twice stays a normal float) and biases the
-    result by floor * exp(max W - min W) relative. Together: exact to float rounding while the
-    transitions span less than ~25 nats (float32; ~300 in float64; trained CRFs here span ~6),
-    finite always, inexact beyond (hard constraints such as -1e4): use method="logsumexp" there.
-    Normalising every step instead would allow ~70 nats, at 25% more time per step at L = 17."""
+    sums c and the shifts M = max(W, s, e), u_t = max_j U_t[j]). One step is
+    q = p * A_t + (p @ exp(W - M)) * C_t, where the (T, B, L) factors are built before the loop
+    from the mask:
+      inner on-position (an earlier one exists):  A = 0,             C = exp(U_t - u_t)
+      first on-position:                          A = exp(U_t - u_t), C = 0   (p starts as exp(s - M))
+      off position:                               A = 1,             C = 0   (p carries over)
+    so any mask runs with no `where` or alignment in the loop.
+
+    Exactness. Let S be the joint span (max - min) of W, s and e. exp(U_t - u_t) is 1 at its
+    argmax, and every entry of exp(W - M), exp(s - M) and exp(e - M) lies in [exp(-S), 1], so one
+    step keeps sum(q) >= exp(-S) sum(p), and a block between normalisations exp(-2 S). Unary
+    spans do not matter: exp(U_t - u_t) may underflow, but only below tiny times a surviving entry.
+    Underflow and subnormal rounding change each entry by at most ~L tiny sum(p) per step, i.e. by
+    L tiny exp(2 S) relative to the normalised mass; an entry's weight in Z (its future: the next
+    transition or the end score) is at most exp(S) times any other entry's, so each perturbation
+    moves Z by at most L tiny exp(3 S) relative, and all T L of them by at most 4 T L^2 tiny
+    exp(3 S) <= eps when S <= `exact_span(dtype, T, L, 2)` (float32: 20.3 nats at T = 30, L = 17;
+    18.2 at L = 400; float64: ~220). Trained CRFs here span ~6. Beyond that (hard constraints,
+    -1e4 or -inf; NaN) the recursion is not used: log Z comes from `_forward_logsumexp`, exact for
+    all finite scores, at about pytorch-crf's speed (3-6x this recursion's time at L = 17, ~150x
+    at L = 400; benchmarks/RESULTS.md, issue 11). Without the check, a worst case
+    (tests/test_crf_exact.py) is 22 nats off at S = 45. Normalising every step instead would
+    allow ~30 nats (float32), at 25% more time per step at L = 17."""
     B, T, L = unary.shape
     dtype = unary.dtype
-    finfo = torch.finfo(dtype)
+    M, span = _max_and_span(transitions, start, end)  # (), float
+    if not span <= exact_span(dtype, T, L, steps_per_rescale=2):
+        return _forward_logsumexp(unary, transitions, start, end, mask)
     count = mask.cumsum(dim=1)  # (B, T): on-positions up to and including t
     on = mask.t().unsqueeze(2)  # (T, B, 1)
     count_t = count.t().unsqueeze(2)  # (T, B, 1)
     first = on & (count_t == 1)  # (T, B, 1)
     inner = on & (count_t > 1)  # (T, B, 1)
-    floor = math.sqrt(finfo.tiny) * L  # two steps of q >= floor * p, from p summing to one, stay normal
-    carry = (~on).to(dtype) + inner.to(dtype) * floor  # (T, B, 1): off 1, inner floor, first 0
-    u = unary.amax(dim=2, keepdim=True)  # (B, T, 1): per-position shift keeps exp(U - u) in (0, 1]
+    u = unary.detach().amax(dim=2, keepdim=True)  # (B, T, 1): per-position shift keeps exp(U - u) in (0, 1]
     expU = (unary - u).exp_().transpose(0, 1)  # (T, B, L)
-    A = torch.addcmul(carry, expU, first)  # (T, B, L)
+    A = torch.addcmul((~on).to(dtype), expU, first)  # (T, B, L): off 1, first exp(U - u), inner 0
     C = expU * inner  # (T, B, L)
-    w = transitions.max()  # ()
-    expW = (transitions - w).exp()  # (L, L)
-    s = start.max()  # ()
-    p = (start - s).exp().expand(B, L)  # (B, L)
+    expW = (transitions - M).exp()  # (L, L)
+    p = (start - M).exp().expand(B, L)  # (B, L)
     sums = []
     for t in range(T):
         p = torch.addcmul(p * A[t], torch.mm(p, expW), C[t])  # (B, L)
@@ -230,31 +272,45 @@ def _forward_matmul(unary, transitions, start, end, mask) -> torch.Tensor:
             c = p.sum(dim=1, keepdim=True)  # (B, 1)
             p = p / c  # (B, L)
             sums.append(c)
-    e = end.max()  # ()
     n = count[:, -1]  # (B,): sentence lengths
-    shift = (u.squeeze(2) * mask).sum(dim=1) + w * (n - 1).clamp(min=0)  # (B,): u_t per token, w per transition
-    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + s + (p @ (end - e).exp()).log() + e  # (B,)
-    return log_z * (n > 0)  # empty rows: Z = 1
+    shift = (u.squeeze(2) * mask).sum(dim=1) + M * (n + 1).to(dtype)  # (B,): u_t per token, M per score
+    log_z = torch.cat(sums, dim=1).log().sum(dim=1) + shift + (p @ (end - M).exp()).log()  # (B,)
+    return log_z * (n > 0)  # empty rows: Z = 1 (their p is exp(s - M) carried over: finite)
 
 
 def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Log-semiring product of batched matrices: a (..., L, L), b (..., L, L) -> (..., L, L), as a
-    rescaled probability-space bmm (rows of a and columns of b shifted by their max)."""
-    tiny = torch.finfo(a.dtype).tiny
-    am = a.amax(dim=-1, keepdim=True).clamp_min(-1e30)  # (..., L, 1); all -inf rows stay -inf below
-    bm = b.amax(dim=-2, keepdim=True).clamp_min(-1e30)  # (..., 1, L)
+    rescaled probability-space bmm (rows of a and columns of b shifted by their max). Entry
+    (i, j) is exact up to an absolute (L + 1) tiny exp(max a[i, :] + max b[:, j]): see
+    `_forward_scan` for when that is negligible."""
+    lowest = torch.finfo(a.dtype).min
+    am = a.amax(dim=-1, keepdim=True).clamp_min(lowest)  # (..., L, 1); all -inf rows stay -inf below
+    bm = b.amax(dim=-2, keepdim=True).clamp_min(lowest)  # (..., 1, L)
     prod = (a - am).exp() @ (b - bm).exp()  # (..., L, L)
-    return prod.clamp_min(tiny).log() + am + bm
+    return prod.clamp_min(torch.finfo(a.dtype).tiny).log() + am + bm
 
 
 def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
-    """Log-depth parallel scan: one (L, L) potential per position, multiplied in a balanced tree.
+    """Log-depth parallel scan: one (L, L) potential per position, multiplied in a balanced tree;
+    `_forward_logsumexp` when the scores are out of its exact range (checked first, one sync).
 
     Position t's potential is Phi_t[i, j] = W[i, j] + U_t[j] after the first on-position,
     Phi[i, j] = s[j] + U_t[j] (any i) at it, and the log-semiring identity at off positions.
-    The initial vector is one-hot(0), so the product's row 0 is alpha_T."""
+    The initial vector is one-hot(0), so the product's row 0 is alpha_T.
+
+    Exactness. In a product a (x) b, every column of b that is not an identity column spans at
+    most S nats (S: the joint span of W, s and e, checked as for matmul; b's rows differ only in
+    their first transition), so entry (i, j) is at least
+    exp(max a[i, :] + max b[:, j] - S), against an absolute error of
+    (L + 1) tiny exp(max a[i, :] + max b[:, j]) (`_log_matmul`); where b is the identity, the
+    raised entries weigh at most exp(S) times the row's largest in what follows.
+    Over the <= T products that gives at most 4 T L^2 tiny exp(S) relative, <= eps when S <=
+    `exact_span(dtype, T, L, 0)` (float32: 61 nats at T = 30, L = 17; float64: ~660)."""
     B, T, L = unary.shape
     dtype, device = unary.dtype, unary.device
+    _, span = _max_and_span(transitions, start, end)
+    if not span <= exact_span(dtype, T, L, steps_per_rescale=0):
+        return _forward_logsumexp(unary, transitions, start, end, mask)
     neg = torch.finfo(dtype).min
     _, has_prev, first, _ = _neighbours(mask)
     inner = transitions.unsqueeze(0).unsqueeze(0) + unary.unsqueeze(2)  # (B, T, L, L)
@@ -278,6 +334,10 @@ def _forward_scan(unary, transitions, start, end, mask) -> torch.Tensor:
 
 def crf_log_partition(unary, transitions, start, end, mask, method: str = "matmul") -> torch.Tensor:
     """log Z (B,): log-sum-exp of the scores of all labellings of each sentence.
+
+    Exact for all finite scores, whatever the method (see the module docstring): "matmul" and
+    "scan" run only where their probability-space arithmetic is exact (`exact_span`) and fall back
+    to "logsumexp" elsewhere, so they differ in speed, not in the value or its gradient.
 
     When no gradient is wanted (autograd off, or no input requires grad) the recursion runs under
     torch.inference_mode, which skips autograd's view and version bookkeeping (~20% of the time

@@ -156,31 +156,33 @@ class TestLogPartition:
         got = crf_log_partition(unary.float(), trans.float(), start.float(), end.float(), mask)
         torch.testing.assert_close(got.double(), reference, rtol=1e-6, atol=1e-3)
 
-    def test_matmul_exact_in_float32_within_the_documented_transition_span(self):
-        # The worst case for the probability-space recursion: all mass sits on a label whose every
-        # outgoing transition costs the full span. Up to ~25 nats of span it stays exact.
+    def test_matmul_exact_in_float32_within_its_range(self):
+        # A hard case for the probability-space recursion: all mass sits on a label whose every
+        # outgoing transition costs the full span, ~20 nats, within exact_span (21.1 at T = 30, L = 5).
         unary, trans, start, end = random_crf(4, 30, 5, seed=3, scale=1.0)
-        trans = trans * 0.5
-        trans[0, :] -= 20.0  # leaving label 0 (or staying) costs 20 nats more than anything else
+        trans, start, end = ((x * 0.5).clamp(-1.0, 1.0) for x in (trans, start, end))
+        trans[0, :] = -19.0  # leaving label 0 (or staying) costs 18-20 nats more than anything else
         unary[:, :, 0] += 30.0  # ... yet label 0 is the best label everywhere
         mask = prefix_mask([30, 17, 2, 29], 30)
+        scores = torch.cat([trans.flatten(), start, end])
+        assert scores.max() - scores.min() < crf_module.exact_span(torch.float32, 30, 5, 2)  # the fast path runs
         reference = crf_log_partition(unary, trans, start, end, mask, "logsumexp")  # float64
         got = crf_log_partition(unary.float(), trans.float(), start.float(), end.float(), mask)
         torch.testing.assert_close(got.double(), reference, rtol=1e-6, atol=1e-3)
 
-    def test_matmul_finite_with_forbidden_transitions(self):
+    @pytest.mark.parametrize("method", ["matmul", "logsumexp", "scan"])
+    def test_exact_with_forbidden_transitions(self, method):
         # Transitions spanning 10^4 nats (hard constraints) and unary scores that fight them:
-        # beyond the documented range the result stays finite; logsumexp stays exact.
+        # out of the probability-space range, so matmul and scan hand over to logsumexp.
+        # (tests/test_crf_exact.py covers spans from 1 to 1e4 nats against brute force.)
         unary, trans, start, end = random_crf(3, 12, 5, seed=13, scale=1.0, dtype=torch.float32)
         trans[0, 1:] = -1e4  # label 0 may only be followed by itself
         unary[:, :, 0] += 200.0  # ... and is by far the best label, so paths enter it early
         unary[:, 1::2, 1:] += 400.0  # while every other position wants a label it cannot reach
         mask = prefix_mask([12, 5, 9], 12)
-        got = crf_log_partition(unary, trans, start, end, mask)
-        assert torch.isfinite(got).all()
         reference = crf_log_partition(unary.double(), trans.double(), start.double(), end.double(), mask, "logsumexp")
-        exact = crf_log_partition(unary, trans, start, end, mask, "logsumexp")
-        torch.testing.assert_close(exact.double(), reference, rtol=1e-6, atol=1e-2)
+        got = crf_log_partition(unary, trans, start, end, mask, method)
+        torch.testing.assert_close(got.double(), reference, rtol=1e-6, atol=1e-2)
 
     def test_without_autograd_returns_a_normal_tensor(self):
         # Without gradients the recursion runs under inference_mode; same values, normal output.
