@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model, save_checkpoint
+from core.device import resolve_device  # noqa: F401 - re-exported: callers import it from here
 from core.data import Batch, Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
 from core.embeddings import glove_words, load_glove
 from core.infnets import ARCHITECTURES
@@ -123,10 +124,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: alpha: {error}") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

@@ -97,7 +97,10 @@ def gradient_descent(
             argmax = probs.argmax(dim=-1) * mask_r  # (R*B, T)
             labels.append(argmax.view(R, B, T))
             energy.append(-crf_score(unary_r, transitions, start, end, probs, mask_r).view(R, B))
-            discrete.append(crf_energy(unary_r, transitions, start, end, argmax, mask_r).view(R, B))
+            # The discrete energy as the relaxed one at one-hot labels (equal by definition): the
+            # long-label path checks the labels' range on the host, a device sync at every record.
+            one_hot = torch.nn.functional.one_hot(argmax, L).to(y.dtype)  # (R*B, T, L)
+            discrete.append(crf_energy(unary_r, transitions, start, end, one_hot, mask_r).view(R, B))
 
     done = 0
     for n in steps:
@@ -271,8 +274,9 @@ def _tailor_one_by_one(net, crf, words, chars, lengths, unary, steps, lr, moment
     B, T = words.shape
     mask = torch.arange(T, device=words.device).unsqueeze(0) < lengths.to(words.device).unsqueeze(1)  # (B, T)
     logits = []
+    host_lengths = lengths.tolist()  # one device sync here, not one per sentence
     for b in range(B):
-        n = int(lengths[b])
+        n = host_lengths[b]
         tailored = copy.deepcopy(net).eval()
         params = [p for p in tailored.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
