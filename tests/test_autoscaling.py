@@ -46,8 +46,8 @@ WORKER_CPUS, MAX_WORKERS = 2, 2
 NODE_STORE = 80 * 1024**2  # object store per node (Ray's minimum is 75 MiB)
 IDLE_SECONDS = 6  # idle_timeout_minutes scaled down from cluster.yaml's 10 minutes
 TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8, "char_filters": 4,
-        "batch_size": 128, "patience": 0, "train_limit": 200}
-EPOCHS = 12
+        "batch_size": 128, "patience": 0, "train_limit": 100}
+EPOCHS = 10
 FALLBACK_LINE = "no usable CUDA; running on the CPU"  # core.device's one-line fallback message
 
 
@@ -221,6 +221,8 @@ def cluster(tmp_path_factory, monkeypatch):
 
 
 def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
+    import ray
+
     from storage import tracking
     from sweeps.launch import run_sweep
 
@@ -283,8 +285,10 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
         assert nodes[0] == victim and nodes[-1] != victim, info["attempts"]
         assert seen[tid]["epoch"] <= info["attempts"][-1]["start_epoch"] < EPOCHS
     replacements = {info["attempts"][-1]["node_id"] for info in final.values()}
-    print(f"killed {victim[:8]} at epochs {sorted(i['epoch'] for i in seen.values())}; "
-          f"resumed on {[r[:8] for r in replacements]}")
+    resources = {n["NodeID"]: n["Resources"] for n in ray.nodes()}  # dead nodes keep their entry
+    assert all(resources[node].get("GPU", 0) >= 1 for node in replacements | {victim}), resources
+    print(f"killed ...{victim[-5:]} at epochs {sorted(i['epoch'] for i in seen.values())}; "
+          f"resumed on {['...' + r[-5:] for r in replacements]}")
 
     # One MLflow run per trial, all FINISHED.
     runs = tracking.child_runs(uri, outcome.experiment_id, outcome.parent_run_id)
