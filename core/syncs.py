@@ -2,9 +2,12 @@
 
 On a GPU every `.item()`, `.tolist()`, `bool(t)`, `int(t)`, `float(t)`, `.cpu()` or `.numpy()`
 of a device tensor waits for the device to finish all queued work and copies to the host; inside a
-per-position loop that serialises the GPU with Python. The profiler on a CPU cannot see them (a CPU
-tensor needs no copy), so `host_syncs` intercepts the tensor methods themselves with a torch
-function mode, which works the same on every device, and names the line that called each one.
+per-position loop that serialises the GPU with Python. The profiler on a CPU shows only some of
+them (`.item()` as aten::_local_scalar_dense; `.tolist()` and `.cpu()` of a CPU tensor need no
+op), so `host_syncs` intercepts the tensor methods themselves with a torch function mode, which
+works the same on every device, and names the line that called each one. (`.to("cpu")` counts
+only for a tensor not already on the CPU; Adam's `.item()` on its host step counters shows up but
+is no device sync.)
 
     with host_syncs() as found:
         beam_search(model, memory, 3)
