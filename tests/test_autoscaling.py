@@ -161,6 +161,21 @@ def gpu_workers() -> list[dict]:
     return [n for n in alive_nodes() if n["Resources"].get("GPU", 0) > 0]
 
 
+class NodeWatcher(threading.Thread):
+    """Records every node seen alive and its resources (ray.nodes() forgets a dead node's)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.resources: dict[str, dict] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for node in alive_nodes():
+                self.resources.setdefault(node["NodeID"], node["Resources"])
+            self.stop.wait(0.5)
+
+
 def wait_for(what: str, condition, timeout: float, thread: threading.Thread | None = None, result=None):
     deadline = time.monotonic() + timeout
     while True:
@@ -250,6 +265,8 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
             result["error"] = error
 
     thread = threading.Thread(target=sweep, daemon=True)
+    watcher = NodeWatcher()
+    watcher.start()
     thread.start()
 
     # A GPU worker is started from zero, and all four trials run on it at once.
@@ -289,8 +306,8 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
         else:  # died before its first checkpoint: only MLflow counts that attempt
             assert nodes == [nodes[-1]] and info["attempts"][0]["start_epoch"] == 0
     replacements = {info["attempts"][-1]["node_id"] for info in final.values()}
-    resources = {n["NodeID"]: n["Resources"] for n in ray.nodes()}  # dead nodes keep their entry
-    assert all(resources[node].get("GPU", 0) >= 1 for node in replacements | {victim}), resources
+    watcher.stop.set()
+    assert all(watcher.resources[node].get("GPU", 0) >= 1 for node in replacements | {victim}), watcher.resources
     print(f"killed ...{victim[-5:]} at epochs {sorted(i['epoch'] for i in seen.values())}; "
           f"resumed on {['...' + r[-5:] for r in replacements]}")
 
