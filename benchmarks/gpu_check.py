@@ -24,6 +24,7 @@ the others still run):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -452,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{title} ...")
         start = time.perf_counter()
         try:
-            lines = fn()
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the Markdown block alone
+                lines = fn()
         except SectionFailed as error:
             lines, status = error.lines, "FAILED"
             failed.append(key)
