@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from core.device import resolve_device  # noqa: F401 - one definition; config users import it from here
 from core.data import TaskData, Vocabs, build_vocabs
 from core.embeddings import glove_words, load_glove
 
@@ -82,12 +83,6 @@ class SharedConfig:
             ("threads", self.threads >= 0, "threads must be >= 0"),
             ("train_limit", self.train_limit >= 0, "train_limit must be >= 0"),
         ]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

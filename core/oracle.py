@@ -98,20 +98,20 @@ def run_oracle_grid(
     viterbi_labels: list[Any] = [None] * n_sent
     viterbi_energy = torch.zeros(n_sent)
     start = time.perf_counter()
-    for batch in tqdm(make_batches(sentences, vocabs, batch_size), desc="gd grid", disable=not progress, leave=False):
-        batch = batch.to(device)
+    for host in tqdm(make_batches(sentences, vocabs, batch_size), desc="gd grid", disable=not progress, leave=False):
+        batch = host.to(device)
         unary = model.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
         init = infnet(batch.words, batch.chars, batch.lengths).logits if infnet is not None else None
         trace = gradient_descent(model.crf, unary, batch.mask, steps, lrs, momentum, init=init, seed=seed)
         vit = model.viterbi(unary, batch.mask)
-        for row, i in enumerate(batch.index.tolist()):
-            n = len(sentences[i].words)
-            all_labels[i] = trace.labels[:, :, row, :n].cpu()  # (K, R, n)
-        scatter_tags(viterbi_labels, vit.labels, batch, sentences, itos)
-        cols = batch.index.cpu()
-        all_energy[:, :, cols] = trace.energy.cpu()
-        all_discrete[:, :, cols] = trace.discrete_energy.cpu()
-        viterbi_energy[cols] = -vit.scores.cpu()
+        # One copy to the host per output and batch (not one per sentence), indices from the host batch.
+        trace_labels = trace.labels.cpu()  # (K, R, B, T)
+        for row, i in enumerate(host.index.tolist()):
+            all_labels[i] = trace_labels[:, :, row, :len(sentences[i].words)]  # (K, R, n)
+        scatter_tags(viterbi_labels, vit.labels, host, sentences, itos)
+        all_energy[:, :, host.index] = trace.energy.cpu()
+        all_discrete[:, :, host.index] = trace.discrete_energy.cpu()
+        viterbi_energy[host.index] = -vit.scores.cpu()
     seconds = time.perf_counter() - start
 
     def tags(ids) -> list[str]:

@@ -79,8 +79,9 @@ def _tailor_one_by_one(net, crf, words, chars, lengths, unary, steps, lr, moment
     B, T = words.shape
     mask = lengths_to_mask(lengths, T, words.device)  # (B, T)
     logits = []
+    host_lengths = lengths.tolist()  # one device sync here, not one per sentence
     for b in range(B):
-        n = int(lengths[b])
+        n = host_lengths[b]
         tailored = copy.deepcopy(net).eval()
         params = [p for p in tailored.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)

@@ -71,6 +71,7 @@ def beam_search(model: Seq2SeqTagger, memory: Memory, beam_size: int) -> SearchR
     # A frozen sentence's candidate table: entry i may only continue as (i, label 0) at no cost.
     frozen_moves = torch.full((k, L), float("-inf"), device=device)
     frozen_moves[:, 0] = 0.0
+    first_row = torch.arange(B, device=device).unsqueeze(1) * k  # (B, 1): row of each sentence's entry 0
 
     for t in range(T):
         state, scores = model.step(state, prev, t, beam_memory)  # scores: (B*k, L)
@@ -83,7 +84,7 @@ def beam_search(model: Seq2SeqTagger, memory: Memory, beam_size: int) -> SearchR
         label = flat % L  # (B, k)
         backpointers[t], chosen[t] = back, label
         # Reorder decoder states to follow their hypotheses, then feed the chosen labels.
-        rows = (back + torch.arange(B, device=device).unsqueeze(1) * k).view(-1)  # (B*k,)
+        rows = (back + first_row).view(-1)  # (B*k,)
         state = type(state)(state.h[rows], state.c[rows])
         prev = model.embed_labels(label.view(-1))  # (B*k, E)
 

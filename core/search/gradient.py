@@ -93,7 +93,10 @@ def gradient_descent(
             argmax = probs.argmax(dim=-1) * mask_r  # (R*B, T)
             labels.append(argmax.view(R, B, T))
             energy.append(-crf_score(unary_r, transitions, start, end, probs, mask_r).view(R, B))
-            discrete.append(crf_energy(unary_r, transitions, start, end, argmax, mask_r).view(R, B))
+            # The discrete energy as the relaxed one at one-hot labels (equal by definition): the
+            # long-label path checks the labels' range on the host, a device sync at every record.
+            one_hot = torch.nn.functional.one_hot(argmax, L).to(y.dtype)  # (R*B, T, L)
+            discrete.append(crf_energy(unary_r, transitions, start, end, one_hot, mask_r).view(R, B))
 
     done = 0
     for n in steps:
