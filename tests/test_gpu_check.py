@@ -107,9 +107,20 @@ class TestHostSyncs:
             beam_search(model, memory, 3)
             soft_beam_search(model, memory, 3, 10.0)
             crf.viterbi(unary, memory.mask)
-            crf.log_partition(unary, memory.mask)
             gradient_descent(crf, unary, memory.mask, steps=(2, 4), lrs=(1.0, 10.0))
         assert found.total == 0, found.counts
+
+    def test_log_partition_syncs_once_per_call(self):
+        """log Z checks the scores' span once per call (core.crf.exact_span: the fast path or the exact
+        fallback), before its loop: one sync whatever the length, none per position."""
+        from core.crf import LinearChainCRF
+
+        crf = LinearChainCRF(4)
+        for T in (3, 12):
+            mask = torch.ones(2, T, dtype=torch.bool)
+            with host_syncs() as found:
+                crf.log_partition(torch.randn(2, T, 4), mask)
+            assert found.total == 1, (T, found.counts)
 
 
 class TestResolveDevice:
