@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model, save_checkpoint
+from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model, output_directory, save_checkpoint
 from core.data import Batch, Sentence, TaskData, Vocabs, build_vocabs, load_task, make_batches
 from core.embeddings import glove_words, load_glove
 from core.infnets import ARCHITECTURES
@@ -44,6 +44,9 @@ OBJECTIVES = SEQ2SEQ_OBJECTIVES + STRUCTURED_OBJECTIVES
 DECODERS = ("greedy", "beam", "soft-beam")
 COSTS = ("hamming", "hamming-o2")
 OPTIMIZERS = ("adam", "sgd")
+# Above this every loss is NaN within a step anyway; far above it (lr / (1 - beta1) past float32's
+# 3.4e38) torch's optimizers fail with a raw "cannot be converted to type float without overflow".
+MAX_LR = 1e6
 
 
 class TrainingError(RuntimeError):
@@ -99,7 +102,8 @@ class TrainConfig:
             (self.feed in FEEDS, f"feed must be one of {FEEDS}"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
+            (0 < self.lr <= MAX_LR, f"lr must be in (0, {MAX_LR:g}], got {self.lr}"),
+            (0 <= self.momentum <= 1, f"momentum must be in [0, 1], got {self.momentum}"),
             (self.clip >= 0, "clip must be >= 0"),
             (self.patience >= 0, "patience must be >= 0"),
             (self.eval_beam_size >= 1, "eval_beam_size must be >= 1"),
@@ -361,8 +365,7 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(config.out)
     task = load_task(config.task, config.data_root)
     if config.train_limit:
         task.train = task.train[: config.train_limit]

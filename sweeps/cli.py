@@ -183,6 +183,30 @@ def train(
         typer.echo(f"{line}   ({final['metric']})")
 
 
+def _check_output_file(path: Path, option: str) -> None:
+    if path.is_dir():
+        fail(f"{option} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        fail(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def prediction_lines(task, sentences, pred) -> str:
+    """`token gold predicted` lines, a blank line after each sentence: conlleval input. NER tags go
+    back into the data's own scheme (IOB1 for CoNLL-2003), since conlleval cannot read BIOES: it
+    would merge adjacent same-type entities. Both columns keep exactly the chunks span F1 counts."""
+    from core.data import FILE_SCHEMES
+    from core.metrics import file_tags
+
+    lines = []
+    for sentence, tags in zip(sentences, pred):
+        gold = sentence.tags
+        if task.scheme == "bioes":
+            scheme = FILE_SCHEMES.get(task.name, "iob2")
+            gold, tags = file_tags(gold, scheme), file_tags(tags, scheme)
+        lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, gold, tags)] + [""]
+    return "\n".join(lines)
+
+
 @app.command()
 def decode(
     checkpoint: Path = typer.Option(..., help="Checkpoint directory (a `beamtune train --out` folder)."),
@@ -191,7 +215,8 @@ def decode(
     alpha: float = typer.Option(1.0, min=0.0, help="Temperature for --decoder soft-beam (large: hard beam search)."),
     split: Split = typer.Option(Split.test),
     data_root: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_DATA", help=DATA_ROOT_HELP),
-    predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input)."),
+    predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input; NER tags "
+                                               "in the data's own scheme, IOB1 for CoNLL-2003)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     steps: int = typer.Option(20, min=0, help="gd / warm-gd / tailored: number of gradient steps N."),
@@ -211,6 +236,8 @@ def decode(
 
     if threads:
         torch.set_num_threads(threads)
+    if predictions:
+        _check_output_file(predictions, "--predictions")  # before the decoding it would lose
     seq2seq_decoders = ("greedy", "beam", "soft-beam")
     k = 1 if decoder == Decoder.greedy else beam_size
     if decoder.value in seq2seq_decoders:
@@ -230,10 +257,7 @@ def decode(
                               progress=not quiet)
         pred = metrics.pop("_pred")
     if predictions:
-        lines = []
-        for sentence, tags in zip(sentences, pred):
-            lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, sentence.tags, tags)] + [""]
-        atomic_write(predictions, "\n".join(lines).encode())
+        atomic_write(predictions, prediction_lines(task, sentences, pred).encode())
     result = {"task": task.name, "split": split.value, "decoder": decoder.value, "beam_size": k, **metrics}
     if decoder == Decoder.soft_beam:
         result["alpha"] = alpha
@@ -316,9 +340,11 @@ def sweep(
     except SpecError as error:
         _spec_errors(error)
     from sweeps.launch import SweepError, load_sweep_spec, run_sweep
+    from sweeps.preflight import preflight
 
     try:
         spec_obj = spec_obj or load_sweep_spec(resume, storage)
+        preflight(spec_obj, storage, address, num_cpus)  # the data and checkpoint it names, before Ray starts
         outcome = run_sweep(spec_obj, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
                             resume=resume is not None, verbose=0 if quiet else 1)
     except SpecError as error:
