@@ -63,7 +63,7 @@ def _open_binary(path: Path):
 
 # C0 control characters other than tab, and DEL: never part of a token in any corpus here (a NUL
 # is a sign of a binary or corrupt file), so they are an error rather than silently a new word.
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n?$)")
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _BOM = "\ufeff"
 # Field separators: ASCII space and tab only. str.split() with no argument also splits at a
 # non-breaking or ideographic space, which real tokens contain ("New\u00a0York").
@@ -101,13 +101,24 @@ def _iter_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
                 if _BOM in text:
                     raise DataError(f"{path}:{lineno}: byte-order mark (U+FEFF) inside the file, not at its "
                                     "start (were files concatenated?)")
-                control = _CONTROL.search(raw)
-                if control:
-                    raise DataError(f"{path}:{lineno}: control character 0x{control.group()[0]:02x} in the line "
+                control = _control_char(raw)
+                if control is not None:
+                    raise DataError(f"{path}:{lineno}: control character 0x{control:02x} in the line "
                                     "(binary or corrupt file?)")
                 yield lineno, text.rstrip("\r\n")
     except (OSError, EOFError) as e:  # corrupt or truncated gzip, unreadable file
         raise DataError(f"{path}:{lineno + 1}: cannot read: {e}") from None
+
+
+def _control_char(raw: bytes) -> int | None:
+    """The first control byte of a raw line (a CR only when not part of its line end), or None.
+    bytes.translate runs at memory speed: a regex here made reading GloVe 2.5x slower."""
+    if len(raw.translate(None, _CONTROL_BYTES)) != len(raw):
+        return next(b for b in raw if b in _CONTROL_BYTES)
+    cr = raw.find(b"\r")
+    if cr >= 0 and raw[cr:] not in (b"\r", b"\r\n"):
+        return 0x0D
+    return None
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -159,8 +170,10 @@ def _read_sentences(
 def _split(line: str, sep: str | None, expected: int, names: str) -> list[str]:
     """Split ``line`` into exactly ``expected`` non-empty fields or raise ``_LineError``.
 
-    Trailing spaces and tabs are not a column (editors and scripts leave them)."""
-    fields = line.rstrip(_ASCII_SPACE).split(sep)
+    Trailing spaces, and tabs after the last column, are not a column (editors leave them)."""
+    fields = line.rstrip(" ").split(sep)
+    while len(fields) > expected and not fields[-1].strip(_ASCII_SPACE):
+        fields.pop()
     if len(fields) != expected:
         what = "tab-separated" if sep == "\t" else "space-separated"
         raise _LineError(f"expected {expected} {what} columns, got {len(fields)} ({names})")

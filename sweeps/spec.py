@@ -16,6 +16,7 @@
     metric: dev_score
     mode: max
     warm_start: {sweep: ce_sweep}    # or {checkpoint: path}: the best trial of another sweep
+    max_trials: 1000                 # refuse a sweep of more trials (a mistyped grid); raise to confirm
 
 Parameters in `fixed` and `space` are `core.train.TrainConfig` fields or `TaggerConfig` fields
 (which go into `TrainConfig.model`), so a field that core adds becomes sweepable without touching

@@ -83,6 +83,7 @@ READER_CASES = [
     ("conll-lowercase-prefix", conll_en, "eng.testa", b"x NN I-NP i-PER\n", Fails(1, "i-PER")),
     ("conll-nul-in-token", conll_en, "eng.testa", b"E\x00U NNP B-NP I-ORG\n", Fails(1, "control character")),
     ("conll-control-char-in-token", conll_en, "eng.testa", b"ok NN I-NP O\nE\x1bU NNP B-NP I-ORG\n", Fails(2, "control character")),
+    ("conll-old-mac-line-ends", conll_en, "eng.testa", b"EU NNP B-NP I-ORG\rrejects VBZ B-VP O\r", Fails(1, "0x0d")),
     ("conll-bom-mid-file", conll_en, "eng.testa", b"EU NNP B-NP I-ORG\n\n" + BOM + b"-DOCSTART- -X- -X- O\n",
      Fails(3, "byte-order mark")),
     ("conll-three-columns", conll_en, "eng.testa", b"EU NNP I-ORG\n", Fails(1, "expected 4 columns")),
