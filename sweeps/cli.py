@@ -287,6 +287,8 @@ def gd_oracle(
     from core.structured import OracleConfig, run_oracle
     from storage.tables import write_oracle_table
 
+    _check_output_file(out, "--out")  # before the oracle grid it would lose
+
     try:
         step_list = [int(v) for v in steps.split(",")]
         lr_list = [float(v) for v in lrs.split(",")]
@@ -361,6 +363,9 @@ def sweep(
         typer.echo(f"export it: beamtune best --sweep {outcome.name} --export runs/{outcome.name}-best")
     typer.echo(f"MLflow: parent run {outcome.parent_run_id} (experiment {outcome.experiment_id}) at {outcome.tracking_uri}")
     typer.echo(f"MLflow UI: {ui_command(outcome.tracking_uri)}")
+    if outcome.trials and outcome.errors == outcome.trials:  # a sweep that produced nothing is a failure
+        typer.echo(f"error: all {outcome.trials} trials failed; their errors are in MLflow and {outcome.directory}", err=True)
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -554,7 +554,7 @@ def _read_yaml(path: Path) -> Any:
         raise SpecError([f"spec: {path}: line {line}: byte 0x{raw[error.start]:02x} is not UTF-8; save the spec as UTF-8"]) from None
     # PyYAML refuses a tab after a value ("cannot start any token") though YAML 1.2 allows it;
     # trailing spaces and tabs carry no meaning in a spec, so they go.
-    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
+    text = re.sub(r"[ \t]+(?=\r?$)", "", text, flags=re.MULTILINE)
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as error:

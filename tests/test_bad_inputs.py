@@ -337,6 +337,7 @@ SPEC_CASES = [
     ("bom", BOM + SPEC.encode(), None),
     ("crlf", SPEC.replace("\n", "\r\n").encode(), None),
     ("tabs-after-values", SPEC.replace("epochs: 2", "epochs: 2\t").encode(), None),
+    ("tabs-after-values-crlf", SPEC.replace("epochs: 2", "epochs: 2 \t").replace("\n", "\r\n").encode(), None),
     ("duplicate-top-level-key", (SPEC + "epochs: 3\n").encode(), ("spec", ["line 7", "epochs", "duplicate"])),
     ("duplicate-nested-key", (SPEC + "  lr: {choice: [0.1]}\n").encode(), ("spec", ["line 7", "lr", "duplicate"])),
     ("yaml-syntax-error", SPEC.replace("epochs: 2", "epochs: [2").encode(), ("spec", ["line"])),
@@ -460,6 +461,12 @@ def test_decode_predictions_path_is_a_directory(ner_model, tmp_path):
     assert_cli_error(result, str(tmp_path))
 
 
+def test_gd_oracle_out_in_missing_folder_fails_before_the_grid(tmp_path):
+    target = tmp_path / "no" / "oracle.parquet"
+    result = beamtune("gd-oracle", "--checkpoint", tmp_path / "any", "--out", target, "--quiet")
+    assert_cli_error(result, str(target.parent))
+
+
 def test_train_out_is_an_existing_file(tmp_path):
     out = tmp_path / "model"
     out.write_text("keep me")
@@ -516,6 +523,17 @@ def test_sweep_asking_more_cpus_than_local_ray_has(tmp_path):
                       "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--quiet", timeout=120)
     assert_cli_error(result, "resources.cpu", "64")
     assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.slow
+def test_sweep_whose_every_trial_fails_exits_nonzero(tmp_path):
+    """A failure no pre-flight check can see (here a device that does not exist) still must not
+    end in exit status 0 when no trial produced anything."""
+    spec = _sweep_spec(tmp_path, fixed={"batch_size": 8, "device": "cuda:99"}, max_failures=0)
+    result = beamtune("sweep", spec, "--num-cpus", "1", "--storage", tmp_path / "sweeps",
+                      "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--quiet", timeout=600)
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    assert "error: all 1 trials failed" in result.stderr
 
 
 def test_sweep_spec_syntax_error_one_line(tmp_path):
