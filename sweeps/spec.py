@@ -30,8 +30,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import typing
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
