@@ -9,7 +9,8 @@ Writes are atomic without ever leaving a moment with no valid checkpoint: tensor
 content-addressed and written first (temp file + fsync + rename), then the manifest is replaced
 atomically, then files no manifest points to are removed. A crash at any point leaves either the
 old or the new checkpoint, whole. Loading never unpickles arbitrary objects, and checks sizes and
-checksums so a truncated or corrupted file gives one clear error.
+checksums so a truncated or corrupted file gives one clear error, that every tensor is finite (naming
+the first that is not), and that the vocabularies match the model's sizes.
 """
 from __future__ import annotations
 
@@ -73,6 +74,19 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def output_directory(path: str | os.PathLike) -> Path:
+    """Create (if needed) and return the directory a run writes its checkpoints to; a path that is
+    an existing file, or cannot be created, is a CheckpointError naming it, not a traceback."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"output directory {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"output directory {path}: cannot create it: {error.strerror or error}") from None
+    return path
+
+
 def _tensor_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -112,7 +126,39 @@ def save_checkpoint(
     return directory
 
 
-def _read_tensor_file(directory: Path, entry: dict[str, Any]) -> Any:
+def _file_entry(directory: Path, role: str, entry: Any) -> dict[str, Any]:
+    """The manifest's entry for one tensor file, checked: a plain file name, its SHA-256 and size."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("bytes"), int)):
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST}: files.{role} must give file, sha256 and bytes, "
+                              f"got {entry!r}")
+    if Path(entry["file"]).name != entry["file"] or entry["file"] in ("", ".", ".."):
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST}: files.{role}.file {entry['file']!r} is not a file "
+                              "name inside the checkpoint directory")
+    return entry
+
+
+def _non_finite(obj: Any, prefix: str = "") -> tuple[str, int] | None:
+    """The first floating-point tensor in a (nested) state dict with NaN or inf values, as
+    (dotted name, count of non-finite values); None when every tensor is finite."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            bad = int((~torch.isfinite(obj)).sum())
+            if bad:
+                return prefix, bad
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
+
+
+def _read_tensor_file(directory: Path, role: str, entry: Any) -> Any:
+    """Load one tensor file after checking its size and SHA-256, and that every floating-point
+    tensor in it is finite: a NaN weight would otherwise decode to garbage without a word."""
+    entry = _file_entry(directory, role, entry)
     path = directory / entry["file"]
     if not path.is_file():
         raise CheckpointError(f"checkpoint {directory}: {entry['file']} is missing")
@@ -120,9 +166,16 @@ def _read_tensor_file(directory: Path, entry: dict[str, Any]) -> Any:
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise CheckpointError(f"checkpoint {directory}: {entry['file']} is corrupt (size or SHA-256 differs from {MANIFEST})")
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # a weights-only load refuses pickled code
         raise CheckpointError(f"checkpoint {directory}: {entry['file']} cannot be loaded safely: {error}") from None
+    if role == "weights" and not (isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise CheckpointError(f"checkpoint {directory}: {entry['file']} is not a state dict of tensors")
+    bad = _non_finite(obj)
+    if bad:
+        raise CheckpointError(f"checkpoint {directory}: tensor {bad[0]} in {entry['file']} has {bad[1]} non-finite "
+                              "values (NaN or inf)")
+    return obj
 
 
 def load_checkpoint(directory: str | os.PathLike, kind: str | None = None) -> Checkpoint:
@@ -133,8 +186,8 @@ def load_checkpoint(directory: str | os.PathLike, kind: str | None = None) -> Ch
         raise CheckpointError(f"checkpoint {directory}: no such directory")
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {directory}: no {MANIFEST} (not a beamtune checkpoint, or never completed)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
+    try:  # utf-8-sig: a manifest someone opened and saved again may have gained a BOM
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is not valid JSON ({error})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -144,10 +197,10 @@ def load_checkpoint(directory: str | os.PathLike, kind: str | None = None) -> Ch
     if kind is not None and manifest.get("kind") != kind:
         raise CheckpointError(f"checkpoint {directory}: holds a {manifest.get('kind')!r} model, expected {kind!r}")
     files = manifest.pop("files", {})
-    if "weights" not in files:
-        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} lists no weights file")
-    weights = _read_tensor_file(directory, files["weights"])
-    state = _read_tensor_file(directory, files["state"]) if "state" in files else None
+    if not isinstance(files, dict) or "weights" not in files:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST}: files lists no weights file")
+    weights = _read_tensor_file(directory, "weights", files["weights"])
+    state = _read_tensor_file(directory, "state", files["state"]) if "state" in files else None
     return Checkpoint(directory, manifest, weights, state)
 
 
@@ -158,6 +211,16 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0:2]
         raise CheckpointError(f"checkpoint {checkpoint.directory}: weights do not match the model config: {' '.join(first)}") from None
+
+
+def _check_vocab_sizes(directory, model_config: dict[str, Any], vocabs) -> None:
+    """Each vocabulary must have exactly the rows the model was built with: a truncated label list
+    would otherwise end in an IndexError at the first prediction of a missing label."""
+    for name, field_name in (("words", "n_words"), ("chars", "n_chars"), ("labels", "n_labels")):
+        size = len(getattr(vocabs, name))
+        if field_name in model_config and model_config[field_name] != size:
+            raise CheckpointError(f"checkpoint {directory}: vocabs.{name} has {size} entries but the model was built "
+                                  f"with {field_name} = {model_config[field_name]}")
 
 
 def load_model(directory: str | os.PathLike, kind: str, config_class: type, model_class: type, device: str | torch.device = "cpu"):
@@ -171,5 +234,6 @@ def load_model(directory: str | os.PathLike, kind: str, config_class: type, mode
         vocabs = Vocabs.from_dict(checkpoint.meta["vocabs"])
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {directory}: bad model config or vocabularies: {error}") from None
+    _check_vocab_sizes(directory, checkpoint.meta["model_config"], vocabs)
     load_weights(model, checkpoint)
     return model.to(device).eval(), vocabs, checkpoint.meta

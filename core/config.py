@@ -45,6 +45,10 @@ def raise_first(owner: str, checks: Iterable[Check]) -> None:
             raise ConfigError(owner, name, message)
 
 
+# Above this every loss is NaN within a step anyway; far above it (lr / (1 - beta1) past float32's
+# 3.4e38) torch's optimizers fail with a raw "cannot be converted to type float without overflow".
+MAX_LR = 1e6
+
 @dataclass
 class SharedConfig:
     """The fields of a training run that every stage reads (the epoch loop, data, vocabularies)."""
@@ -77,7 +81,8 @@ class SharedConfig:
             ("optimizer", self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             ("epochs", self.epochs >= 1, "epochs must be >= 1"),
             ("batch_size", self.batch_size >= 1, "batch_size must be >= 1"),
-            ("lr", self.lr > 0, "lr must be > 0"),
+            ("lr", 0 < self.lr <= MAX_LR, f"lr must be in (0, {MAX_LR:g}], got {self.lr}"),
+            ("momentum", 0 <= self.momentum <= 1, f"momentum must be in [0, 1], got {self.momentum}"),
             ("clip", self.clip >= 0, "clip must be >= 0"),
             ("patience", self.patience >= 0, "patience must be >= 0"),
             ("threads", self.threads >= 0, "threads must be >= 0"),

@@ -18,13 +18,22 @@ from core.data import PAD, UNK, DataError, Vocab, _iter_lines
 
 
 def _glove_lines(path: Path) -> Iterator[tuple[int, str, str]]:
-    """Yield ``(line_number, word, values_text)`` for each non-blank line."""
+    """Yield ``(line_number, word, values_text)`` for each non-blank line.
+
+    Words are split from their values at the first ASCII space only: GloVe words may contain
+    non-breaking spaces. A word2vec-style ``"COUNT DIM"`` first line is an error, not a word.
+    """
+    first = True
     for lineno, line in _iter_lines(path, "utf-8"):
-        if not line.strip():
+        if not line.strip(" \t"):
             continue
-        word, sep, values = line.rstrip().partition(" ")
+        word, sep, values = line.rstrip(" \t").partition(" ")
         if not sep:
             raise DataError(f"{path}:{lineno}: expected 'word v1 ... vd', got no values")
+        if first and word.isdigit() and values.isdigit():
+            raise DataError(f"{path}:{lineno}: a word2vec header ({line!r}); GloVe text files have none: "
+                            "remove the first line")
+        first = False
         yield lineno, word, values
 
 
@@ -71,7 +80,8 @@ def load_glove(
         if rows is None:
             continue
         try:
-            vector = np.array(values.split(" "), dtype=np.float32)
+            with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused below
+                vector = np.array(values.split(" "), dtype=np.float32)
         except ValueError:
             raise DataError(f"{path}:{lineno}: non-numeric value in the vector of {word!r}") from None
         if not np.isfinite(vector).all():

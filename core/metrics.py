@@ -120,3 +120,24 @@ def search_errors(energy: torch.Tensor, viterbi_energy: torch.Tensor, lengths: t
     if likelihood is not None:
         result["rho_likelihood"] = spearman(list(likelihood), errors)
     return result
+
+
+def file_tags(tags: Sequence[str], scheme: str = "iob1") -> list[str]:
+    """Tags (BIOES, or any scheme span F1 reads) rewritten in IOB1 or IOB2 with exactly the chunks
+    `span_f1` counts, including those of invalid predicted sequences (e.g. `I-X` after `O`).
+
+    For files other tools read: the original conlleval script knows IOB1 and IOB2 but not BIOES,
+    whose `S-X S-X` it would read as one entity. IOB2 starts every chunk with `B-`; IOB1 (the
+    CoNLL-2003 files' own scheme) uses `B-` only for a chunk right after one of the same type.
+    """
+    if scheme not in ("iob1", "iob2"):
+        raise ValueError(f"file_tags: scheme must be 'iob1' or 'iob2', got {scheme!r}")
+    out = ["O"] * len(tags)
+    prev_end, prev_kind = -2, None
+    for kind, start, end in get_entities(list(tags)):  # seqeval's (conlleval's) chunks, in order
+        begins = "B" if scheme == "iob2" or (start == prev_end + 1 and kind == prev_kind) else "I"
+        out[start] = f"{begins}-{kind}"
+        for i in range(start + 1, end + 1):
+            out[i] = f"I-{kind}"
+        prev_end, prev_kind = end, kind
+    return out

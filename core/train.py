@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from core.checkpoint import CheckpointError, atomic_write, load_checkpoint, output_directory, save_checkpoint
 from core.config import TrainingError, resolve_device, seed_everything
 from core.data import Batch, load_task, make_batches
 from core.stages import Stage, TrainConfig, make_stage
@@ -83,8 +83,7 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(config.out)
     task = load_task(config.task, config.data_root)
     if config.train_limit:
         task.train = task.train[: config.train_limit]

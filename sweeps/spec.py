@@ -16,6 +16,7 @@
     metric: dev_score
     mode: max
     warm_start: {sweep: ce_sweep}    # or {checkpoint: path}: the best trial of another sweep
+    max_trials: 1000                 # refuse a sweep of more trials (a mistyped grid); raise to confirm
 
 Parameters in `fixed` and `space` are `core.stages.TrainConfig` fields or `TaggerConfig` fields
 (which go into `TrainConfig.model`), so a field that core adds becomes sweepable without touching
@@ -27,14 +28,16 @@ value fails here, with the field named, instead of in a trial.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class SpecError(ValueError):
@@ -184,19 +187,45 @@ class Distribution(_Strict):
 
 class Search(_Strict):
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
-    seed: int = 0
+    seed: int = Field(0, strict=True)
 
 
 class Scheduler(_Strict):
     type: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1)
+    grace_period: int = Field(1, ge=1, strict=True)
     reduction_factor: float = Field(2.0, gt=1)
 
 
+RESOURCE_UNIT = 1e-4  # Ray counts resources in units of 0.0001; a smaller amount is a Ray error
+
+
+def _ray_quantity(value: float) -> float:
+    """A resource amount Ray can hold: finite (pydantic checks), 0 or at least RESOURCE_UNIT."""
+    if 0 < value < RESOURCE_UNIT:
+        raise ValueError(f"{value:g} is below 0.0001, the smallest amount of a resource Ray can hold")
+    return value
+
+
 class Resources(_Strict):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)  # below 1: a fraction of one GPU; above 1: a whole number
+    cpu: float = Field(1.0, gt=0, allow_inf_nan=False)
+    gpu: float = Field(0.0, ge=0, allow_inf_nan=False)  # below 1: a fraction of one GPU; above 1: a whole number
     custom: dict[str, float] = Field(default_factory=dict)  # extra Ray resources, e.g. {slot: 1}
+
+    _quantities = field_validator("cpu", "gpu")(_ray_quantity)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_quantities(cls, custom: dict[str, float]) -> dict[str, float]:
+        for name, value in custom.items():
+            if name.upper() in ("CPU", "GPU"):
+                raise ValueError(f"{name}: give CPUs and GPUs as resources.cpu and resources.gpu")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
+            try:
+                _ray_quantity(value)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return custom
 
     @model_validator(mode="after")
     def _whole_gpus(self):
@@ -222,25 +251,40 @@ class WarmStart(_Strict):
         return self
 
 
+DEFAULT_MAX_TRIALS = 1000  # trials a spec may ask for without raising max_trials
+MAX_TRIALS = 100_000  # the most max_trials can be raised to
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     task: str
     data_root: str | None = None
     stage: str
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1, strict=True)
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Distribution] = Field(default_factory=dict)
     search: Search = Field(default_factory=Search)
     scheduler: Scheduler = Field(default_factory=Scheduler)
-    num_samples: int = Field(1, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
+    num_samples: int = Field(1, ge=1, strict=True)
+    max_concurrent: int | None = Field(None, ge=1, strict=True)
     resources: Resources = Field(default_factory=Resources)
     metric: str = "dev_score"
     mode: Literal["max", "min"] = "max"
     warm_start: WarmStart | None = None
-    max_failures: int = Field(2, ge=0)  # retries of a trial from its last checkpoint
-    keep_checkpoints: int = Field(1, ge=1)  # best checkpoints kept per trial (the latest is kept too)
+    max_failures: int = Field(2, ge=0, strict=True)  # retries of a trial from its last checkpoint
+    keep_checkpoints: int = Field(1, ge=1, strict=True)  # best checkpoints kept per trial (the latest is kept too)
     experiment: str = "beamtune"  # MLflow experiment of the parent run
+    # A sweep of more trials than this is refused (a mistyped grid of a million points would crash
+    # the driver); raise it, up to MAX_TRIALS, to confirm a big sweep.
+    max_trials: int = Field(DEFAULT_MAX_TRIALS, ge=1, le=MAX_TRIALS, strict=True)
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        if not space:
+            raise ValueError("empty search space: list at least one parameter, or leave `space` out to run "
+                             "the fixed parameters")
+        return space
 
     # ---- derived -----------------------------------------------------------------------------
 
@@ -261,7 +305,20 @@ class SweepSpec(_Strict):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string; read it as a float like everyone expects."""
+    """YAML 1.1 reads `1e-3` as a string; read it as a float like everyone expects. A key given
+    twice in one mapping is an error (plain YAML keeps the last value without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first_line[key]})", key_node.start_mark)
+                if isinstance(key, typing.Hashable):
+                    first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -296,6 +353,7 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
     problems = task_problems(spec) + stage_problems(spec)
     objective = STAGES[spec.stage].objective if spec.stage in STAGES else "ce"
     problems += name_problems(spec, objective) + search_problems(spec) + metric_problems(spec)
+    problems += value_type_problems(spec, objective) + trial_count_problems(spec)
     if not problems:
         problems += value_problems(spec, objective)
     problems += warm_start_requirement_problems(spec)
@@ -404,6 +462,48 @@ def value_problems(spec: SweepSpec, objective: str) -> list[str]:
     return problems
 
 
+def _type_error(annotation: Any, value: Any) -> str | None:
+    """Why `value` cannot go into a config field declared `annotation` (None if it can). Only the
+    scalar kinds are checked: an int field must get an int (not 32.5, 32.0 or true: a float batch
+    size passes core's range checks and fails inside a trial), a float field a number, a bool
+    field a bool, a str field a string."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, type(int | None)) else (annotation,)
+    if value is None:
+        return None if type(None) in options else "null is not allowed here"
+    if Any in options or not set(options) & {int, float, bool, str}:
+        return None
+    if int in options and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if float in options and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None
+    if bool in options and isinstance(value, bool) or str in options and isinstance(value, str):
+        return None
+    wanted = " or ".join({int: "an integer", float: "a number", bool: "true or false", str: "a string"}[t]
+                         for t in options if t in (int, float, bool, str))
+    return f"{value!r} is not {wanted}"
+
+
+def value_type_problems(spec: SweepSpec, objective: str) -> list[str]:
+    """One problem per fixed value, or searched value (each choice; the bounds of a range), whose
+    type does not fit its config field."""
+    hints: dict[str, Any] = {}
+    classes = [top_config_class(objective)] + ([model_config_class(objective)] if objective != "gd-oracle" else [])
+    for cls in classes:
+        hints.update(typing.get_type_hints(cls))
+    problems = []
+    for name, value in spec.fixed.items():
+        error = _type_error(hints[name], value) if name in hints else None
+        if error:
+            problems.append(f"fixed.{name}: {error}")
+    for name, dist in spec.space.items():
+        for value in dist.corners() if name in hints else []:
+            error = _type_error(hints[name], value)
+            if error:
+                problems.append(f"space.{name}: value {error}")
+                break
+    return problems
+
+
 def warm_start_requirement_problems(spec: SweepSpec) -> list[str]:
     if spec.stage not in STAGES:
         return []
@@ -415,6 +515,24 @@ def warm_start_requirement_problems(spec: SweepSpec) -> list[str]:
     if spec.warm_start is not None and stage.warm_start == "never":
         return [f"warm_start: stage {spec.stage!r} trains from scratch; remove warm_start"]
     return []
+
+
+def trial_count(spec: SweepSpec) -> int:
+    """How many trials the sweep would run: every grid point (with search grid, every choice too)
+    num_samples times."""
+    points = 1
+    for dist in spec.space.values():
+        if dist.kind == "grid" or dist.kind == "choice" and spec.search.algorithm == "grid":
+            points *= len(dist.grid if dist.kind == "grid" else dist.choice)
+    return points * spec.num_samples
+
+
+def trial_count_problems(spec: SweepSpec) -> list[str]:
+    count = trial_count(spec)
+    if count <= spec.max_trials:
+        return []
+    return [f"space: the sweep would run {count} trials (grid points x num_samples), more than max_trials "
+            f"({spec.max_trials}); set max_trials (at most {MAX_TRIALS}) to confirm, or shrink the grid"]
 
 
 def warm_start_problems(warm: WarmStart, storage: str | os.PathLike | None) -> list[str]:
@@ -437,11 +555,29 @@ def load_spec(path: str | os.PathLike, storage: str | os.PathLike | None = None)
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"spec: {path}: no such file"])
+    return validate(_read_yaml(path), storage)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The spec file's YAML data; an undecodable byte or a YAML error is one line naming its line."""
+    raw = path.read_bytes()
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        text = raw.decode("utf-8-sig")  # a byte-order mark some editors write is not part of the YAML
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise SpecError([f"spec: {path}: line {line}: byte 0x{raw[error.start]:02x} is not UTF-8; save the spec as UTF-8"]) from None
+    # PyYAML refuses a tab after a value ("cannot start any token") though YAML 1.2 allows it;
+    # trailing spaces and tabs carry no meaning in a spec, so they go.
+    text = re.sub(r"[ \t]+(?=\r?$)", "", text, flags=re.MULTILINE)
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(part for part in (error.context, error.problem) if part)
+        raise SpecError([f"spec: {path}: {where}not valid YAML: {what}"]) from None
     except yaml.YAMLError as error:
         raise SpecError([f"spec: {path}: not valid YAML: {str(error).splitlines()[0]}"]) from None
-    return validate(data, storage)
 
 
 def validate(data: Any, storage: str | os.PathLike | None = None) -> SweepSpec:

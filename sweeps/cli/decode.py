@@ -30,7 +30,8 @@ def decode(
     alpha: float = typer.Option(1.0, min=0.0, help="Temperature for --decoder soft-beam (large: hard beam search)."),
     split: Split = typer.Option("test"),
     data_root: Optional[Path] = data_root_option(),
-    predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input)."),
+    predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input; NER tags "
+                                               "in the data's own scheme, IOB1 for CoNLL-2003)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     steps: int = typer.Option(20, min=0, help="gd / infnet-gd / tailored: number of gradient steps N."),
@@ -51,6 +52,8 @@ def decode(
 
     if threads:
         torch.set_num_threads(threads)
+    if predictions:
+        check_output_file(predictions, "--predictions")  # before the decoding it would lose
     k = 1 if decoder.value == "greedy" else beam_size
     if decoder.value in DECODERS:
         model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
@@ -66,10 +69,7 @@ def decode(
                               steps=steps, lr=lr, progress=not quiet)
         pred = metrics.pop("_pred")
     if predictions:
-        lines = []
-        for sentence, tags in zip(sentences, pred):
-            lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, sentence.tags, tags)] + [""]
-        atomic_write(predictions, "\n".join(lines).encode())
+        atomic_write(predictions, prediction_lines(task, sentences, pred).encode())
     result = {"task": task.name, "split": split.value, "decoder": decoder.value, "beam_size": k, **metrics}
     if decoder.value == "soft-beam":
         result["alpha"] = alpha
@@ -77,6 +77,30 @@ def decode(
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo("  ".join(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in result.items()))
+
+
+def check_output_file(path: Path, option: str) -> None:
+    if path.is_dir():
+        fail(f"{option} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        fail(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def prediction_lines(task, sentences, pred) -> str:
+    """`token gold predicted` lines, a blank line after each sentence: conlleval input. NER tags go
+    back into the data's own scheme (IOB1 for CoNLL-2003), since conlleval cannot read BIOES: it
+    would merge adjacent same-type entities. Both columns keep exactly the chunks span F1 counts."""
+    from core.data import FILE_SCHEMES
+    from core.metrics import file_tags
+
+    lines = []
+    for sentence, tags in zip(sentences, pred):
+        gold = sentence.tags
+        if task.scheme == "bioes":
+            scheme = FILE_SCHEMES.get(task.name, "iob2")
+            gold, tags = file_tags(gold, scheme), file_tags(tags, scheme)
+        lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, gold, tags)] + [""]
+    return "\n".join(lines)
 
 
 def gd_oracle(
@@ -98,6 +122,7 @@ def gd_oracle(
     from core.oracle import run_oracle
     from storage.tables import write_oracle_table
 
+    check_output_file(out, "--out")  # before the oracle grid it would lose
     try:
         step_list = [int(v) for v in steps.split(",")]
         lr_list = [float(v) for v in lrs.split(",")]

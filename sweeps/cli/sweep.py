@@ -34,9 +34,11 @@ def sweep(
     except SpecError as error:
         spec_errors(error)
     from sweeps.launch import SweepError, load_sweep_spec, run_sweep
+    from sweeps.preflight import preflight
 
     try:
         spec_obj = spec_obj or load_sweep_spec(resume, storage)
+        preflight(spec_obj, storage, address, num_cpus)  # the data and checkpoint it names, before Ray starts
         outcome = run_sweep(spec_obj, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
                             resume=resume is not None, verbose=0 if quiet else 1)
     except SpecError as error:
@@ -53,6 +55,9 @@ def sweep(
         typer.echo(f"export it: beamtune best --sweep {outcome.name} --export runs/{outcome.name}-best")
     typer.echo(f"MLflow: parent run {outcome.parent_run_id} (experiment {outcome.experiment_id}) at {outcome.tracking_uri}")
     typer.echo(f"MLflow UI: {ui_command(outcome.tracking_uri)}")
+    if outcome.trials and outcome.errors == outcome.trials:  # a sweep that produced nothing is a failure
+        typer.echo(f"error: all {outcome.trials} trials failed; their errors are in MLflow and {outcome.directory}", err=True)
+        raise typer.Exit(code=1)
 
 
 def best(
