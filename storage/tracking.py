@@ -20,6 +20,7 @@ TRIAL_TAG = "beamtune.trial_id"
 SWEEP_TAG = "beamtune.sweep"
 STOPPED_TAG = "beamtune.early_stopped"
 ERROR_TAG = "beamtune.error"
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's description (markdown) in the MLflow UI
 CHECKPOINT_ARTIFACT = "best_checkpoint"
 MAX_MESSAGE = 4000
 
