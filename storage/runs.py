@@ -80,7 +80,7 @@ def load_sweep(uri: str, name: str) -> Sweep:
     experiments = [e.experiment_id for e in c.search_experiments()]
     parents = c.search_runs(experiments, filter_string=f"tags.`{tracking.SWEEP_TAG}` = '{name}'",
                             order_by=["attributes.start_time DESC"], max_results=1000)
-    parents = [p for p in parents if tracking.PARENT_TAG not in p.data.tags]  # trials carry the tag too
+    parents = [p for p in parents if tracking.TRIAL_TAG not in p.data.tags]  # trials carry the sweep tag too
     if not parents:
         raise SweepNotTracked(f"no sweep named {name!r} in the tracking store {uri}")
     parent = parents[0]

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from storage.runs import Sweep, Trial
+from storage.runs import FINAL_PREFIX, Sweep, Trial
 
 SPLITS = ("dev", "test")
 SEARCH_STAGES = ("hinge", "dl")
@@ -171,6 +171,10 @@ def _row_cells(key: str, trials: list[Trial], problems: list[str], decoders, met
                      f"{selection_decoder(stage, decoders)}; {len(chosen)} seed(s)")
     if problems:
         notes.append(f"{row_title(key)}: {len(problems)} trial(s) left out ({', '.join(sorted(set(problems)))})")
+    stayed = sum(t.metrics.get(f"{FINAL_PREFIX}.best_epoch") == 0 for t in chosen)
+    if stayed:  # core.train keeps the warm start (epoch 0) when no epoch beats it on dev
+        notes.append(f"{row_title(key)}: the warm start stayed best on dev (no epoch improved it) in {stayed} of "
+                     f"{len(chosen)} seed(s), so those cells are the warm start's scores")
     cells = []
     for _, decoder in decoders:
         for split in SPLITS:

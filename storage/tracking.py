@@ -18,6 +18,7 @@ from typing import Any
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "beamtune.trial_id"
 SWEEP_TAG = "beamtune.sweep"
+STUDY_TAG = "beamtune.study"
 STOPPED_TAG = "beamtune.early_stopped"
 ERROR_TAG = "beamtune.error"
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description (markdown) in the MLflow UI
@@ -82,6 +83,16 @@ def start_parent(uri: str, experiment_id: str, sweep: str, tags: dict[str, str],
     c = client(uri)
     run = c.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, **tags})
     c.log_text(run.info.run_id, spec_yaml, "spec.yaml")
+    return run.info.run_id
+
+
+def start_study(uri: str, experiment_id: str, study: str, study_yaml: str, overrides: list[str]) -> str:
+    """The run a study's stage sweeps nest under; the study file is its artifact."""
+    c = client(uri)
+    tags = {STUDY_TAG: study, "beamtune.overrides": " ".join(overrides) or "none",
+            "mlflow.source.git.commit": git_commit() or "unknown"}
+    run = c.create_run(experiment_id, run_name=f"study {study}", tags=tags)
+    c.log_text(run.info.run_id, study_yaml, "study.yaml")
     return run.info.run_id
 
 

@@ -371,6 +371,16 @@ def best(
                    f"run it: beamtune decode --checkpoint {directory}")
 
 
+def _register_study_commands() -> None:
+    from sweeps.cli_study import report, study_app
+
+    app.add_typer(study_app, name="study")
+    app.command("report")(report)
+
+
+_register_study_commands()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

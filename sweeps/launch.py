@@ -241,8 +241,9 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-              verbose: int = 1) -> SweepOutcome:
-    """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended."""
+              verbose: int = 1, study_run_id: str | None = None) -> SweepOutcome:
+    """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended.
+    `study_run_id`: the MLflow run of the study this sweep is a stage of (its parent run nests there)."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
@@ -293,7 +294,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
         commit = tracking.git_commit()
         parent_run_id = tracking.start_parent(
             uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
-                                            "mlflow.source.git.commit": commit or "unknown"}, spec.to_yaml())
+                                            "mlflow.source.git.commit": commit or "unknown",
+                                            **({tracking.PARENT_TAG: study_run_id} if study_run_id else {})},
+            spec.to_yaml())
         state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
                  "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
         (directory / SPEC_FILE).write_text(spec.to_yaml())
