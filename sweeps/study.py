@@ -185,7 +185,7 @@ def _warm_start(name: str, entry: Any, specs: dict[str, dict], problems: list[st
     if mine in KNOWN_STAGES and theirs in KNOWN_STAGES:
         needed = {CHECKPOINT_KIND.get(s) for s in KNOWN_STAGES[mine].warm_from or ((mine,) if mine == "ce" else ())}
         if CHECKPOINT_KIND.get(theirs) not in needed:
-            wanted = " or ".join(s for s in KNOWN_STAGES if CHECKPOINT_KIND.get(s) in needed) or "nothing"
+            wanted = ", ".join(s for s in KNOWN_STAGES if CHECKPOINT_KIND.get(s) in needed) or "nothing"
             problems.append(f"{where}.stage: stage {name!r} ({mine}) cannot start from stage {source!r} ({theirs}): "
                             f"it starts from {wanted}")
     return source
@@ -205,7 +205,8 @@ def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any
     # The warm-start sweep of a study stage does not exist before the study runs; it is checked
     # above (stage reference and checkpoint kind), so only the spec's own warm start is checked here.
     found = semantic_problems(spec.model_copy(update={"warm_start": None}))
-    problems += [f"{where}.{p}" for p in found if source is None or not p.startswith("warm_start:")]
+    # A stage with a warm_start entry (valid or already reported above) needs no second complaint.
+    problems += [f"{where}.{p}" for p in found if warm is None or not p.startswith("warm_start:")]
     if source is None and spec.warm_start is not None:
         problems += [f"{where}.{p}" for p in semantic_problems(spec) if p.startswith("warm_start")]
     return spec
