@@ -79,12 +79,12 @@ def _ref_text(paper: float | None, cell: Cell, scale: float) -> str:
 def render_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["table", "row", "decoder", "split", "mean", "sd", "n", "note", "run_ids"])
+    writer.writerow(["table", "row", "decoder", "split", "mean", "sd", "n", "note", "mlflow_metric", "run_ids"])
     for title, cells in table.rows:
-        for (decoder, split), cell in zip(table.columns, cells):
+        for (decoder, split), key, cell in zip(table.columns, table.metric_keys, cells):
             writer.writerow([table.title, title, decoder, split,
                              "" if cell.mean is None else f"{cell.mean * table.scale:.4f}",
-                             "" if cell.sd is None else f"{cell.sd * table.scale:.4f}", cell.n, cell.note,
+                             "" if cell.sd is None else f"{cell.sd * table.scale:.4f}", cell.n, cell.note, key,
                              " ".join(cell.run_ids)])
     return buffer.getvalue()
 

@@ -48,6 +48,7 @@ class Cell:
 class Table:
     title: str
     columns: list[tuple[str, str]]  # (decoder label, split)
+    metric_keys: list[str] = field(default_factory=list)  # per column: the MLflow metric its cells come from
     rows: list[tuple[str, list[Cell]]]
     notes: list[str] = field(default_factory=list)
     scale: float = 100.0  # scores are fractions; tables show percent
@@ -145,7 +146,8 @@ def goyal_table(sweeps: list[Sweep], metric: str = "score", title: str = "") -> 
     every = [t for ts in rows_trials.values() for t in ts]
     decoders = decoders_of(every)
     columns = [(label, split) for label, _ in decoders for split in SPLITS]
-    table = Table(title=title or "Goyal et al. (2018), Tables 1-2 layout", columns=columns, rows=[])
+    table = Table(title=title or "Goyal et al. (2018), Tables 1-2 layout", columns=columns, rows=[],
+                  metric_keys=[f"{FINAL_PREFIX}.{split}.{decoder}.{metric}" for _, decoder in decoders for split in SPLITS])
     for key in paper_row_order(list(rows_trials) + list(problems)):
         table.rows.append((row_title(key), _row_cells(key, rows_trials.get(key, []), problems.get(key, []),
                                                       decoders, metric, table.notes)))

@@ -118,6 +118,7 @@ class TestBuildReport:
         rows = list(csv.DictReader(io.StringIO(report.files["csv"].read_text())))
         ce_dev = next(r for r in rows if r["row"] == "Baseline CE" and r["decoder"] == "greedy" and r["split"] == "dev")
         assert float(ce_dev["mean"]) == pytest.approx(81.0) and ce_dev["n"] == "2"
+        assert ce_dev["mlflow_metric"] == "final.dev.greedy.score"
         html = report.files["html"].read_text()
         assert "#/experiments/" in html and "data:image/png;base64," in html
         names = sorted(p.name for p in report.plots)

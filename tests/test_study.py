@@ -156,8 +156,7 @@ def test_study_end_to_end_and_resume(tmp_path):
     client = tracking.client(uri)
     for row in rows:
         if row["run_ids"]:
-            decoder = {"greedy": "greedy"}.get(row["decoder"], ("beam2" if row["decoder"].startswith("hard") else "soft_beam2"))
-            values = [client.get_run(r).data.metrics[f"final.{row['split']}.{decoder}.score"] for r in row["run_ids"].split()]
+            values = [client.get_run(r).data.metrics[row["mlflow_metric"]] for r in row["run_ids"].split()]
             assert float(row["mean"]) == pytest.approx(100 * sum(values) / len(values), abs=1e-3)
     assert sum(1 for r in rows if r["run_ids"]) == 3 * 6  # CE, DL alpha=1, DL annealed: 6 cells each
 
