@@ -48,8 +48,8 @@ class Cell:
 class Table:
     title: str
     columns: list[tuple[str, str]]  # (decoder label, split)
-    metric_keys: list[str] = field(default_factory=list)  # per column: the MLflow metric its cells come from
     rows: list[tuple[str, list[Cell]]]
+    metric_keys: list[str] = field(default_factory=list)  # per column: the MLflow metric its cells come from
     notes: list[str] = field(default_factory=list)
     scale: float = 100.0  # scores are fractions; tables show percent
 
