@@ -143,18 +143,20 @@ def write_report(report: Report, out: Path) -> dict[str, Path]:
     return files
 
 
-def log_report(uri: str, report: Report) -> None:
-    """The report's files (and plots) as artifacts of every sweep's parent run, and the Markdown as
-    the parent run's description, so the UI shows the table first."""
+def log_report(uri: str, report: Report, also: list[str] = ()) -> None:
+    """The report's files (and plots) as artifacts of every sweep's parent run (and of the runs in
+    `also`, e.g. the study's), and the Markdown as each run's description, so the UI shows the
+    table first."""
     markdown = report.files["md"].read_text()
-    for sweep in report.sweeps:
-        run = tracking.TrialRun(uri, sweep.run_id)
+    for run_id in [*(s.run_id for s in report.sweeps), *also]:
+        run = tracking.TrialRun(uri, run_id)
         run.log_files([*report.files.values(), *report.plots], REPORT_ARTIFACT)
         run.set_tags({tracking.DESCRIPTION_TAG: markdown})
 
 
 def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path | None = None,
-                 header: list[str] | None = None, ui_url: str = "", plots: bool = True, log: bool = True) -> Report:
+                 header: list[str] | None = None, ui_url: str = "", plots: bool = True, log: bool = True,
+                 also_log_to: list[str] = ()) -> Report:
     from storage.plots import sweep_plots
 
     sweeps = [load_sweep(uri, name) for name in sweep_names]
@@ -169,7 +171,7 @@ def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path |
         report.plots = sweep_plots(uri, sweeps, out / "plots")
     write_report(report, out)
     if log:
-        log_report(uri, report)
+        log_report(uri, report, also_log_to)
     return report
 
 

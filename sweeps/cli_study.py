@@ -59,18 +59,21 @@ def study_run(
         _fail([str(error)])
     for name, status in statuses.items():
         typer.echo(status.line(name, study.stages[name].spec.metric))
-    _report(study, tracking_uri, out or resolve_storage(storage) / ".studies" / study.name / "report")
+    _report(study, storage, tracking_uri, out or resolve_storage(storage) / ".studies" / study.name / "report")
 
 
-def _report(study, tracking_uri: Optional[str], out: Path) -> None:
+def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Path) -> None:
     from storage.report import build_report
     from storage.tracking import resolve_tracking_uri
+    from sweeps.study_run import study_run_id
 
+    uri = resolve_tracking_uri(tracking_uri)
     header = [study.about.splitlines()[0] if study.about else f"study {study.name}"]
     if study.reduced:
-        header.append(f"REDUCED run: {' '.join('--set ' + o for o in study.overrides)}")
-    report = build_report(resolve_tracking_uri(tracking_uri), [study.sweep_name(s) for s in study.stages], out,
-                          refs=study.references, header=header)
+        header.append(f"REDUCED run: {' '.join('--set ' + repr(o) for o in study.overrides)}")
+    run_id = study_run_id(study, storage, uri)
+    report = build_report(uri, [study.sweep_name(s) for s in study.stages], out, refs=study.references,
+                          header=header, also_log_to=[run_id] if run_id else [])
     typer.echo(report.files["md"].read_text().split("\n\n", 1)[-1])
     typer.echo(f"report: {report.files['html']}")
 
@@ -96,6 +99,7 @@ def report(
     out: Path = typer.Option(Path("runs/report"), help="Folder for report.md, report.csv, report.html, plots/."),
     refs: Optional[Path] = typer.Option(None, help="Paper values (YAML: row -> {column: value}) shown beside ours."),
     ui_url: str = typer.Option("http://127.0.0.1:5000", help="MLflow UI address the HTML cells link to."),
+    storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
 ) -> None:
     """Tables (Goyal et al. layout) and plots from MLflow, written to OUT and logged to the runs."""
     from storage.report import build_report
@@ -104,13 +108,17 @@ def report(
 
     if bool(sweep) == bool(study):
         _fail(["give --study FILE or one or more --sweep NAME"])
-    header, names = [], list(sweep)
+    from sweeps.study_run import study_run_id
+
+    uri = resolve_tracking_uri(tracking_uri)
+    header, names, also = [], list(sweep), []
     if study is not None:
         loaded = _load(study, [])
         names, refs = [loaded.sweep_name(s) for s in loaded.stages], refs or loaded.references
         header = [loaded.about.splitlines()[0]] if loaded.about else []
+        also = [r for r in [study_run_id(loaded, storage, uri)] if r]
     try:
-        built = build_report(resolve_tracking_uri(tracking_uri), names, out, refs=refs, header=header, ui_url=ui_url)
+        built = build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also)
     except SweepNotTracked as error:
         _fail([str(error)])
     typer.echo(built.files["md"].read_text())

@@ -68,6 +68,15 @@ def stage_status(study: Study, storage: str | os.PathLike | None = None) -> dict
     return {name: _one_status(root, study.sweep_name(name), stage.spec.metric) for name, stage in study.stages.items()}
 
 
+def study_run_id(study: Study, storage: str | os.PathLike | None, uri: str) -> str | None:
+    """The MLflow run of the study (None before its first run, or when it ran against another store)."""
+    state_file = resolve_storage(storage) / ".studies" / study.name / STUDY_FILE
+    if not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    return state["run_id"] if state["tracking_uri"] == uri else None
+
+
 def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
     """(experiment id, run id) of the study's MLflow run: created once, reopened on every later run."""
     state_file = root / ".studies" / study.name / STUDY_FILE

@@ -167,6 +167,9 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert client.get_run(study_run).data.tags[tracking.STUDY_TAG] == "s"
     assert len(ce.trials) == 2 and len(dl.trials) == 2
     assert "G~DL annealed α" in client.get_run(dl.run_id).data.tags[tracking.DESCRIPTION_TAG]
+    assert "G~DL annealed α" in client.get_run(study_run).data.tags[tracking.DESCRIPTION_TAG]
+    artifacts = {a.path for a in client.list_artifacts(study_run)} | {a.path for a in client.list_artifacts(study_run, "report")}
+    assert {"study.yaml", "report/report.html", "report/s-dl-curves.png"} <= artifacts
 
     # a second copy, killed once the DL stage has its first checkpoint, then run again
     storage = tmp_path / "b" / "sweeps"
