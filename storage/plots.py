@@ -45,6 +45,9 @@ def curves_plot(uri: str, sweep: Sweep, path: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set(xlabel="epoch", ylabel="dev score", title=f"{sweep.name}: dev score per epoch")
     ax.legend(fontsize=6, loc="lower right")
     return _save(fig, path)
@@ -68,6 +71,7 @@ def param_plot(sweep: Sweep, param: str, path: Path) -> Path | None:
         ax.scatter(xs, [y for _, y in points])
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)  # long decimals (learning rates) stay apart
     except ValueError:  # categorical values (schedules, architectures)
         labels = sorted({x for x, _ in points})
         ax.scatter([labels.index(x) for x, _ in points], [y for _, y in points])

@@ -134,6 +134,19 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+# Short names in trial labels for the parameters sweeps search most.
+LABEL_NAMES = {"encoder_hidden": "H", "decoder_hidden": "Hdec", "label_dim": "Ldim", "dropout": "drop", "beam_size": "k"}
+
+
+def trial_label(stage: str, params: dict[str, Any], searched: list[str]) -> str:
+    """A readable run name: the stage and the trial's searched values, e.g. `ce lr=0.0023 H=32 seed=161`."""
+    def value(v: Any) -> str:
+        return f"{v:.2g}" if isinstance(v, float) else str(v)
+
+    names = [k for k in searched if k in params and k != "seed"] + (["seed"] if "seed" in params else [])
+    return " ".join([stage] + [f"{LABEL_NAMES.get(k, k)}={value(params[k])}" for k in names])
+
+
 class TrialRun:
     """A trial's child run. `open` creates it, or reopens the one whose id the trial's checkpoint
     holds (retry, resume, node loss) so that a trial always has exactly one run."""

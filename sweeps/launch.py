@@ -323,7 +323,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                "data_root": str(Path(spec.data_root).absolute()) if spec.data_root else os.environ.get("BEAMTUNE_DATA"),
                "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": uri,
                "experiment_id": experiment_id, "parent_run_id": parent_run_id, "warm_start": state.get("warm_start"),
-               "git_commit": state.get("git_commit")}
+               "git_commit": state.get("git_commit"), "searched": sorted(spec.space)}
     if not spec.data_root and spec.task == "synthetic":
         context["data_root"] = None
 

@@ -154,3 +154,13 @@ class TestBuildReport:
             plots._save = original
             plt.close("all")
         assert seen == [[2, 2]]
+
+
+class TestTrialLabel:
+    def test_searched_values_then_seed(self):
+        from storage.tracking import trial_label
+
+        params = {"lr": 0.00234, "encoder_hidden": 32, "seed": 161, "batch_size": 32, "alpha": "exp:1:100:10"}
+        assert trial_label("ce", params, ["encoder_hidden", "lr", "seed"]) == "ce H=32 lr=0.0023 seed=161"
+        assert trial_label("dl", params, ["alpha"]) == "dl alpha=exp:1:100:10 seed=161"
+        assert trial_label("crf", {}, []) == "crf"
