@@ -19,6 +19,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "beamtune.trial_id"
 SWEEP_TAG = "beamtune.sweep"
 STUDY_TAG = "beamtune.study"
+BEST_TAG = "beamtune.best"  # "true" on the best trial's run of a sweep
 STOPPED_TAG = "beamtune.early_stopped"
 ERROR_TAG = "beamtune.error"
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description (markdown) in the MLflow UI
@@ -94,6 +95,25 @@ def start_study(uri: str, experiment_id: str, study: str, study_yaml: str, overr
     run = c.create_run(experiment_id, run_name=f"study {study}", tags=tags)
     c.log_text(run.info.run_id, study_yaml, "study.yaml")
     return run.info.run_id
+
+
+def log_sweep_params(uri: str, run_id: str, fixed: dict[str, Any], space: dict[str, str]) -> None:
+    """The sweep's fixed values and its search space (one param per searched parameter, e.g.
+    `space.lr = loguniform [0.001, 0.01]`) on its parent run, so the UI shows what was searched."""
+    from mlflow.entities import Param
+
+    params = {**{f"fixed.{k}": v for k, v in flatten("", fixed, {}).items()}, **{f"space.{k}": v for k, v in space.items()}}
+    batch = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(batch), 100):
+        client(uri).log_batch(run_id, params=batch[i:i + 100])
+
+
+def mark_best(uri: str, parent_run_id: str, best_run_id: str | None, summary: str) -> None:
+    """Tag the best trial's run and say in the parent's description which trial is best."""
+    c = client(uri)
+    if best_run_id:
+        c.set_tag(best_run_id, BEST_TAG, "true")
+    c.set_tag(parent_run_id, DESCRIPTION_TAG, summary)
 
 
 def reopen(uri: str, run_id: str) -> None:

@@ -40,6 +40,7 @@ def study_run(
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     num_cpus: Optional[int] = typer.Option(None, min=1, help="CPUs of the local Ray (default: all)."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default: STORAGE/.studies/NAME/report)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Ray's own progress tables instead of the compact view."),
 ) -> None:
     """Run the study's stages in dependency order (resuming what was interrupted), then its report."""
     from storage.best import resolve_storage
@@ -52,7 +53,7 @@ def study_run(
     del resume  # running a study always resumes: the flag is there for people who expect it
     try:
         statuses = run_study(study, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
-                             say=lambda line: typer.echo(line, err=True))
+                             verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True))
     except (StudyError, SpecError) as error:
         _fail(error.problems)
     except SweepError as error:

@@ -26,6 +26,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 from storage import tracking
 from storage.best import SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
     resolve_storage, sweep_dir
+from sweeps.progress import CompactProgress, say_stderr
 from sweeps.spec import SpecError, SweepSpec
 
 OBJECT_STORE_BYTES = 256 * 1024**2
@@ -186,8 +187,9 @@ class SweepOutcome:
     phases: dict[str, float]
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Join or start Ray unless this process already has; True when this call started it."""
+def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
+    """Join or start Ray unless this process already has; True when this call started it.
+    `log_to_driver=False` keeps the trials' own output (checkpoint notices) off the terminal."""
     import ray
 
     if ray.is_initialized():
@@ -195,9 +197,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 object_store_memory=OBJECT_STORE_BYTES)
+                 object_store_memory=OBJECT_STORE_BYTES, log_to_driver=log_to_driver)
     else:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=log_to_driver)
     return True
 
 
@@ -241,10 +243,15 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-              verbose: int = 1, study_run_id: str | None = None) -> SweepOutcome:
+              verbose: int = 0, progress: bool = True, study_run_id: str | None = None) -> SweepOutcome:
     """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended.
-    `study_run_id`: the MLflow run of the study this sweep is a stage of (its parent run nests there)."""
+    verbose 0: Ray stays quiet and, with `progress`, the compact view (sweeps.progress) reports;
+    verbose 1 or 2: Ray's own tables. `study_run_id`: the MLflow run of the study this sweep is a
+    stage of (its parent run nests there)."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if verbose == 0:  # Tune's new output engine prints its boxes and a TensorBoard hint even at verbose 0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    say = say_stderr if progress and verbose == 0 else (lambda line: None)
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -297,6 +304,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                                             "mlflow.source.git.commit": commit or "unknown",
                                             **({tracking.PARENT_TAG: study_run_id} if study_run_id else {})},
             spec.to_yaml())
+        tracking.log_sweep_params(uri, parent_run_id, spec.fixed, {k: d.describe() for k, d in spec.space.items()})
         state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
                  "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
         (directory / SPEC_FILE).write_text(spec.to_yaml())
@@ -309,7 +317,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(prepare_tracking)
         began = time.perf_counter()
-        started_ray = connect(address, num_cpus)
+        say(f"[{spec.name}] starting Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}) and MLflow "
+            f"({tracking_uri or 'default store'}); {'resuming' if resume else 'starting'} the sweep")
+        started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
         phases["ray_start"] = time.perf_counter() - began
         try:
             state = pending.result()
@@ -350,7 +360,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                                                             checkpoint_score_attribute=spec.metric,
                                                             checkpoint_score_order=spec.mode),
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    callbacks=[MlflowSweepCallback(uri, experiment_id, parent_run_id)]))
+                    callbacks=[MlflowSweepCallback(uri, experiment_id, parent_run_id)] + (
+                        [CompactProgress(spec.name, spec.stage, spec.epochs, spec.metric, spec.mode, sorted(spec.space))]
+                        if progress and verbose == 0 else [])))
         try:
             results = tuner.fit()
         except BaseException:
@@ -395,6 +407,11 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
         c.log_metric(parent_run_id, f"best_{spec.metric}", best.value)
         c.set_tag(parent_run_id, "beamtune.best_trial", best.trial_name)
         c.set_tag(parent_run_id, "beamtune.best_checkpoint", str(best.checkpoint))
+        label = tracking.trial_label(spec.stage, best.params, sorted(spec.space))
+        tracking.mark_best(uri, parent_run_id, best.mlflow_run_id,
+                           f"**Best trial: {label}** ({spec.metric} {best.value:.4f} at epoch {best.epoch}, its best "
+                           f"checkpoint); {len(statuses)} trials, {len(errors)} failed. `beamtune best --sweep {spec.name}` "
+                           "ranks them; `beamtune report --sweep " + spec.name + "` makes the table.")
     c.set_tag(parent_run_id, "beamtune.trials", str(len(statuses)))
     c.set_tag(parent_run_id, "beamtune.errors", str(len(errors)))
     tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")

@@ -170,6 +170,10 @@ class Distribution(_Strict):
                     raise ValueError(f"loguniform: low ({low}) must be > 0")
         return self
 
+    def describe(self) -> str:
+        """One line for the MLflow UI, e.g. `loguniform [0.001, 0.01]`."""
+        return f"{self.kind} {getattr(self, self.kind)}"
+
     @property
     def kind(self) -> str:
         return next(k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None)

@@ -104,7 +104,7 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
     root = resolve_storage(storage)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     _, study_run = _study_run(study, root, uri)
-    started_ray = connect(address, num_cpus)
+    started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
     try:
         for name, stage in study.stages.items():
             status = _one_status(root, study.sweep_name(name), stage.spec.metric)
