@@ -79,7 +79,7 @@ def _ref_text(paper: float | None, cell: Cell, scale: float) -> str:
 def render_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["table", "row", "decoder", "split", "mean", "sd", "n", "note", "mlflow_metric", "run_ids"])
+    writer.writerow(["table", "row", *table.column_names, "mean", "sd", "n", "note", "mlflow_metric", "run_ids"])
     for title, cells in table.rows:
         for (decoder, split), key, cell in zip(table.columns, table.metric_keys, cells):
             writer.writerow([table.title, title, decoder, split,
@@ -160,10 +160,7 @@ def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path |
     from storage.plots import sweep_plots
 
     sweeps = [load_sweep(uri, name) for name in sweep_names]
-    metrics = ["score"]
-    if any(t.final("dev", "greedy", "macro_f1") is not None for s in sweeps for t in s.trials):
-        metrics = ["macro_f1", "score"]  # NER: Goyal et al. report macro F1; micro F1 beside it
-    tables = [goyal_table(sweeps, metric, title=_title(sweeps, metric)) for metric in metrics]
+    tables = layouts(uri, sweeps)
     provenance = [f"sweeps: {', '.join(f'{s.name} ({s.stage}, {len(s.trials)} trials, {s.status})' for s in sweeps)}",
                   f"tracking: {uri}"]
     report = Report(tables=tables, sweeps=sweeps, header=(header or []) + provenance, refs=load_refs(refs), ui_url=ui_url)
@@ -173,6 +170,42 @@ def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path |
     if log:
         log_report(uri, report, also_log_to)
     return report
+
+
+SEQ2SEQ_STAGES = ("ce", "dl", "hinge")
+
+
+def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
+    """The tables a set of sweeps supports: Goyal et al.'s for the seq2seq stages (NER in macro F1,
+    as that paper reports, and micro F1), Tu & Gimpel's for the structured ones."""
+    from storage.tables_tu import tu_table
+
+    tables = []
+    seq2seq = [s for s in sweeps if s.stage in SEQ2SEQ_STAGES]
+    if seq2seq:
+        metrics = ["score"]
+        if any(t.final("dev", "greedy", "macro_f1") is not None for s in seq2seq for t in s.trials):
+            metrics = ["macro_f1", "score"]
+        tables += [goyal_table(seq2seq, metric, title=_title(seq2seq, metric)) for metric in metrics]
+    structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES]
+    if structured:
+        tables.append(tu_table(structured, _crf_stages(uri, structured)))
+    return tables
+
+
+def _crf_stages(uri: str, sweeps: list[Sweep]) -> dict[str, str]:
+    """The stage (crf or crf+) of the CRF each GD-oracle sweep decoded with, from its spec's warm start."""
+    from storage.runs import SweepNotTracked
+
+    found = {}
+    for sweep in sweeps:
+        warm = ((yaml.safe_load(sweep.spec_yaml) or {}) if not sweep.spec_yaml.startswith("#") else {}).get("warm_start") or {}
+        if sweep.stage == "gd-oracle" and warm.get("sweep"):
+            try:
+                found[sweep.name] = load_sweep(uri, warm["sweep"]).stage
+            except SweepNotTracked:
+                found[sweep.name] = "?"
+    return found
 
 
 def _title(sweeps: list[Sweep], metric: str) -> str:

@@ -50,6 +50,7 @@ class Table:
     columns: list[tuple[str, str]]  # (decoder label, split)
     rows: list[tuple[str, list[Cell]]]
     metric_keys: list[str] = field(default_factory=list)  # per column: the MLflow metric its cells come from
+    column_names: tuple[str, str] = ("decoder", "split")  # what the two parts of a column are (CSV header)
     notes: list[str] = field(default_factory=list)
     scale: float = 100.0  # scores are fractions; tables show percent
 

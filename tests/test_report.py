@@ -164,3 +164,36 @@ class TestTrialLabel:
         assert trial_label("ce", params, ["encoder_hidden", "lr", "seed"]) == "ce H=32 lr=0.0023 seed=161"
         assert trial_label("dl", params, ["alpha"]) == "dl alpha=exp:1:100:10 seed=161"
         assert trial_label("crf", {}, []) == "crf"
+
+
+def structured_final(decoder: str, dev: float, test: float) -> dict:
+    return {"dev": {decoder: {"score": dev}}, "test": {decoder: {"score": test}}}
+
+
+class TestTuTable:
+    def test_methods_by_task_and_architecture(self, tmp_path):
+        from storage.report import layouts
+
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        space = {"seed": {"grid": [1, 2]}}
+        add_sweep(uri, "crf", "crf", [{"params": {"seed": 1}, "final": structured_final("viterbi", 0.88, 0.87)}], space)
+        add_sweep(uri, "local", "local", [
+            {"params": {"arch": "cnn13", "seed": 1}, "final": structured_final("infnet", 0.86, 0.85)},
+            {"params": {"arch": "cnn13", "seed": 2}, "final": structured_final("infnet", 0.87, 0.86)},
+            {"params": {"arch": "blstm", "plus": True, "seed": 1}, "final": structured_final("infnet", 0.80, 0.79)}], space)
+        add_sweep(uri, "inf", "infnet", [
+            {"params": {"arch": "blstm", "lam": 1.0, "seed": 1}, "final": structured_final("infnet", 0.90, 0.89)},
+            {"params": {"arch": "blstm", "lam": 5.0, "seed": 1}, "final": structured_final("infnet", 0.91, 0.84)},
+            {"params": {"arch": "blstm", "layers": 2, "lam_anneal": True, "seed": 1},
+             "final": structured_final("infnet", 0.92, 0.91)}], space)
+        [table] = layouts(uri, [load_sweep(uri, n) for n in ("crf", "local", "inf")])
+        columns = [f"{t} {a}" for t, a in table.columns]
+        assert columns == ["synthetic blstm", "synthetic cnn13", "synthetic CRF"]
+        rows = {title: dict(zip(columns, cells)) for title, cells in table.rows}
+        assert list(rows) == ["local baseline", "local baseline+", "infnet", "infnet (2-layer, λ annealed)", "Viterbi"]
+        assert rows["local baseline"]["synthetic cnn13"].mean == pytest.approx(0.855)
+        assert rows["local baseline"]["synthetic cnn13"].n == 2
+        assert rows["infnet"]["synthetic blstm"].values == [pytest.approx(0.84)]  # lam 5 wins on dev (0.91 > 0.90)
+        assert rows["Viterbi"]["synthetic CRF"].values == [pytest.approx(0.87)]
+        assert rows["Viterbi"]["synthetic blstm"].note == "not run"
+        assert any("best of 2 settings by mean dev" in n for n in table.notes)
