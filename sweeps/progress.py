@@ -29,6 +29,8 @@ def say_stderr(line: str) -> None:
 class CompactProgress(Callback):
     def __init__(self, sweep: str, stage: str, epochs: int, metric: str, mode: str, searched: list[str],
                  say: Callable[[str], None] | None = None, every: float = 30.0):
+        self._args = dict(sweep=sweep, stage=stage, epochs=epochs, metric=metric, mode=mode, searched=searched,
+                          every=every)
         self.sweep, self.stage, self.epochs = sweep, stage, epochs
         self.metric, self.sign = metric, 1 if mode == "max" else -1
         self.epoch: dict[str, int] = {}  # last epoch each trial reported
@@ -38,6 +40,14 @@ class CompactProgress(Callback):
         self.running: set[str] = set()
         self.done = self.failed = 0
         self.last_status = time.monotonic()
+
+    # Tune pickles its callbacks with the sweep and restores them on resume: keep only the
+    # constructor's arguments, so a resumed sweep gets a fresh view built by the current code.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_args": self._args}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["_args"])
 
     def _name(self, trial: Any) -> str:
         return trial_label(self.stage, trial.config, self.searched)
