@@ -18,8 +18,11 @@ from typing import Any
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "beamtune.trial_id"
 SWEEP_TAG = "beamtune.sweep"
+STUDY_TAG = "beamtune.study"
+BEST_TAG = "beamtune.best"  # "true" on the best trial's run of a sweep
 STOPPED_TAG = "beamtune.early_stopped"
 ERROR_TAG = "beamtune.error"
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's description (markdown) in the MLflow UI
 CHECKPOINT_ARTIFACT = "best_checkpoint"
 MAX_MESSAGE = 4000
 
@@ -84,6 +87,35 @@ def start_parent(uri: str, experiment_id: str, sweep: str, tags: dict[str, str],
     return run.info.run_id
 
 
+def start_study(uri: str, experiment_id: str, study: str, study_yaml: str, overrides: list[str]) -> str:
+    """The run a study's stage sweeps nest under; the study file is its artifact."""
+    c = client(uri)
+    tags = {STUDY_TAG: study, "beamtune.overrides": " ".join(overrides) or "none",
+            "mlflow.source.git.commit": git_commit() or "unknown"}
+    run = c.create_run(experiment_id, run_name=f"study {study}", tags=tags)
+    c.log_text(run.info.run_id, study_yaml, "study.yaml")
+    return run.info.run_id
+
+
+def log_sweep_params(uri: str, run_id: str, fixed: dict[str, Any], space: dict[str, str]) -> None:
+    """The sweep's fixed values and its search space (one param per searched parameter, e.g.
+    `space.lr = loguniform [0.001, 0.01]`) on its parent run, so the UI shows what was searched."""
+    from mlflow.entities import Param
+
+    params = {**{f"fixed.{k}": v for k, v in flatten("", fixed, {}).items()}, **{f"space.{k}": v for k, v in space.items()}}
+    batch = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(batch), 100):
+        client(uri).log_batch(run_id, params=batch[i:i + 100])
+
+
+def mark_best(uri: str, parent_run_id: str, best_run_id: str | None, summary: str) -> None:
+    """Tag the best trial's run and say in the parent's description which trial is best."""
+    c = client(uri)
+    if best_run_id:
+        c.set_tag(best_run_id, BEST_TAG, "true")
+    c.set_tag(parent_run_id, DESCRIPTION_TAG, summary)
+
+
 def reopen(uri: str, run_id: str) -> None:
     client(uri).update_run(run_id, status="RUNNING")
 
@@ -142,6 +174,19 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     """The loggable metrics (numbers; NaN/inf kept, MLflow stores them) of a possibly nested dict."""
     flat = flatten("", metrics, {})
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# Short names in trial labels for the parameters sweeps search most.
+LABEL_NAMES = {"encoder_hidden": "H", "decoder_hidden": "Hdec", "label_dim": "Ldim", "dropout": "drop", "beam_size": "k"}
+
+
+def trial_label(stage: str, params: dict[str, Any], searched: list[str]) -> str:
+    """A readable run name: the stage and the trial's searched values, e.g. `ce lr=0.0023 H=32 seed=161`."""
+    def value(v: Any) -> str:
+        return f"{v:.2g}" if isinstance(v, float) else str(v)
+
+    names = [k for k in searched if k in params and k != "seed"] + (["seed"] if "seed" in params else [])
+    return " ".join([stage] + [f"{LABEL_NAMES.get(k, k)}={value(params[k])}" for k in names])
 
 
 class TrialRun:

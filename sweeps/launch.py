@@ -28,6 +28,7 @@ from core.checkpoint import MANIFEST
 from storage import tracking
 from storage.best import SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
     resolve_storage, sweep_dir
+from sweeps.progress import CompactProgress, say_stderr
 from sweeps.ray_private import asha_state, knows_trial, restore_asha_state, result_trials
 from sweeps.spec import SpecError, SweepSpec
 
@@ -181,8 +182,9 @@ class SweepOutcome:
     phases: dict[str, float]
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Join or start Ray unless this process already has; True when this call started it."""
+def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
+    """Join or start Ray unless this process already has; True when this call started it.
+    `log_to_driver=False` keeps the trials' own output (checkpoint notices) off the terminal."""
     import ray
 
     if ray.is_initialized():
@@ -190,9 +192,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 object_store_memory=OBJECT_STORE_BYTES)
+                 object_store_memory=OBJECT_STORE_BYTES, log_to_driver=log_to_driver)
     else:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=log_to_driver)
     return True
 
 
@@ -236,18 +238,28 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-              verbose: int = 1) -> SweepOutcome:
-    """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended."""
+              verbose: int = 0, progress: bool = True, study_run_id: str | None = None) -> SweepOutcome:
+    """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended.
+    verbose 0: Ray stays quiet and, with `progress`, the compact view (sweeps.progress) reports;
+    verbose 1 or 2: Ray's own tables. `study_run_id`: the MLflow run of the study this sweep is a
+    stage of (its parent run nests there)."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if verbose == 0:  # Tune's new output engine prints its boxes and a TensorBoard hint even at verbose 0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    compact = progress and verbose == 0
     start = time.perf_counter()
     root = resolve_storage(storage)
     directory = root / spec.name
     check_sweep_folder(spec, root, directory, resume)
     phases: dict[str, float] = {}
-    state, started_ray = start_ray_and_tracking(spec, root, directory, tracking_uri, address, num_cpus, resume, phases)
+    if compact:
+        say_stderr(f"[{spec.name}] starting Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}) and MLflow "
+                   f"({tracking_uri or 'the default store'}); {'resuming' if resume else 'starting'} the sweep")
+    state, started_ray = start_ray_and_tracking(spec, root, directory, tracking_uri, address, num_cpus, resume, phases,
+                                                verbose, study_run_id)
     try:
         with timed(phases, "tune"):
-            statuses, errors = fit(make_tuner(spec, root, directory, state, resume, verbose), state)
+            statuses, errors = fit(make_tuner(spec, root, directory, state, resume, verbose, compact), state)
     finally:
         with timed(phases, "ray_shutdown"):
             if started_ray:
@@ -285,7 +297,8 @@ def check_sweep_folder(spec: SweepSpec, root: Path, directory: Path, resume: boo
 
 
 def start_ray_and_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str | None, address: str | None,
-                           num_cpus: int | None, resume: bool, phases: dict[str, float]) -> tuple[dict[str, Any], bool]:
+                           num_cpus: int | None, resume: bool, phases: dict[str, float], verbose: int = 0,
+                           study_run_id: str | None = None) -> tuple[dict[str, Any], bool]:
     """Start (or join) Ray and set up the sweep's MLflow runs at the same time: MLflow's setup
     (schema migrations on a fresh SQLite file, the parent run) and Ray's start take seconds each
     and do not depend on each other. Ray keeps the main thread (it installs signal handlers there).
@@ -294,12 +307,12 @@ def start_ray_and_tracking(spec: SweepSpec, root: Path, directory: Path, trackin
         with timed(phases, "tracking_setup"):
             if resume:
                 return reopen_tracking(directory, tracking_uri)
-            return start_tracking(spec, root, directory, tracking_uri)
+            return start_tracking(spec, root, directory, tracking_uri, study_run_id)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(tracking_setup)
         with timed(phases, "ray_start"):
-            started_ray = connect(address, num_cpus)
+            started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
         try:
             return pending.result(), started_ray
         except BaseException:
@@ -319,8 +332,10 @@ def reopen_tracking(directory: Path, tracking_uri: str | None) -> dict[str, Any]
     return state
 
 
-def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str | None) -> dict[str, Any]:
-    """A new sweep's experiment, parent run and warm start; its state in beamtune_sweep.json."""
+def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str | None,
+                   study_run_id: str | None = None) -> dict[str, Any]:
+    """A new sweep's experiment, parent run (nested under the study's run, if any; with the search
+    space as parameters) and warm start; its state in beamtune_sweep.json."""
     directory.mkdir(parents=True, exist_ok=True)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
@@ -328,7 +343,9 @@ def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: s
     commit = tracking.git_commit()
     parent_run_id = tracking.start_parent(
         uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
-                                        "mlflow.source.git.commit": commit or "unknown"}, spec.to_yaml())
+                                        "mlflow.source.git.commit": commit or "unknown",
+                                        **({tracking.PARENT_TAG: study_run_id} if study_run_id else {})}, spec.to_yaml())
+    tracking.log_sweep_params(uri, parent_run_id, spec.fixed, {k: d.describe() for k, d in spec.space.items()})
     state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
              "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
     (directory / SPEC_FILE).write_text(spec.to_yaml())
@@ -357,10 +374,11 @@ def trial_context(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
             "data_root": None if not spec.data_root and spec.task == "synthetic" else data_root,
             "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": state["tracking_uri"],
             "experiment_id": state["experiment_id"], "parent_run_id": state["parent_run_id"],
-            "warm_start": state.get("warm_start"), "git_commit": state.get("git_commit")}
+            "warm_start": state.get("warm_start"), "git_commit": state.get("git_commit"), "searched": sorted(spec.space)}
 
 
-def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], resume: bool, verbose: int):
+def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], resume: bool, verbose: int,
+               compact: bool = False):
     """The Tuner of a new sweep, or the restored one of a resumed sweep."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -387,7 +405,9 @@ def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, An
                                                     checkpoint_score_attribute=spec.metric,
                                                     checkpoint_score_order=spec.mode),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])]))
+            callbacks=[MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])] + (
+                [CompactProgress(spec.name, spec.stage, spec.epochs, spec.metric, spec.mode, sorted(spec.space))]
+                if compact else [])))
 
 
 def fit(tuner, state: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
@@ -421,6 +441,12 @@ def finish_sweep(spec: SweepSpec, root: Path, directory: Path, state: dict[str, 
     if best is not None:
         tags.update({"beamtune.best_trial": best.trial_name, "beamtune.best_checkpoint": str(best.checkpoint)})
     tracking.log_summary(uri, parent_run_id, metrics, tags)
+    if best is not None:
+        label = tracking.trial_label(spec.stage, best.params, sorted(spec.space))
+        tracking.mark_best(uri, parent_run_id, best.mlflow_run_id,
+                           f"**Best trial: {label}** ({spec.metric} {best.value:.4f} at epoch {best.epoch}, its best "
+                           f"checkpoint); {len(statuses)} trials, {len(errors)} failed. `beamtune best --sweep {spec.name}` "
+                           f"ranks them; `beamtune report --sweep {spec.name}` makes the table.")
     tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")
     return best
 

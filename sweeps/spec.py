@@ -162,6 +162,10 @@ class Distribution(_Strict):
                     raise ValueError(f"loguniform: low ({low}) must be > 0")
         return self
 
+    def describe(self) -> str:
+        """One line for the MLflow UI, e.g. `loguniform [0.001, 0.01]`."""
+        return f"{self.kind} {getattr(self, self.kind)}"
+
     @property
     def kind(self) -> str:
         return next(k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None)
@@ -555,10 +559,10 @@ def load_spec(path: str | os.PathLike, storage: str | os.PathLike | None = None)
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"spec: {path}: no such file"])
-    return validate(_read_yaml(path), storage)
+    return validate(read_yaml(path), storage)
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     """The spec file's YAML data; an undecodable byte or a YAML error is one line naming its line."""
     raw = path.read_bytes()
     try:

@@ -75,9 +75,11 @@ def open_trial_run(config: dict[str, Any], context: dict[str, Any], trial_id: st
     from storage import tracking
 
     run = tracking.TrialRun.open(
-        context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial_id, trial_name, run_id,
+        context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial_id,
+        tracking.trial_label(context["stage"], config, context.get("searched", [])), run_id,
         tags={tracking.SWEEP_TAG: context["sweep"], "beamtune.stage": context["stage"], "beamtune.task": context["task"],
-              "beamtune.seed": str(config.get("seed", 0)), "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
+              "beamtune.seed": str(config.get("seed", 0)), "beamtune.ray_trial": trial_name,
+              "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
     run.log_params(config)
     return run
 

@@ -4,12 +4,13 @@
     sweeps/cli/train.py    train              (core only)
     sweeps/cli/decode.py   decode, gd-oracle  (core only)
     sweeps/cli/sweep.py    sweep, best        (Ray Tune + MLflow, imported when run)
+    sweeps/cli/study.py    study run | status, report   (studies, and tables and plots from MLflow)
 """
 from __future__ import annotations
 
 import typer
 
-from sweeps.cli import decode, sweep, train
+from sweeps.cli import decode, study, sweep, train
 
 app = typer.Typer(
     help="beamtune: search-aware training of neural sequence taggers.",
@@ -22,6 +23,8 @@ app.command()(decode.decode)
 app.command("gd-oracle")(decode.gd_oracle)
 app.command()(sweep.sweep)
 app.command()(sweep.best)
+app.add_typer(study.study_app, name="study")
+app.command()(study.report)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -22,7 +22,8 @@ def sweep(
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
                                                help="MLflow tracking URI (default: sqlite:///mlflow.db here)."),
     num_cpus: Optional[int] = typer.Option(None, min=1, help="CPUs of the local Ray (default: all)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No live progress tables."),
+    quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
+    verbose: bool = typer.Option(False, "--verbose", help="Ray's own progress tables and trial output instead of the compact view."),
 ) -> None:
     """Run a hyperparameter sweep on Ray Tune, logging to MLflow; print the best trial at the end."""
     from sweeps.spec import SpecError, load_spec
@@ -40,7 +41,7 @@ def sweep(
         spec_obj = spec_obj or load_sweep_spec(resume, storage)
         preflight(spec_obj, storage, address, num_cpus)  # the data and checkpoint it names, before Ray starts
         outcome = run_sweep(spec_obj, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
-                            resume=resume is not None, verbose=0 if quiet else 1)
+                            resume=resume is not None, verbose=1 if verbose else 0, progress=not quiet)
     except SpecError as error:
         spec_errors(error)
     except SweepError as error:
@@ -50,7 +51,11 @@ def sweep(
     typer.echo(f"\nsweep {outcome.name}: {outcome.trials} trials ({outcome.errors} failed) in {outcome.seconds:.0f} s")
     if outcome.best is not None:
         best = outcome.best
-        typer.echo(f"best trial {best.trial_name}: {spec_obj.metric} {best.value:.4f} at epoch {best.epoch}")
+        from storage.tracking import trial_label
+
+        label = trial_label(spec_obj.stage, best.params, sorted(spec_obj.space))
+        typer.echo(f"best trial {label} ({best.trial_name}): {spec_obj.metric} {best.value:.4f} at epoch {best.epoch} "
+                   "(best checkpoint)")
         typer.echo(f"checkpoint {best.checkpoint}")
         typer.echo(f"export it: beamtune best --sweep {outcome.name} --export runs/{outcome.name}-best")
     typer.echo(f"MLflow: parent run {outcome.parent_run_id} (experiment {outcome.experiment_id}) at {outcome.tracking_uri}")

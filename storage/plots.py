@@ -1,0 +1,96 @@
+"""Plots of tracked sweeps (matplotlib, Agg backend, PNG), for reports and the MLflow UI.
+
+    curves_plot(uri, sweep, path)        dev score per epoch, one line per trial; alpha or lambda
+                                         (whichever the trials log) on a second axis, dashed
+    param_plot(sweep, param, path)       final dev score against one searched parameter
+    sweep_plots(uri, sweeps, folder)     both kinds for every sweep -> the PNG paths written
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from storage.runs import Sweep
+
+SCHEDULED = ("alpha", "lam")  # per-epoch schedule values the trials log (core.train epoch metrics)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: reports are made on servers and in CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_plot(uri: str, sweep: Sweep, path: Path) -> Path | None:
+    """One line per trial: dev score (left axis) per epoch; the schedule (right axis), dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    twin, drawn = None, 0
+    for trial in sweep.trials:
+        points = trial.history(uri, "dev_score")
+        if not points:
+            continue
+        line, = ax.plot(*zip(*points), marker="o", ms=3, label=trial.name)
+        drawn += 1
+        for key in SCHEDULED:
+            schedule = trial.history(uri, key)
+            if schedule:
+                twin = twin or ax.twinx()
+                twin.plot(*zip(*schedule), ls="--", color=line.get_color(), lw=1)
+                twin.set_ylabel(key)
+    if not drawn:
+        plt.close(fig)
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set(xlabel="epoch", ylabel="dev score", title=f"{sweep.name}: dev score per epoch")
+    ax.legend(fontsize=6, loc="lower right")
+    return _save(fig, path)
+
+
+def searched_params(sweep: Sweep) -> list[str]:
+    spec = yaml.safe_load(sweep.spec_yaml) if sweep.spec_yaml and not sweep.spec_yaml.startswith("#") else {}
+    return sorted((spec or {}).get("space", {}) or {})
+
+
+def param_plot(sweep: Sweep, param: str, path: Path) -> Path | None:
+    """Final dev score (the sweep's selection metric, best_dev_score) against `param`."""
+    points = [(trial.params[param], trial.metrics["best_dev_score"]) for trial in sweep.trials
+              if param in trial.params and "best_dev_score" in trial.metrics]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    try:
+        xs = [float(x) for x, _ in points]
+        ax.scatter(xs, [y for _, y in points])
+        if min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)  # long decimals (learning rates) stay apart
+    except ValueError:  # categorical values (schedules, architectures)
+        labels = sorted({x for x, _ in points})
+        ax.scatter([labels.index(x) for x, _ in points], [y for _, y in points])
+        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=7)
+    ax.set(xlabel=param, ylabel="best dev score", title=f"{sweep.name}: dev score vs {param}")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def sweep_plots(uri: str, sweeps: list[Sweep], folder: Path) -> list[Path]:
+    written = []
+    for sweep in sweeps:
+        written.append(curves_plot(uri, sweep, folder / f"{sweep.name}-curves.png"))
+        written += [param_plot(sweep, p, folder / f"{sweep.name}-{p}.png") for p in searched_params(sweep)]
+    return [p for p in written if p is not None]

@@ -1,0 +1,127 @@
+"""`beamtune study run | status` and `beamtune report`: experiments as code, results from MLflow."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, NoReturn, Optional
+
+import typer
+
+study_app = typer.Typer(help="Run a whole experiment (a study file of stages) and see where it stands.",
+                        no_args_is_help=True)
+
+from sweeps.cli.sweep import SWEEP_STORAGE_HELP as STORAGE_HELP
+TRACKING_HELP = "MLflow tracking URI (default: sqlite:///mlflow.db here)."
+SET_HELP = "Override a spec field: KEY=VALUE for every stage (epochs=3), stages.NAME.FIELD=VALUE for one."
+
+
+def _fail(lines: list[str]) -> NoReturn:
+    """One `error: FIELD: ...` line per problem, exit 2 (as sweeps.cli.common.spec_errors)."""
+    for line in lines:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(file: Path, overrides: list[str]):
+    from sweeps.study import StudyError, load_study
+
+    try:
+        return load_study(file, overrides)
+    except StudyError as error:
+        _fail(error.problems)
+
+
+@study_app.command("run")
+def study_run(
+    file: Path = typer.Argument(..., help="Study file (YAML), e.g. sweeps/studies/quickstart.yaml."),
+    resume: bool = typer.Option(False, "--resume", help="Same as running it again: finished stages are skipped."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: local Ray)."),
+    storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    num_cpus: Optional[int] = typer.Option(None, min=1, help="CPUs of the local Ray (default: all)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: STORAGE/.studies/NAME/report)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Ray's own progress tables instead of the compact view."),
+) -> None:
+    """Run the study's stages in dependency order (resuming what was interrupted), then its report."""
+    from storage.best import resolve_storage
+    from sweeps.launch import SweepError
+    from sweeps.spec import SpecError
+    from sweeps.study import StudyError
+    from sweeps.study_run import run_study
+
+    study = _load(file, set_)
+    del resume  # running a study always resumes: the flag is there for people who expect it
+    try:
+        statuses = run_study(study, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
+                             verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True))
+    except (StudyError, SpecError) as error:
+        _fail(error.problems)
+    except SweepError as error:
+        _fail([str(error)])
+    for name, status in statuses.items():
+        typer.echo(status.line(name, study.stages[name].spec.metric))
+    _report(study, storage, tracking_uri, out or resolve_storage(storage) / ".studies" / study.name / "report")
+
+
+def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Path) -> None:
+    from storage.report import build_report
+    from storage.tracking import resolve_tracking_uri
+    from sweeps.study_run import study_run_id
+
+    uri = resolve_tracking_uri(tracking_uri)
+    header = [study.about.splitlines()[0] if study.about else f"study {study.name}"]
+    if study.reduced:
+        header.append(f"REDUCED run: {' '.join('--set ' + repr(o) for o in study.overrides)}")
+    run_id = study_run_id(study, storage, uri)
+    report = build_report(uri, [study.sweep_name(s) for s in study.stages], out, refs=study.references,
+                          header=header, also_log_to=[run_id] if run_id else [])
+    typer.echo(report.files["md"].read_text().split("\n\n", 1)[-1])
+    typer.echo(f"report: {report.files['html']}")
+
+
+@study_app.command("status")
+def study_status(
+    file: Path = typer.Argument(..., help="Study file (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
+) -> None:
+    """Each stage: pending, started, interrupted, finished (best trial and score) or failed."""
+    from sweeps.study_run import stage_status
+
+    study = _load(file, set_)
+    for name, status in stage_status(study, storage).items():
+        typer.echo(status.line(name, study.stages[name].spec.metric))
+
+
+def report(
+    sweep: List[str] = typer.Option([], "--sweep", help="A sweep to report (repeat for several)."),
+    study: Optional[Path] = typer.Option(None, "--study", help="A study file: every stage's sweep."),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    out: Path = typer.Option(Path("runs/report"), help="Folder for report.md, report.csv, report.html, plots/."),
+    refs: Optional[Path] = typer.Option(None, help="Paper values (YAML: row -> {column: value}) shown beside ours."),
+    ui_url: str = typer.Option("http://127.0.0.1:5000", help="MLflow UI address the HTML cells link to."),
+    storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
+) -> None:
+    """Tables (Goyal et al. layout) and plots from MLflow, written to OUT and logged to the runs."""
+    from storage.report import build_report
+    from storage.runs import SweepNotTracked
+    from storage.tracking import resolve_tracking_uri
+
+    if bool(sweep) == bool(study):
+        _fail(["give --study FILE or one or more --sweep NAME"])
+    from sweeps.study_run import study_run_id
+
+    uri = resolve_tracking_uri(tracking_uri)
+    header, names, also = [], list(sweep), []
+    if study is not None:
+        loaded = _load(study, [])
+        names, refs = [loaded.sweep_name(s) for s in loaded.stages], refs or loaded.references
+        header = [loaded.about.splitlines()[0]] if loaded.about else []
+        also = [r for r in [study_run_id(loaded, storage, uri)] if r]
+    try:
+        built = build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also)
+    except SweepNotTracked as error:
+        _fail([str(error)])
+    typer.echo(built.files["md"].read_text())
+    typer.echo(f"report: {built.files['html']}", file=sys.stderr)

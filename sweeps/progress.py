@@ -1,0 +1,101 @@
+"""The compact live view of a sweep (the default; `--verbose` shows Ray's own tables instead):
+one line per event a person watches for, and a status line every `every` seconds.
+
+    [quickstart] trial ce lr=0.0023 seed=161 started
+    [quickstart] ce lr=0.0023 seed=161  epoch 2/4  dev_score 0.8412  (best 0.8412)
+    [quickstart] trial ce lr=0.0061 seed=7 stopped by the scheduler after epoch 1
+    [quickstart] 2 running, 3 done, 0 failed; best so far 0.8512 (ce lr=0.0061 seed=7)
+    [quickstart] trial ce lr=0.0023 seed=161 failed: TrainingError: loss is nan at epoch 3
+
+Trials are named as their MLflow runs (storage.tracking.trial_label), so the terminal and the UI
+agree on names; "best" is the best dev score any trial has reported, the same ranking that
+`beamtune best` applies to checkpoints.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+from ray.tune import Callback
+
+from storage.tracking import trial_label
+
+
+def say_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class CompactProgress(Callback):
+    def __init__(self, sweep: str, stage: str, epochs: int, metric: str, mode: str, searched: list[str],
+                 say: Callable[[str], None] | None = None, every: float = 30.0):
+        self._args = dict(sweep=sweep, stage=stage, epochs=epochs, metric=metric, mode=mode, searched=searched,
+                          every=every)
+        self.sweep, self.stage, self.epochs = sweep, stage, epochs
+        self.metric, self.sign = metric, 1 if mode == "max" else -1
+        self.epoch: dict[str, int] = {}  # last epoch each trial reported
+        self.searched, self.every = searched, every
+        self.say = say or say_stderr  # a module-level function: Tune pickles its callbacks with the sweep
+        self.best: tuple[float, str] | None = None
+        self.running: set[str] = set()
+        self.done = self.failed = 0
+        self.last_status = time.monotonic()
+
+    # Tune pickles its callbacks with the sweep and restores them on resume: keep only the
+    # constructor's arguments, so a resumed sweep gets a fresh view built by the current code.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_args": self._args}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["_args"])
+
+    def _name(self, trial: Any) -> str:
+        return trial_label(self.stage, trial.config, self.searched)
+
+    def _line(self, text: str) -> None:
+        self.say(f"[{self.sweep}] {text}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._line(f"trial {self._name(trial)} started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if value is None:
+            return
+        name = self._name(trial)
+        if self.best is None or self.sign * value > self.sign * self.best[0]:
+            self.best = (value, name)
+        epoch = result.get("epoch", result.get("training_iteration"))
+        self.epoch[trial.trial_id] = epoch
+        self._line(f"{name}  epoch {epoch}/{self.epochs}  {self.metric} {value:.4f}  (best {self.best[0]:.4f})")
+        self._status()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        epoch = self.epoch.get(trial.trial_id, 0)
+        ended = "done" if epoch >= self.epochs else f"stopped by the scheduler after epoch {epoch}"
+        self._line(f"trial {self._name(trial)} {ended}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        error = str(trial.error_file or "") and _last_line(trial)
+        self._line(f"trial {self._name(trial)} failed" + (f": {error}" if error else ""))
+
+    def _status(self) -> None:
+        if time.monotonic() - self.last_status < self.every:
+            return
+        self.last_status = time.monotonic()
+        best = f"; best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        self._line(f"{len(self.running)} running, {self.done} done, {self.failed} failed{best}")
+
+
+def _last_line(trial: Any) -> str:
+    try:
+        with open(trial.error_file) as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""

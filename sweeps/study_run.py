@@ -1,0 +1,131 @@
+"""Running a study (sweeps.study): its stages in dependency order, each as a sweep on one Ray
+(local by default), nested under one MLflow run for the study, then the report.
+
+    stage_status(study, storage) -> {stage: StageStatus}
+    run_study(study, storage=..., tracking_uri=..., address=...) -> {stage: StageStatus}
+
+Running a study again (or with --resume) skips finished stages, resumes an interrupted one from
+Ray's trial checkpoints and starts the rest; a failed stage stops the study (the stages after it
+would warm-start from nothing).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from storage import tracking
+from storage.best import TRIALS_FILE, SweepNotFound, best_checkpoint, resolve_storage
+from sweeps.study import Study, StudyError
+
+STUDY_FILE = "beamtune_study.json"  # under STORAGE/.studies/NAME: the study's MLflow run
+UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+
+
+@dataclass
+class StageStatus:
+    state: str  # pending | started | interrupted | finished | failed
+    trials: int = 0
+    failed: int = 0
+    best_trial: str | None = None
+    best_value: float | None = None
+
+    def line(self, stage: str, metric: str) -> str:
+        text = f"{stage:<14} {self.state:<11}"
+        if self.trials:
+            text += f" {self.trials} trials, {self.failed} failed"
+        if self.best_trial is not None:
+            text += f"; best {self.best_trial} {metric} {self.best_value:.4f}"
+        return text
+
+
+def _one_status(root: Path, sweep: str, metric: str) -> StageStatus:
+    directory = root / sweep
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return StageStatus("pending")
+    trials_file = directory / TRIALS_FILE
+    if not trials_file.is_file():
+        return StageStatus("started")  # running now, or killed before its first end
+    statuses = json.loads(trials_file.read_text())
+    status = StageStatus("finished", trials=len(statuses), failed=sum(s == "ERROR" for s in statuses.values()))
+    if any(s in UNFINISHED for s in statuses.values()):
+        status.state = "interrupted"
+    elif statuses and status.failed == len(statuses):
+        status.state = "failed"
+    try:
+        best = best_checkpoint(root, sweep, metric)
+        status.best_trial, status.best_value = best.trial_name, best.value
+    except SweepNotFound:
+        if status.state == "finished":
+            status.state = "failed"  # every trial ended, none left a checkpoint to start from
+    return status
+
+
+def stage_status(study: Study, storage: str | os.PathLike | None = None) -> dict[str, StageStatus]:
+    root = resolve_storage(storage)
+    return {name: _one_status(root, study.sweep_name(name), stage.spec.metric) for name, stage in study.stages.items()}
+
+
+def study_run_id(study: Study, storage: str | os.PathLike | None, uri: str) -> str | None:
+    """The MLflow run of the study (None before its first run, or when it ran against another store)."""
+    state_file = resolve_storage(storage) / ".studies" / study.name / STUDY_FILE
+    if not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    return state["run_id"] if state["tracking_uri"] == uri else None
+
+
+def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
+    """(experiment id, run id) of the study's MLflow run: created once, reopened on every later run."""
+    state_file = root / ".studies" / study.name / STUDY_FILE
+    experiment = next(iter(study.stages.values())).spec.experiment
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if state["tracking_uri"] == uri:
+            tracking.reopen(uri, state["run_id"])
+            return state["experiment_id"], state["run_id"]
+    experiment_id = tracking.ensure_experiment(uri, experiment)
+    run_id = tracking.start_study(uri, experiment_id, study.name, study.text, study.overrides)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}))
+    return experiment_id, run_id
+
+
+def run_study(study: Study, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
+              address: str | None = None, num_cpus: int | None = None, verbose: int = 0,
+              say: Callable[[str], None] = print) -> dict[str, StageStatus]:
+    """Run every stage that has not finished, in order; returns the final status of each stage."""
+    import ray
+
+    from sweeps.launch import connect, run_sweep
+
+    root = resolve_storage(storage)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    _, study_run = _study_run(study, root, uri)
+    started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
+    try:
+        for name, stage in study.stages.items():
+            status = _one_status(root, study.sweep_name(name), stage.spec.metric)
+            if status.state == "finished":
+                say(f"stage {name}: finished before, skipped ({status.best_trial} {stage.spec.metric} {status.best_value:.4f})")
+                continue
+            if status.state == "failed":
+                raise StudyError([f"stages.{name}: failed in an earlier run ({status.failed} of {status.trials} trials); "
+                                  f"fix it and start it afresh by removing {root / study.sweep_name(name)}"])
+            resume = status.state in ("started", "interrupted")
+            say(f"stage {name}: {'resuming' if resume else 'starting'} sweep {study.sweep_name(name)}")
+            run_sweep(stage.spec, storage=root, tracking_uri=uri, address=address, resume=resume, verbose=verbose,
+                      study_run_id=study_run)
+            status = _one_status(root, study.sweep_name(name), stage.spec.metric)
+            if status.state != "finished":
+                raise StudyError([f"stages.{name}: {status.state} ({status.failed} of {status.trials} trials failed)"])
+    except BaseException:
+        tracking.end_run(uri, study_run, "KILLED")
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+    tracking.end_run(uri, study_run, "FINISHED")
+    return stage_status(study, root)

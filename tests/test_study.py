@@ -1,0 +1,193 @@
+"""Studies: validation as a whole (one `error: FIELD: ...` line per problem, exit 2, nothing
+started), overrides, dependency order; end to end on the synthetic task (CE -> DL -> report, slow),
+and a study killed mid-stage and resumed giving the same table."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from storage import tracking
+from storage.runs import load_sweep
+from sweeps.study import StudyError, load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted((ROOT / "sweeps" / "studies").glob("*.yaml"))
+BEAMTUNE = Path(sys.executable).with_name("beamtune")
+TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8, "char_filters": 4, "batch_size": 64,
+        "patience": 0}
+
+
+def ce_spec(**extra) -> dict:
+    return {"task": "synthetic", "stage": "ce", "epochs": 1, "fixed": dict(TINY), "num_samples": 2, "max_concurrent": 2,
+            "space": {"lr": {"loguniform": [3.0e-3, 3.0e-2]}}, "search": {"seed": 1}, "scheduler": {"type": "fifo"}, **extra}
+
+
+def dl_spec(**extra) -> dict:
+    return {"task": "synthetic", "stage": "dl", "epochs": 2, "fixed": {"batch_size": 64, "beam_size": 2, "patience": 0},
+            "space": {"alpha": {"grid": ["1", "exp:1:100:2"]}}, "search": {"algorithm": "grid"},
+            "scheduler": {"type": "fifo"}, "max_concurrent": 2, **extra}
+
+
+def write_study(tmp_path: Path, stages: dict, **extra) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "stages": stages, **extra}, sort_keys=False))
+    return path
+
+
+def problems_of(path: Path, overrides=None) -> list[str]:
+    with pytest.raises(StudyError) as info:
+        load_study(path, overrides)
+    return info.value.problems
+
+
+class TestLoadStudy:
+    def test_valid_order_and_names(self, tmp_path):
+        # dl listed first: it still runs after the stage it warm-starts from
+        path = write_study(tmp_path, {"dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}}, "ce": {"spec": ce_spec()}})
+        study = load_study(path)
+        assert list(study.stages) == ["ce", "dl"]
+        assert study.stages["dl"].spec.warm_start.sweep == "s-ce" and study.stages["dl"].after == "ce"
+        assert study.sweep_name("dl") == "s-dl" and not study.reduced
+
+    def test_spec_from_a_path(self, tmp_path):
+        (tmp_path / "ce.yaml").write_text(yaml.safe_dump(ce_spec()))
+        study = load_study(write_study(tmp_path, {"ce": {"spec": "ce.yaml"}}))
+        assert study.stages["ce"].spec.task == "synthetic"
+
+    def test_every_problem_one_line(self, tmp_path):
+        path = write_study(tmp_path, {
+            "ce": {"spec": ce_spec(metric="accuracy", fixed={**TINY, "hidden": 3})},
+            "dl": {"spec": dl_spec(), "warm_start": {"stage": "cee"}},
+            "x": {"spec": dl_spec()},
+        }, colour="red")
+        problems = problems_of(path)
+        assert "colour: unknown field; a study has about, experiment, name, references, stages" in problems
+        assert any(p.startswith("stages.dl.warm_start.stage: unknown stage 'cee'") for p in problems)
+        assert any(p.startswith("stages.ce.spec.fixed.hidden: unknown parameter") for p in problems)
+        assert any(p.startswith("stages.ce.spec.metric: 'accuracy' is not reported") for p in problems)
+        assert any(p.startswith("stages.x.spec.warm_start: stage 'dl' must start from a checkpoint") for p in problems)
+
+    def test_cycle(self, tmp_path):
+        path = write_study(tmp_path, {"a": {"spec": dl_spec(), "warm_start": {"stage": "b"}},
+                                      "b": {"spec": dl_spec(), "warm_start": {"stage": "a"}}})
+        assert problems_of(path) == ["stages.a.warm_start: cycle a -> b -> a"]
+
+    def test_incompatible_warm_start(self, tmp_path):
+        crf = {"task": "synthetic", "stage": "crf", "epochs": 1, "fixed": {"batch_size": 64}, "scheduler": {"type": "fifo"}}
+        path = write_study(tmp_path, {"crf": {"spec": crf}, "dl": {"spec": dl_spec(), "warm_start": {"stage": "crf"}}})
+        assert problems_of(path) == ["stages.dl.warm_start.stage: stage 'dl' (dl) cannot start from stage 'crf' (crf): "
+                                     "it starts from ce, dl, hinge"]
+
+    def test_yaml_error_names_the_line(self, tmp_path):
+        path = tmp_path / "bad.yaml"
+        path.write_text("name: s\nstages:\n  ce: {spec: [\n")
+        [problem] = problems_of(path)
+        assert problem.startswith(f"study: {path}: line 4, column 1: not valid YAML")
+
+    def test_overrides(self, tmp_path):
+        path = write_study(tmp_path, {"ce": {"spec": ce_spec()}, "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}}})
+        study = load_study(path, ["epochs=3", "stages.ce.num_samples=1", "stages.dl.fixed.lr=0.01"])
+        assert [s.spec.epochs for s in study.stages.values()] == [3, 3]
+        assert study.stages["ce"].spec.num_samples == 1 and study.stages["dl"].spec.fixed["lr"] == 0.01
+        assert study.reduced
+        assert problems_of(path, ["stages.nope.epochs=1"]) == ["--set stages.nope.epochs=1: stages.NAME.FIELD with NAME one of ce, dl"]
+        assert problems_of(path, ["epochs=0"]) == ["stages.ce.spec.epochs: Input should be greater than or equal to 1",
+                                                   "stages.dl.spec.epochs: Input should be greater than or equal to 1"]
+        assert problems_of(path, ["epochs"]) == ["--set epochs: expected KEY=VALUE"]
+
+    def test_cli_invalid_study_exits_2_and_starts_nothing(self, tmp_path):
+        path = write_study(tmp_path, {"dl": {"spec": dl_spec(), "warm_start": {"stage": "cee"}}})
+        result = subprocess.run([str(BEAMTUNE), "study", "run", str(path), "--storage", str(tmp_path / "sweeps"),
+                                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == ["error: stages.dl.warm_start.stage: unknown stage 'cee'; stages: dl"]
+        assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_shipped_studies_validate(path):
+    data = yaml.safe_load(path.read_text())
+    needs_data = any((s.get("spec") or {}).get("task", "synthetic") != "synthetic" if isinstance(s.get("spec"), dict)
+                     else True for s in data["stages"].values())
+    if needs_data and not os.environ.get("BEAMTUNE_DATA"):
+        pytest.skip("needs the data root (BEAMTUNE_DATA)")
+    study = load_study(path)
+    assert study.about, "a shipped study says in its header what it reproduces"
+
+
+def table_rows(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("| ")]
+
+
+def run_cli(args: list[str], tmp_path: Path, log: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    return subprocess.run([str(BEAMTUNE), *args], env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_study_end_to_end_and_resume(tmp_path):
+    """CE -> DL -> report on the synthetic task: the report's cells are the MLflow metrics, the
+    MLflow tree reads study -> stage -> trial; a second copy killed in the middle of the DL stage
+    and run again ends with the same table."""
+    study = write_study(tmp_path, {"ce": {"spec": ce_spec()}, "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}}},
+                        about="test study")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+
+    def common(tag: str) -> list[str]:
+        return ["--storage", str(tmp_path / tag / "sweeps"), "--tracking-uri", f"sqlite:///{tmp_path / tag}/m.db",
+                "--num-cpus", "2", "--out", str(tmp_path / tag / "report")]
+
+    whole = run_cli(["study", "run", str(study), *common("a")], tmp_path, "a")
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    md = (tmp_path / "a" / "report" / "report.md").read_text()
+    uri = f"sqlite:///{tmp_path / 'a'}/m.db"
+
+    # cells equal the MLflow metrics they came from (one seed per row here)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "a" / "report" / "report.csv").read_text())))
+    client = tracking.client(uri)
+    for row in rows:
+        if row["run_ids"]:
+            values = [client.get_run(r).data.metrics[row["mlflow_metric"]] for r in row["run_ids"].split()]
+            assert float(row["mean"]) == pytest.approx(100 * sum(values) / len(values), abs=1e-3)
+    assert sum(1 for r in rows if r["run_ids"]) == 3 * 6  # CE, DL alpha=1, DL annealed: 6 cells each
+
+    # the tree: study run -> stage sweep runs -> trial runs
+    ce, dl = load_sweep(uri, "s-ce"), load_sweep(uri, "s-dl")
+    study_run = client.get_run(ce.run_id).data.tags[tracking.PARENT_TAG]
+    assert client.get_run(dl.run_id).data.tags[tracking.PARENT_TAG] == study_run
+    assert client.get_run(study_run).data.tags[tracking.STUDY_TAG] == "s"
+    assert len(ce.trials) == 2 and len(dl.trials) == 2
+    assert "G~DL annealed α" in client.get_run(dl.run_id).data.tags[tracking.DESCRIPTION_TAG]
+    assert "G~DL annealed α" in client.get_run(study_run).data.tags[tracking.DESCRIPTION_TAG]
+    artifacts = {a.path for a in client.list_artifacts(study_run)} | {a.path for a in client.list_artifacts(study_run, "report")}
+    assert {"study.yaml", "report/report.html", "report/s-dl-curves.png"} <= artifacts
+
+    # a second copy, killed once the DL stage has its first checkpoint, then run again
+    storage = tmp_path / "b" / "sweeps"
+    driver = subprocess.Popen([str(BEAMTUNE), "study", "run", str(study), *common("b")], env=env,
+                              stdout=open(tmp_path / "b.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not list((storage / "s-dl").glob("*/checkpoint_000000")):
+            assert driver.poll() is None, (tmp_path / "b.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the DL stage made no checkpoint in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    status = run_cli(["study", "status", str(study), "--storage", str(storage)], tmp_path, "status")
+    assert status.stdout.splitlines()[0].split()[:2] == ["ce", "finished"]
+    assert status.stdout.splitlines()[1].split()[1] in ("started", "interrupted")
+    again = run_cli(["study", "run", str(study), *common("b")], tmp_path, "b2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "stage ce: finished before, skipped" in again.stderr and "stage dl: resuming" in again.stderr
+    assert table_rows((tmp_path / "b" / "report" / "report.md").read_text()) == table_rows(md)
