@@ -3,6 +3,13 @@ cross-entropy: same model, data and batches, measured side by side in one run.
 
     python benchmarks/bench_soft_beam.py --task synthetic [--data-root DIR] [--sentences 640]
         [--batch-size 32] [--repeats 3] [--device cpu|cuda] [--threads 1]
+        [--model KEY=VALUE ...] [--variants "CE,DL k=3"] [--reference]
+
+--model overrides the tagger's sizes (TaggerConfig fields, as TrainConfig.model), e.g. the reduced
+CCG configuration: --model encoder_hidden=128 decoder_hidden=128 label_dim=64 char_filters=0
+dropout=0.25. --reference adds the soft-beam variants again, run through the pre-issue-13
+implementation kept in tests/soft_beam_reference.py, interleaved with the others (before/after in
+one run).
 
 Speed: sentences/s of one training pass (forward + backward + Adam step), median of --repeats.
 Memory: on CUDA, the allocator's peak per batch (torch.cuda.max_memory_allocated); on CPU, the

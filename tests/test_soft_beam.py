@@ -8,8 +8,9 @@ import torch
 
 from core.objectives import direct_loss, hamming_cost, hamming_o2_cost, soft_hinge_loss
 from core.search.beam import beam_search, greedy_decode
-from core.search.soft_beam import continuous_top_k_argmax, soft_beam_search
+from core.search.soft_beam import SoftTopKMix, continuous_top_k_argmax, soft_beam_search
 from core.seq2seq import Memory
+import soft_beam_reference as reference
 from helpers import encode, tiny_tagger
 
 HARD = 1e12  # "alpha -> infinity" in float64: resolves candidate near-ties down to ~3e-6 apart
@@ -179,3 +180,72 @@ class TestSoftHingeLoss:
             model.output.bias.zero_()
         gold = greedy_decode(model, memory).labels
         assert soft_hinge_loss(model, memory, gold, 2, HARD).item() == pytest.approx(0.0, abs=1e-9)
+
+
+class TestFusedAgainstReference:
+    """The issue-13 implementation (fused top-k-argmax node, split output projection, one mixing
+    bmm) against the pre-issue-13 formulas kept in tests/soft_beam_reference.py: same values, same
+    gradients for every parameter, at soft and hard alphas, for both losses."""
+
+    @pytest.mark.parametrize("k_old,k,alpha", [(1, 3, 1.0), (3, 3, 0.7), (2, 4, 5.0), (3, 1, 1.0), (3, 2, 1e6)])
+    def test_soft_top_k_mix_matches_algorithm_2(self, float64, k_old, k, alpha):
+        g = torch.Generator().manual_seed(k_old * 10 + k)
+        B, V = 4, 6
+        candidates = (torch.randn(B, k_old * V, generator=g) * 2).requires_grad_(True)
+        back, contrib, scores, top = SoftTopKMix.apply(candidates, k, k_old, alpha)
+        p = continuous_top_k_argmax(candidates, k, alpha).view(B, k, k_old, V)
+        expected = (p.sum(-1), p.sum(2), (p * candidates.view(B, 1, k_old, V)).sum(dim=(-1, -2)))
+        for got, want in zip((back, contrib, scores), expected):
+            torch.testing.assert_close(got, want)
+        assert torch.equal(top, candidates.topk(k, dim=-1).indices)
+        weights = [torch.randn(x.shape, generator=g) for x in expected]
+        grad = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, (back, contrib, scores))), candidates)[0]
+        want = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, expected)), candidates)[0]
+        torch.testing.assert_close(grad, want)
+
+    def test_soft_top_k_mix_gradcheck(self, float64):
+        candidates = torch.randn(3, 2 * 5, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda s: SoftTopKMix.apply(s, 3, 2, 1.5)[:3], (candidates,))
+
+    def test_soft_top_k_mix_partial_outputs(self, float64):
+        # Only some outputs used: autograd passes None for the others.
+        candidates = torch.randn(2, 8, requires_grad=True)
+        back, _, _, _ = SoftTopKMix.apply(candidates, 2, 2, 2.0)
+        grad = torch.autograd.grad(back[..., 0].sum(), candidates)[0]
+        p = continuous_top_k_argmax(candidates, 2, 2.0).view(2, 2, 2, 4)
+        torch.testing.assert_close(grad, torch.autograd.grad(p.sum(-1)[..., 0].sum(), candidates)[0])
+
+    @pytest.mark.parametrize("objective", ["dl", "hinge"])
+    @pytest.mark.parametrize("alpha", [0.5, 3.0, HARD])
+    def test_losses_and_gradients_match_reference(self, float64, objective, alpha):
+        model = tiny_tagger(n_labels=6, seed=21).train()
+        from helpers import tiny_inputs
+
+        lengths = [5, 2, 4, 1]
+        words, chars, lengths_t = tiny_inputs(lengths, seed=22)
+        gold = _gold(lengths, 6, seed=3)
+        fast_fn, ref_fn = (direct_loss, reference.direct_loss) if objective == "dl" else (soft_hinge_loss, reference.soft_hinge_loss)
+        results = []
+        for fn in (fast_fn, ref_fn):
+            model.zero_grad()
+            loss = fn(model, model.encode(words, chars, lengths_t), gold, 3, alpha, hamming_cost)  # (B,)
+            loss.sum().backward()
+            results.append((loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}))
+        (fast, fast_grads), (ref, ref_grads) = results
+        torch.testing.assert_close(fast, ref)
+        assert fast_grads.keys() == ref_grads.keys()
+        for name in ref_grads:
+            torch.testing.assert_close(fast_grads[name], ref_grads[name], msg=name)
+
+    def test_search_matches_reference_in_float32(self):
+        # The training dtype: scores, costs and labels agree with the unfused search.
+        model = tiny_tagger(n_labels=7, seed=23)
+        lengths = [6, 3, 5]
+        memory = encode(model, lengths, seed=24)
+        table = hamming_cost(_gold(lengths, 7, seed=4), 7) * memory.mask.unsqueeze(-1)
+        for alpha in (1.0, 10.0):
+            fast = soft_beam_search(model, memory, 3, alpha, cost_table=table)
+            scores, costs, labels = reference.soft_beam_search(model, memory, 3, alpha, cost_table=table)
+            torch.testing.assert_close(fast.scores, scores)
+            torch.testing.assert_close(fast.costs, costs)
+            assert torch.equal(fast.labels, labels)

@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 
+from torch.autograd.function import once_differentiable
+
 from core.seq2seq import DecoderState, Memory, Seq2SeqTagger
 
 def continuous_top_k_argmax(scores: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
@@ -41,6 +43,72 @@ def continuous_top_k_argmax(scores: torch.Tensor, k: int, alpha: float) -> torch
     m = scores.topk(k, dim=-1).values  # (B, k): top-k-max
     distance = (scores.unsqueeze(1) - m.unsqueeze(2)) ** 2  # (B, k, n)
     return torch.softmax(-alpha * distance, dim=-1)  # (B, k, n)
+
+
+class SoftTopKMix(torch.autograd.Function):
+    """Algorithm 2 and the reductions Algorithm 3 takes of it, fused, for one step of the search.
+
+    candidates s~ (B, n) with n = k_old x V (row-major: entry j, label w) ->
+        back   (B, k, k_old)  b~_i[j] = sum_w p_i[j, w]       (soft backpointers)
+        contrib (B, k, V)     a_i[w]  = sum_j p_i[j, w]       (soft labels)
+        scores (B, k)         sum_{j,w} p_i[j, w] s~[j, w]    (new soft beam scores)
+        top    (B, k) long    the i-th top-k candidate, the MAP of p_i (argmax of -(s~ - m_i)^2)
+    where p_i = softmax_alpha(-(s~ - m_i)^2) as in `continuous_top_k_argmax`.
+
+    The (B, k, n) tensor p is built once and reduced at once; autograd sees one node, which saves
+    s~ (B, n), m (B, k) and the softmax normalisers Z (B, k) and rebuilds p in backward, instead of
+    the unfused graph's five (B, k, n) tensors. The exponent -alpha (s~ - m_i)^2 is <= 0 and exactly
+    0 at the top-i candidate, so exp needs no max shift and Z >= 1 (no overflow for any alpha > 0).
+
+    Backward: with gp_i[j, w] = gb_i[j] + gc_i[w] + gs_i s~[j, w] (the gradient reaching p_i) and
+    r_i = sum p_i gp_i = b~_i . gb_i + a_i . gc_i + scores_i gs_i (from the outputs, no pass over n),
+        gz_i = p_i (gp_i - r_i)                        (softmax backward)
+        ds~  = sum_i gs_i p_i - 2 alpha sum_i gz_i (s~ - m_i)
+        dm_i = 2 alpha sum_n gz_i (s~ - m_i)          (added to s~ at the i-th top-k index)
+    which is the unfused graph's gradient up to float rounding (tests/test_soft_beam.py).
+    """
+
+    @staticmethod
+    def forward(ctx, candidates: torch.Tensor, k: int, k_old: int, alpha: float):
+        B, n = candidates.shape
+        m, top = candidates.topk(k, dim=-1)  # (B, k) values m_i and indices
+        p = candidates.unsqueeze(1) - m.unsqueeze(2)  # (B, k, n): s~ - m_i
+        p.square_().mul_(-alpha).exp_()  # (B, k, n): unnormalised, 1 at the top-i candidate
+        Z = p.sum(dim=-1, keepdim=True)  # (B, k, 1), >= 1
+        p.div_(Z)  # (B, k, n): p_i
+        p4 = p.view(B, k, k_old, n // k_old)  # (B, k, k_old, V)
+        back = p4.sum(dim=-1)  # (B, k, k_old)
+        contrib = p4.sum(dim=2)  # (B, k, V)
+        scores = torch.bmm(p, candidates.unsqueeze(-1)).squeeze(-1)  # (B, k)
+        ctx.save_for_backward(candidates, m, top, Z, back, contrib, scores)
+        ctx.k_old, ctx.alpha = k_old, alpha
+        ctx.mark_non_differentiable(top)
+        return back, contrib, scores, top
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_back, g_contrib, g_scores, _g_top):
+        candidates, m, top, Z, back, contrib, scores = ctx.saved_tensors
+        k_old, alpha = ctx.k_old, ctx.alpha
+        B, n = candidates.shape
+        k = m.shape[1]
+        g_back = torch.zeros_like(back) if g_back is None else g_back  # (B, k, k_old)
+        g_contrib = torch.zeros_like(contrib) if g_contrib is None else g_contrib  # (B, k, V)
+        g_scores = torch.zeros_like(scores) if g_scores is None else g_scores  # (B, k)
+        diff = candidates.unsqueeze(1) - m.unsqueeze(2)  # (B, k, n): s~ - m_i
+        p = diff.square().mul_(-alpha).exp_().div_(Z)  # (B, k, n): p_i, rebuilt as in forward
+        r = (back * g_back).sum(-1) + (contrib * g_contrib).sum(-1) + scores * g_scores  # (B, k)
+        gz = g_scores.unsqueeze(-1) * candidates.unsqueeze(1)  # (B, k, n): gs_i s~
+        gz4 = gz.view(B, k, k_old, n // k_old)  # (B, k, k_old, V)
+        gz4 += g_back.unsqueeze(-1)
+        gz4 += g_contrib.unsqueeze(2)
+        gz -= r.unsqueeze(-1)
+        gz *= p  # (B, k, n): gz_i
+        g_candidates = torch.bmm(g_scores.unsqueeze(1), p).squeeze(1)  # (B, n): sum_i gs_i p_i
+        gz *= diff  # (B, k, n): gz_i (s~ - m_i)
+        g_candidates.add_(gz.sum(dim=1), alpha=-2.0 * alpha)  # (B, n)
+        g_candidates.scatter_add_(1, top, gz.sum(dim=-1).mul_(2.0 * alpha))  # dm_i onto s~[top_i]
+        return g_candidates, None, None, None
 
 
 class SoftBeamResult(NamedTuple):
@@ -67,6 +135,8 @@ def soft_beam_search(
     V, k = model.n_labels, beam_size
     if not 1 <= k <= V:
         raise ValueError(f"soft beam search needs 1 <= beam_size <= number of labels ({V}), got {k}")
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
     if cost_augmented and cost_table is None:
         raise ValueError("cost_augmented=True needs a cost_table")
     device, dtype = memory.states.device, memory.states.dtype
@@ -75,37 +145,33 @@ def soft_beam_search(
 
     # Position 0: one live hypothesis per sentence (k_old = 1).
     k_old = 1
-    rows = memory  # (B*k_old, T, S)
+    cache = model.step_cache(memory)  # shared W_s s_t + b (fixed attention), else None
+    rows = memory  # (B*k_old, T, S), read only without a cache
     state = model.initial_state(B, device)  # (B, H) each
     prev = model.start_embedding(B)  # (B, E)
     beam_scores = torch.zeros(B, 1, device=device, dtype=dtype)  # s_t: (B, k_old)
     beam_costs = torch.zeros(B, 1, device=device, dtype=dtype)  # D_t: (B, k_old)
     back_hard = torch.zeros(T, B, k, dtype=torch.long, device=device)
     label_hard = torch.zeros(T, B, k, dtype=torch.long, device=device)
-    beam_memory = memory.repeat_beams(k)  # (B*k, T, S), used from t = 1 on
+    beam_memory = memory if cache is not None else memory.repeat_beams(k)  # (B*k, T, S) from t = 1 on
 
     for t in range(T):
-        state, log_probs = model.step(state, prev, t, rows)  # h_t: (B*k_old, H); f: (B*k_old, V)
+        state, log_probs = model.step(state, prev, t, rows, cache)  # h_t: (B*k_old, H); f: (B*k_old, V)
         f = log_probs.view(B, k_old, V)  # (B, k_old, V)
         d = cost_table[:, t].unsqueeze(1) if cost_table is not None else None  # (B, 1, V)
         candidates = beam_scores.unsqueeze(-1) + f  # (B, k_old, V): s~_t[j, w] = s_t,j + f(h_t,j, w)
         if cost_augmented:
             candidates = candidates + d  # line 5 of Alg. 3, modified as in §2.5
-        p = continuous_top_k_argmax(candidates.reshape(B, k_old * V), k, alpha).view(B, k, k_old, V)
-        soft_back = p.sum(dim=-1)  # (B, k, k_old): b~_i = row sums of p_i
-        contrib = p.sum(dim=2)  # (B, k, V): a_i = column sums of p_i
-        new_scores = (p * candidates.unsqueeze(1)).sum(dim=(-1, -2))  # (B, k): sum(s~_t * p_i)
-        new_costs = soft_back @ beam_costs.unsqueeze(-1)  # (B, k, 1): sum_j b~_i[j] D_t,j
+        # b~_i (B, k, k_old), a_i (B, k, V), sum(s~_t * p_i) (B, k), MAP of p_i (B, k)
+        soft_back, contrib, new_scores, flat_best = SoftTopKMix.apply(candidates.view(B, k_old * V), k, k_old, alpha)
+        # One bmm mixes, by the soft backpointers, the decoder states h and c and the costs D_t.
+        mixed = soft_back @ torch.cat([state.h.view(B, k_old, -1), state.c.view(B, k_old, -1), beam_costs.unsqueeze(-1)], dim=-1)  # (B, k, 2H+1)
+        h, c, new_costs = mixed.split([state.h.shape[-1], state.c.shape[-1], 1], dim=-1)  # (B, k, H), (B, k, H), (B, k, 1)
         if d is not None and not cost_augmented:
             new_costs = new_costs + contrib @ d.transpose(1, 2)  # + a_i . D~_t
         new_costs = new_costs.squeeze(-1)  # (B, k)
-        # Mix the decoder states by the soft backpointers (both h and c of the LSTM).
-        h = soft_back @ state.h.view(B, k_old, -1)  # (B, k, H)
-        c = soft_back @ state.c.view(B, k_old, -1)  # (B, k, H)
         prev = (contrib @ label_matrix).view(B * k, -1)  # (B*k, E): e_{t+1,i} = a_i^T E
-        # Hard backpointers and labels (the MAP of each p_i), for soft beam decoding.
-        flat_best = p.view(B, k, k_old * V).argmax(dim=-1)  # (B, k)
-        back, label = flat_best // V, flat_best % V
+        back, label = flat_best // V, flat_best % V  # hard backpointers and labels, for decoding
 
         if t == 0:
             beam_scores, beam_costs = new_scores, new_costs
