@@ -11,7 +11,10 @@ dropout=0.25. --reference adds the soft-beam variants again, run through the pre
 implementation kept in tests/soft_beam_reference.py, interleaved with the others (before/after in
 one run).
 
-Speed: sentences/s of one training pass (forward + backward + Adam step), median of --repeats.
+Speed: sentences/s of one training pass (forward + backward + Adam step), median of --repeats,
+per wall-clock second and per CPU second of this process (the latter is steadier on a shared,
+oversubscribed machine: time spent descheduled does not count; with --threads 1 the two agree on an
+idle one).
 Memory: on CUDA, the allocator's peak per batch (torch.cuda.max_memory_allocated); on CPU, the
 bytes of tensors autograd saves for the backward pass (the activation memory that grows with k),
 taken with torch.autograd.graph.saved_tensors_hooks, the largest over the batches.
@@ -19,6 +22,7 @@ taken with torch.autograd.graph.saved_tensors_hooks, the largest over the batche
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -27,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference implementation
 
 from core.data import load_task, make_batches  # noqa: E402
 from core.objectives import hamming_cost  # noqa: E402
@@ -47,6 +52,36 @@ def saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
+VARIANTS = [("CE", "ce", 1), ("DL k=1", "dl", 1), ("DL k=3", "dl", 3), ("DL k=5", "dl", 5), ("hinge k=3", "hinge", 3)]
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["label_dim=64", "dropout=0.25"] -> {"label_dim": 64, "dropout": 0.25} (ints, floats, else strings)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--model: expected KEY=VALUE, got {item!r}")
+        for kind in (int, float):
+            try:
+                overrides[key] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key] = value
+    return overrides
+
+
+def reference_batch_loss(model, batch, config: TrainConfig, alpha: float, cost) -> torch.Tensor:
+    """`core.train.batch_loss` for dl / hinge through the pre-issue-13 implementation."""
+    import soft_beam_reference as reference
+
+    memory = model.encode(batch.words, batch.chars, batch.lengths)
+    per_sentence = reference.direct_loss if config.objective == "dl" else reference.soft_hinge_loss
+    return per_sentence(model, memory, batch.labels, config.beam_size, alpha, cost).sum() / batch.lengths.sum()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="synthetic")
@@ -56,6 +91,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="tagger size overrides (TaggerConfig fields), e.g. char_filters=0 label_dim=64")
+    parser.add_argument("--variants", default="", help="comma-separated subset of: " + ", ".join(n for n, _, _ in VARIANTS))
+    parser.add_argument("--reference", action="store_true", help="also time the pre-issue-13 soft beam (tests/soft_beam_reference.py)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,26 +102,32 @@ def main() -> None:
     device = resolve_device(args.device)
     task = load_task(args.task, args.data_root)
     seed_everything(0)
-    base = TrainConfig(task=args.task, out="/dev/null", data_root=args.data_root, progress=False)
+    overrides = parse_overrides(args.model)
+    base = TrainConfig(task=args.task, out="/dev/null", data_root=args.data_root, progress=False, model=overrides)
     model, vocabs = build_model(base, task)
     model.to(device)
     sentences = task.train[: args.sentences]
     batches = [b.to(device) for b in make_batches(sentences, vocabs, args.batch_size, shuffle=True, seed=0)]
-    variants = [("CE", "ce", 1), ("DL k=1", "dl", 1), ("DL k=3", "dl", 3), ("DL k=5", "dl", 5), ("hinge k=3", "hinge", 3)]
-    variants = [v for v in variants if v[2] <= model.n_labels]
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(chosen) - {n for n, _, _ in VARIANTS}
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}")
+    variants = [v for v in VARIANTS if (not chosen or v[0] in chosen) and v[2] <= model.n_labels]
+    if args.reference:
+        variants += [(f"{name} (before)", objective, k) for name, objective, k in variants if objective != "ce"]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def one_pass(config: TrainConfig) -> tuple[float, int]:
+    def one_pass(config: TrainConfig, loss_fn) -> tuple[float, float, int]:
         peak = 0
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for batch in batches:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated()
             holder = {}
-            measure = lambda: holder.setdefault("loss", batch_loss(model, batch, config, 1.0, hamming_cost))  # noqa: E731
+            measure = lambda: holder.setdefault("loss", loss_fn(model, batch, config, 1.0, hamming_cost))  # noqa: E731
             activation = saved_bytes(measure) if device.type == "cpu" else (measure(), 0)[1]
             optimizer.zero_grad(set_to_none=True)
             holder["loss"].backward()
@@ -92,25 +137,33 @@ def main() -> None:
             peak = max(peak, activation)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return len(sentences) / (time.perf_counter() - start), peak
+        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        return len(sentences) / wall, len(sentences) / cpu, peak
 
-    results: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in variants}
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name, _, _ in variants}
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
         for name, objective, k in variants:
             config = TrainConfig(task=args.task, out="/dev/null", objective=objective, beam_size=k, init="-", progress=False)
-            results[name].append(one_pass(config))
+            results[name].append(one_pass(config, reference_batch_loss if name.endswith("(before)") else batch_loss))
 
-    ce_speed = statistics.median(s for s, _ in results["CE"])
-    ce_memory = max(m for _, m in results["CE"])
+    ce_speed = statistics.median(s for s, _, _ in results["CE"])
+    ce_cpu = statistics.median(c for _, c, _ in results["CE"])
+    ce_memory = max(m for _, _, m in results["CE"])
     memory_kind = "CUDA peak allocated" if device.type == "cuda" else "autograd saved tensors"
+    tokens = sum(int(b.lengths.sum()) for b in batches)
     print(f"task={args.task} device={device} threads={torch.get_num_threads()} sentences={len(sentences)} "
-          f"batch={args.batch_size} labels={model.n_labels} repeats={args.repeats} memory={memory_kind}")
-    print("| objective | sentences/s | slowdown vs CE | peak memory per batch (MB) | memory vs CE |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+          f"tokens={tokens} batch={args.batch_size} labels={model.n_labels} repeats={args.repeats} memory={memory_kind}")
+    print(f"model={model.config}")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    print("| objective | sentences/s (wall) | slowdown vs CE | sentences per CPU-s | slowdown vs CE (CPU) "
+          "| peak memory per batch (MB) | memory vs CE |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, _, _ in variants:
-        speed = statistics.median(s for s, _ in results[name])
-        memory = max(m for _, m in results[name])
-        print(f"| {name} | {speed:,.0f} | {ce_speed / speed:.2f}x | {memory / 2**20:.1f} | {memory / ce_memory:.2f}x |")
+        speed = statistics.median(s for s, _, _ in results[name])
+        cpu = statistics.median(c for _, c, _ in results[name])
+        memory = max(m for _, _, m in results[name])
+        print(f"| {name} | {speed:,.0f} | {ce_speed / speed:.2f}x | {cpu:,.0f} | {ce_cpu / cpu:.2f}x "
+              f"| {memory / 2**20:.1f} | {memory / ce_memory:.2f}x |")
 
 
 if __name__ == "__main__":
