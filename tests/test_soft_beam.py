@@ -8,7 +8,8 @@ import torch
 
 from core.objectives import direct_loss, hamming_cost, hamming_o2_cost, soft_hinge_loss
 from core.search.beam import beam_search, greedy_decode
-from core.search.soft_beam import SoftTopKMix, continuous_top_k_argmax, soft_beam_search
+import core.search.soft_beam as soft_beam_module
+from core.search.soft_beam import SoftTopKMix, continuous_top_k_argmax, soft_beam_search, underflow_exponent
 from core.seq2seq import Memory
 import soft_beam_reference as reference
 from helpers import encode, tiny_tagger
@@ -249,3 +250,35 @@ class TestFusedAgainstReference:
             torch.testing.assert_close(fast.scores, scores)
             torch.testing.assert_close(fast.costs, costs)
             assert torch.equal(fast.labels, labels)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("alpha", [0.3, 1.0, 10.0, 1e4])
+    def test_sparse_gather_equals_dense(self, monkeypatch, dtype, alpha):
+        # Peaked candidates like a trained tagger's (spread over ~60 nats): the survivors of
+        # s~ >= m_k - sqrt(C / alpha) are gathered or not; values and gradients must agree.
+        g = torch.Generator().manual_seed(int(alpha * 10))
+        B, k_old, V, k = 5, 3, 40, 3
+        candidates = (torch.randn(B, k_old * V, generator=g, dtype=dtype) * 15).requires_grad_(True)
+        weights = [torch.randn(s, generator=g, dtype=dtype) for s in ((B, k, k_old), (B, k, V), (B, k))]
+        runs = []
+        for fraction in (1.0, -1.0):  # always gather / never gather
+            monkeypatch.setattr(soft_beam_module, "SPARSE_FRACTION", fraction)
+            outputs = SoftTopKMix.apply(candidates, k, k_old, alpha)
+            grad = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, outputs[:3])), candidates)[0]
+            runs.append((outputs, grad))
+        (sparse, sparse_grad), (dense, dense_grad) = runs
+        for a, b in zip(sparse, dense):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(sparse_grad, dense_grad)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_candidates_left_out_have_exactly_zero_probability(self, dtype):
+        # The claim the sparse gather rests on: past the radius, the dense p_i underflows to 0.
+        g = torch.Generator().manual_seed(5)
+        candidates = torch.randn(6, 300, generator=g, dtype=dtype) * 40
+        for alpha in (1.0, 7.0, 100.0):
+            p = continuous_top_k_argmax(candidates, 3, alpha)  # (6, 3, 300)
+            m_k = candidates.topk(3, dim=-1).values[:, -1:]  # (6, 1)
+            dropped = candidates < m_k - (underflow_exponent(dtype) / alpha) ** 0.5  # (6, 300)
+            assert dropped.any()
+            assert torch.equal(p.masked_select(dropped.unsqueeze(1)), torch.zeros((), dtype=dtype).expand(int(dropped.sum()) * 3))
