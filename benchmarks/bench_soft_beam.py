@@ -3,13 +3,15 @@ cross-entropy: same model, data and batches, measured side by side in one run.
 
     python benchmarks/bench_soft_beam.py --task synthetic [--data-root DIR] [--sentences 640]
         [--batch-size 32] [--repeats 3] [--device cpu|cuda] [--threads 1]
-        [--model KEY=VALUE ...] [--variants "CE,DL k=3"] [--reference]
+        [--model KEY=VALUE ...] [--variants "CE,DL k=3"] [--reference] [--init CKPT] [--alpha 1]
 
 --model overrides the tagger's sizes (TaggerConfig fields, as TrainConfig.model), e.g. the reduced
 CCG configuration: --model encoder_hidden=128 decoder_hidden=128 label_dim=64 char_filters=0
 dropout=0.25. --reference adds the soft-beam variants again, run through the pre-issue-13
 implementation kept in tests/soft_beam_reference.py, interleaved with the others (before/after in
-one run).
+one run). --init times a trained tagger (e.g. the CE checkpoint the soft-beam rows warm-start
+from): its peaked distributions let the soft beam gather only the candidates whose p_i do not
+underflow (core/search/soft_beam.py), which a fresh, near-uniform tagger never allows.
 
 Speed: sentences/s of one training pass (forward + backward + Adam step), median of --repeats,
 per wall-clock second and per CPU second of this process (the latter is steadier on a shared,
@@ -35,7 +37,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the re
 
 from core.data import load_task, make_batches  # noqa: E402
 from core.objectives import hamming_cost  # noqa: E402
-from core.train import TrainConfig, batch_loss, build_model, resolve_device, seed_everything  # noqa: E402
+from core.train import TrainConfig, batch_loss, build_model, load_tagger, resolve_device, seed_everything  # noqa: E402
 
 
 def saved_bytes(fn) -> int:
@@ -74,10 +76,12 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def reference_batch_loss(model, batch, config: TrainConfig, alpha: float, cost) -> torch.Tensor:
-    """`core.train.batch_loss` for dl / hinge through the pre-issue-13 implementation."""
+    """`core.train.batch_loss` for ce (gold feed) / dl / hinge through the pre-issue-13 implementation."""
     import soft_beam_reference as reference
 
     memory = model.encode(batch.words, batch.chars, batch.lengths)
+    if config.objective == "ce":
+        return reference.cross_entropy_loss(model, memory, batch.labels)
     per_sentence = reference.direct_loss if config.objective == "dl" else reference.soft_hinge_loss
     return per_sentence(model, memory, batch.labels, config.beam_size, alpha, cost).sum() / batch.lengths.sum()
 
@@ -94,6 +98,8 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                         help="tagger size overrides (TaggerConfig fields), e.g. char_filters=0 label_dim=64")
     parser.add_argument("--variants", default="", help="comma-separated subset of: " + ", ".join(n for n, _, _ in VARIANTS))
+    parser.add_argument("--init", default=None, help="time a trained tagger (a seq2seq checkpoint directory) instead of a fresh one")
+    parser.add_argument("--alpha", type=float, default=1.0, help="soft beam alpha (default 1, where a schedule starts)")
     parser.add_argument("--reference", action="store_true", help="also time the pre-issue-13 soft beam (tests/soft_beam_reference.py)")
     args = parser.parse_args()
     if args.threads:
@@ -104,7 +110,13 @@ def main() -> None:
     seed_everything(0)
     overrides = parse_overrides(args.model)
     base = TrainConfig(task=args.task, out="/dev/null", data_root=args.data_root, progress=False, model=overrides)
-    model, vocabs = build_model(base, task)
+    if args.init:
+        if args.model:
+            parser.error("--model and --init: the checkpoint fixes the sizes")
+        model, vocabs, _ = load_tagger(args.init, device=str(device))
+        model.train()  # dropout as in training
+    else:
+        model, vocabs = build_model(base, task)
     model.to(device)
     sentences = task.train[: args.sentences]
     batches = [b.to(device) for b in make_batches(sentences, vocabs, args.batch_size, shuffle=True, seed=0)]
@@ -114,7 +126,7 @@ def main() -> None:
         parser.error(f"--variants: unknown {sorted(unknown)}")
     variants = [v for v in VARIANTS if (not chosen or v[0] in chosen) and v[2] <= model.n_labels]
     if args.reference:
-        variants += [(f"{name} (before)", objective, k) for name, objective, k in variants if objective != "ce"]
+        variants += [(f"{name} (before)", objective, k) for name, objective, k in variants]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def one_pass(config: TrainConfig, loss_fn) -> tuple[float, float, int]:
@@ -127,7 +139,7 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated()
             holder = {}
-            measure = lambda: holder.setdefault("loss", loss_fn(model, batch, config, 1.0, hamming_cost))  # noqa: E731
+            measure = lambda: holder.setdefault("loss", loss_fn(model, batch, config, args.alpha, hamming_cost))  # noqa: E731
             activation = saved_bytes(measure) if device.type == "cpu" else (measure(), 0)[1]
             optimizer.zero_grad(set_to_none=True)
             holder["loss"].backward()
@@ -146,22 +158,24 @@ def main() -> None:
             config = TrainConfig(task=args.task, out="/dev/null", objective=objective, beam_size=k, init="-", progress=False)
             results[name].append(one_pass(config, reference_batch_loss if name.endswith("(before)") else batch_loss))
 
-    ce_speed = statistics.median(s for s, _, _ in results["CE"])
-    ce_cpu = statistics.median(c for _, c, _ in results["CE"])
-    ce_memory = max(m for _, _, m in results["CE"])
+    def summary(name: str) -> tuple[float, float, int]:  # median wall speed, median CPU speed, peak memory
+        runs = results[name]
+        return statistics.median(s for s, _, _ in runs), statistics.median(c for _, c, _ in runs), max(m for _, _, m in runs)
+
     memory_kind = "CUDA peak allocated" if device.type == "cuda" else "autograd saved tensors"
     tokens = sum(int(b.lengths.sum()) for b in batches)
     print(f"task={args.task} device={device} threads={torch.get_num_threads()} sentences={len(sentences)} "
-          f"tokens={tokens} batch={args.batch_size} labels={model.n_labels} repeats={args.repeats} memory={memory_kind}")
+          f"tokens={tokens} batch={args.batch_size} labels={model.n_labels} repeats={args.repeats} memory={memory_kind} "
+          f"alpha={args.alpha} init={args.init or 'fresh'}")
     print(f"model={model.config}")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    print("Ratios against CE; a '(before)' row against CE (before), the pre-issue-13 code throughout.")
     print("| objective | sentences/s (wall) | slowdown vs CE | sentences per CPU-s | slowdown vs CE (CPU) "
           "| peak memory per batch (MB) | memory vs CE |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, _, _ in variants:
-        speed = statistics.median(s for s, _, _ in results[name])
-        cpu = statistics.median(c for _, c, _ in results[name])
-        memory = max(m for _, _, m in results[name])
+        ce_speed, ce_cpu, ce_memory = summary("CE (before)" if name.endswith("(before)") else "CE")
+        speed, cpu, memory = summary(name)
         print(f"| {name} | {speed:,.0f} | {ce_speed / speed:.2f}x | {cpu:,.0f} | {ce_cpu / cpu:.2f}x "
               f"| {memory / 2**20:.1f} | {memory / ce_memory:.2f}x |")
 

@@ -103,3 +103,16 @@ def soft_hinge_loss(model, memory, gold, beam_size, alpha, cost):
     table = cost(gold, model.n_labels).to(memory.states.dtype) * memory.mask.unsqueeze(-1)  # (B, T, V)
     scores, _, _ = soft_beam_search(model, memory, beam_size, alpha, cost_table=table, cost_augmented=True)
     return torch.relu(pick_softly(scores, scores, alpha) - sequence_score(model, memory, gold))
+
+
+def cross_entropy_loss(model, memory, labels):
+    """Token-level CE through the old step (teacher forcing with gold labels): a scalar."""
+    B, T = labels.shape
+    state, prev, out = model.initial_state(B), model.start_embedding(B), []
+    for t in range(T):
+        state, scores = step(model, state, prev, t, memory)  # (B, L)
+        out.append(scores)
+        prev = model.embed_labels(labels[:, t].clamp(min=0))
+    scores = torch.stack(out, dim=1)  # (B, T, L)
+    targets = labels.masked_fill(~memory.mask, -1)  # (B, T)
+    return torch.nn.functional.nll_loss(scores.flatten(0, 1), targets.flatten(), ignore_index=-1)

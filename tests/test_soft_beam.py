@@ -282,3 +282,22 @@ class TestFusedAgainstReference:
             dropped = candidates < m_k - (underflow_exponent(dtype) / alpha) ** 0.5  # (6, 300)
             assert dropped.any()
             assert torch.equal(p.masked_select(dropped.unsqueeze(1)), torch.zeros((), dtype=dtype).expand(int(dropped.sum()) * 3))
+
+    def test_cross_entropy_matches_reference(self, float64):
+        # teacher_forced_scores now goes through the step cache too (split output projection).
+        model = tiny_tagger(n_labels=6, seed=25).train()
+        from helpers import tiny_inputs
+        from core.objectives import cross_entropy_loss
+
+        lengths = [5, 2, 4]
+        words, chars, lengths_t = tiny_inputs(lengths, seed=26)
+        gold = _gold(lengths, 6, seed=5)
+        results = []
+        for fn in (cross_entropy_loss, reference.cross_entropy_loss):
+            model.zero_grad()
+            loss = fn(model, model.encode(words, chars, lengths_t), gold)
+            loss.backward()
+            results.append((loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}))
+        torch.testing.assert_close(results[0][0], results[1][0])
+        for name, grad in results[1][1].items():
+            torch.testing.assert_close(results[0][1][name], grad, msg=name)
