@@ -206,7 +206,7 @@ def soft_beam_search(
         mixed = soft_back @ torch.cat([state.h.view(B, k_old, -1), state.c.view(B, k_old, -1), beam_costs.unsqueeze(-1)], dim=-1)  # (B, k, 2H+1)
         h, c, new_costs = mixed.split([state.h.shape[-1], state.c.shape[-1], 1], dim=-1)  # (B, k, H), (B, k, H), (B, k, 1)
         if d is not None and not cost_augmented:
-            new_costs = new_costs + contrib @ d.transpose(1, 2)  # + a_i . D~_t
+            new_costs = new_costs + (contrib * d).sum(dim=-1, keepdim=True)  # + a_i . D~_t (a matrix-vector bmm is ~8x slower)
         new_costs = new_costs.squeeze(-1)  # (B, k)
         prev = (contrib @ label_matrix).view(B * k, -1)  # (B*k, E): e_{t+1,i} = a_i^T E
         back, label = flat_best // V, flat_best % V  # hard backpointers and labels, for decoding
