@@ -62,6 +62,22 @@ def underflow_exponent(dtype: torch.dtype) -> float:
     return -math.log(info.tiny * info.eps) + 2.0
 
 
+def _gather_survivors(candidates, keep, counts, K, pad):
+    """Pack each row's surviving candidates to the front of a (B, K) tensor, in order:
+    candidates (B, n), keep (B, n) bool, counts (B,) = keep.sum(-1), K = counts.max(), pad (B, 1)
+    -> values (B, K), index (B, K) long. Rows with fewer than K survivors are padded with value
+    `pad` (far enough below m_k that every p_i is exactly 0 there too) and index 0.
+    (A cumulative count and one nonzero: ~5x cheaper here than topk(K) over the n candidates.)"""
+    B = candidates.shape[0]
+    rows, cols = keep.nonzero(as_tuple=True)  # (S,) each, row-major
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]  # (S,) place in its row
+    values = pad.expand(B, K).clone()  # (B, K)
+    values[rows, slot] = candidates[rows, cols]
+    index = torch.zeros(B, K, dtype=torch.long, device=rows.device)  # (B, K)
+    index[rows, slot] = cols
+    return values, index
+
+
 SPARSE_FRACTION = 0.25  # gather the surviving candidates when at most this share of n survives
 
 
@@ -101,9 +117,11 @@ class SoftTopKMix(torch.autograd.Function):
         V = n // k_old
         m, top = candidates.topk(k, dim=-1)  # (B, k) values m_i and indices
         radius = math.sqrt(underflow_exponent(candidates.dtype) / alpha)
-        K = int((candidates >= m[:, -1:] - radius).sum(dim=-1).max())  # survivors in the fullest row
+        keep = candidates >= m[:, -1:] - radius  # (B, n): survivors
+        counts = keep.sum(dim=-1)  # (B,)
+        K = int(counts.max())  # survivors in the fullest row
         if K <= SPARSE_FRACTION * n:
-            values, index = candidates.topk(K, dim=-1, sorted=False)  # (B, K): all survivors (and a few zeros)
+            values, index = _gather_survivors(candidates, keep, counts, K, m[:, -1:] - 2 * radius)  # (B, K)
         else:
             values, index = candidates, None  # (B, n)
         p = _peaked_softmax(values, m, alpha)  # (B, k, K or n): p_i
@@ -111,7 +129,7 @@ class SoftTopKMix(torch.autograd.Function):
             p4 = p.view(B, k, k_old, V)  # (B, k, k_old, V)
             back = p4.sum(dim=-1)  # (B, k, k_old)
             contrib = p4.sum(dim=2)  # (B, k, V)
-        else:
+        else:  # padding slots add p = 0 at index 0
             entry, label = (index // V).unsqueeze(1).expand_as(p), (index % V).unsqueeze(1).expand_as(p)  # (B, k, K)
             back = p.new_zeros(B, k, k_old).scatter_add_(2, entry, p)  # (B, k, k_old)
             contrib = p.new_zeros(B, k, V).scatter_add_(2, label, p)  # (B, k, V)
@@ -144,7 +162,8 @@ class SoftTopKMix(torch.autograd.Function):
         g_values = (g_scores.unsqueeze(-1) * p).sum(dim=1)  # (B, K or n): sum_i gs_i p_i
         gz *= values.unsqueeze(1) - m.unsqueeze(2)  # (B, k, K or n): gz_i (s~ - m_i)
         g_values.add_(gz.sum(dim=1), alpha=-2.0 * alpha)  # (B, K or n)
-        g_candidates = g_values if index is None else g_values.new_zeros(B, n).scatter_(1, index, g_values)  # (B, n)
+        # scatter_add: padding slots point at index 0 with a gradient of exactly 0
+        g_candidates = g_values if index is None else g_values.new_zeros(B, n).scatter_add_(1, index, g_values)  # (B, n)
         g_candidates.scatter_add_(1, top, gz.sum(dim=-1).mul_(2.0 * alpha))  # dm_i onto s~[top_i]
         return g_candidates, None, None, None
 
