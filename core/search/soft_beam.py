@@ -222,10 +222,11 @@ def soft_beam_search(
         # b~_i (B, k, k_old), a_i (B, k, V), sum(s~_t * p_i) (B, k), MAP of p_i (B, k)
         soft_back, contrib, new_scores, flat_best = SoftTopKMix.apply(candidates.view(B, k_old * V), k, k_old, alpha)
         # One bmm mixes, by the soft backpointers, the decoder states h and c and the costs D_t.
-        mixed = soft_back @ torch.cat([state.h.view(B, k_old, -1), state.c.view(B, k_old, -1), beam_costs.unsqueeze(-1)], dim=-1)  # (B, k, 2H+1)
+        entries = torch.cat([state.h.view(B, k_old, -1), state.c.view(B, k_old, -1), beam_costs.unsqueeze(-1)], dim=-1)
+        mixed = soft_back @ entries  # (B, k, 2H+1): sum_j b~_i[j] [h_j; c_j; D_t,j]
         h, c, new_costs = mixed.split([state.h.shape[-1], state.c.shape[-1], 1], dim=-1)  # (B, k, H), (B, k, H), (B, k, 1)
         if d is not None and not cost_augmented:
-            new_costs = new_costs + (contrib * d).sum(dim=-1, keepdim=True)  # + a_i . D~_t (a matrix-vector bmm is ~8x slower)
+            new_costs = new_costs + (contrib * d).sum(dim=-1, keepdim=True)  # + a_i . D~_t (not a slow matrix-vector bmm)
         new_costs = new_costs.squeeze(-1)  # (B, k)
         prev = (contrib @ label_matrix).view(B * k, -1)  # (B*k, E): e_{t+1,i} = a_i^T E
         back, label = flat_best // V, flat_best % V  # hard backpointers and labels, for decoding
