@@ -79,6 +79,17 @@ class TestSoftBeamSearch:
         assert torch.equal(soft.labels, hard.labels)
         torch.testing.assert_close(soft.scores, hard.beam_scores, rtol=1e-6, atol=1e-6)
 
+    @pytest.mark.parametrize("attention", ["general", "mlp"])
+    def test_hard_limit_with_learned_attention(self, float64, attention):
+        # Learned attention has no step cache: the search reads the (B*k, T, S) repeated memory.
+        model = tiny_tagger(n_labels=5, attention=attention, seed=17)
+        memory = encode(model, [5, 2, 4], seed=18)
+        assert model.step_cache(memory) is None
+        hard = beam_search(model, memory, beam_size=3)
+        soft = soft_beam_search(model, memory, 3, HARD)
+        assert torch.equal(soft.labels, hard.labels)
+        torch.testing.assert_close(soft.scores, hard.beam_scores, rtol=1e-6, atol=1e-6)
+
     def test_k1_hard_limit_is_greedy(self, float64):
         model = tiny_tagger(n_labels=4, seed=3)
         memory = encode(model, [5, 2, 4], seed=4)
