@@ -57,13 +57,13 @@ def saved_bytes(fn) -> int:
 VARIANTS = [("CE", "ce", 1), ("DL k=1", "dl", 1), ("DL k=3", "dl", 3), ("DL k=5", "dl", 5), ("hinge k=3", "hinge", 3)]
 
 
-def parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict:
     """["label_dim=64", "dropout=0.25"] -> {"label_dim": 64, "dropout": 0.25} (ints, floats, else strings)."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--model: expected KEY=VALUE, got {item!r}")
+            parser.error(f"--model: expected KEY=VALUE, got {item!r}")
         for kind in (int, float):
             try:
                 overrides[key] = kind(value)
@@ -108,7 +108,7 @@ def main() -> None:
     device = resolve_device(args.device)
     task = load_task(args.task, args.data_root)
     seed_everything(0)
-    overrides = parse_overrides(args.model)
+    overrides = parse_overrides(args.model, parser)
     base = TrainConfig(task=args.task, out="/dev/null", data_root=args.data_root, progress=False, model=overrides)
     if args.init:
         if args.model:
@@ -116,7 +116,10 @@ def main() -> None:
         model, vocabs, _ = load_tagger(args.init, device=str(device))
         model.train()  # dropout as in training
     else:
-        model, vocabs = build_model(base, task)
+        try:
+            model, vocabs = build_model(base, task)
+        except (TypeError, ValueError) as error:  # a bad --model field or value
+            parser.error(f"--model: {error}")
     model.to(device)
     sentences = task.train[: args.sentences]
     batches = [b.to(device) for b in make_batches(sentences, vocabs, args.batch_size, shuffle=True, seed=0)]
