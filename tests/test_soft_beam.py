@@ -8,8 +8,10 @@ import torch
 
 from core.objectives import direct_loss, hamming_cost, hamming_o2_cost, soft_hinge_loss
 from core.search.beam import beam_search, greedy_decode
-from core.search.soft_beam import continuous_top_k_argmax, soft_beam_search
+import core.search.soft_beam as soft_beam_module
+from core.search.soft_beam import SoftTopKMix, continuous_top_k_argmax, soft_beam_search, underflow_exponent
 from core.seq2seq import Memory
+import soft_beam_reference as reference
 from helpers import encode, tiny_tagger
 
 HARD = 1e12  # "alpha -> infinity" in float64: resolves candidate near-ties down to ~3e-6 apart
@@ -72,6 +74,17 @@ class TestSoftBeamSearch:
         model = tiny_tagger(n_labels=5, seed=seed)
         lengths = [6, 3, 1, 5]
         memory = encode(model, lengths, seed=seed + 10)
+        hard = beam_search(model, memory, beam_size=3)
+        soft = soft_beam_search(model, memory, 3, HARD)
+        assert torch.equal(soft.labels, hard.labels)
+        torch.testing.assert_close(soft.scores, hard.beam_scores, rtol=1e-6, atol=1e-6)
+
+    @pytest.mark.parametrize("attention", ["general", "mlp"])
+    def test_hard_limit_with_learned_attention(self, float64, attention):
+        # Learned attention has no step cache: the search reads the (B*k, T, S) repeated memory.
+        model = tiny_tagger(n_labels=5, attention=attention, seed=17)
+        memory = encode(model, [5, 2, 4], seed=18)
+        assert model.step_cache(memory) is None
         hard = beam_search(model, memory, beam_size=3)
         soft = soft_beam_search(model, memory, 3, HARD)
         assert torch.equal(soft.labels, hard.labels)
@@ -179,3 +192,123 @@ class TestSoftHingeLoss:
             model.output.bias.zero_()
         gold = greedy_decode(model, memory).labels
         assert soft_hinge_loss(model, memory, gold, 2, HARD).item() == pytest.approx(0.0, abs=1e-9)
+
+
+class TestFusedAgainstReference:
+    """The issue-13 implementation (fused top-k-argmax node, split output projection, one mixing
+    bmm) against the pre-issue-13 formulas kept in tests/soft_beam_reference.py: same values, same
+    gradients for every parameter, at soft and hard alphas, for both losses."""
+
+    @pytest.mark.parametrize("k_old,k,alpha", [(1, 3, 1.0), (3, 3, 0.7), (2, 4, 5.0), (3, 1, 1.0), (3, 2, 1e6)])
+    def test_soft_top_k_mix_matches_algorithm_2(self, float64, k_old, k, alpha):
+        g = torch.Generator().manual_seed(k_old * 10 + k)
+        B, V = 4, 6
+        candidates = (torch.randn(B, k_old * V, generator=g) * 2).requires_grad_(True)
+        back, contrib, scores, top = SoftTopKMix.apply(candidates, k, k_old, alpha)
+        p = continuous_top_k_argmax(candidates, k, alpha).view(B, k, k_old, V)
+        expected = (p.sum(-1), p.sum(2), (p * candidates.view(B, 1, k_old, V)).sum(dim=(-1, -2)))
+        for got, want in zip((back, contrib, scores), expected):
+            torch.testing.assert_close(got, want)
+        assert torch.equal(top, candidates.topk(k, dim=-1).indices)
+        weights = [torch.randn(x.shape, generator=g) for x in expected]
+        grad = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, (back, contrib, scores))), candidates)[0]
+        want = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, expected)), candidates)[0]
+        torch.testing.assert_close(grad, want)
+
+    def test_soft_top_k_mix_gradcheck(self, float64):
+        candidates = torch.randn(3, 2 * 5, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda s: SoftTopKMix.apply(s, 3, 2, 1.5)[:3], (candidates,))
+
+    def test_soft_top_k_mix_partial_outputs(self, float64):
+        # Only some outputs used: autograd passes None for the others.
+        candidates = torch.randn(2, 8, requires_grad=True)
+        back, _, _, _ = SoftTopKMix.apply(candidates, 2, 2, 2.0)
+        grad = torch.autograd.grad(back[..., 0].sum(), candidates)[0]
+        p = continuous_top_k_argmax(candidates, 2, 2.0).view(2, 2, 2, 4)
+        torch.testing.assert_close(grad, torch.autograd.grad(p.sum(-1)[..., 0].sum(), candidates)[0])
+
+    @pytest.mark.parametrize("objective", ["dl", "hinge"])
+    @pytest.mark.parametrize("alpha", [0.5, 3.0, HARD])
+    def test_losses_and_gradients_match_reference(self, float64, objective, alpha):
+        model = tiny_tagger(n_labels=6, seed=21).train()
+        from helpers import tiny_inputs
+
+        lengths = [5, 2, 4, 1]
+        words, chars, lengths_t = tiny_inputs(lengths, seed=22)
+        gold = _gold(lengths, 6, seed=3)
+        fast_fn, ref_fn = (direct_loss, reference.direct_loss) if objective == "dl" else (soft_hinge_loss, reference.soft_hinge_loss)
+        results = []
+        for fn in (fast_fn, ref_fn):
+            model.zero_grad()
+            loss = fn(model, model.encode(words, chars, lengths_t), gold, 3, alpha, hamming_cost)  # (B,)
+            loss.sum().backward()
+            results.append((loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}))
+        (fast, fast_grads), (ref, ref_grads) = results
+        torch.testing.assert_close(fast, ref)
+        assert fast_grads.keys() == ref_grads.keys()
+        for name in ref_grads:
+            torch.testing.assert_close(fast_grads[name], ref_grads[name], msg=name)
+
+    def test_search_matches_reference_in_float32(self):
+        # The training dtype: scores, costs and labels agree with the unfused search.
+        model = tiny_tagger(n_labels=7, seed=23)
+        lengths = [6, 3, 5]
+        memory = encode(model, lengths, seed=24)
+        table = hamming_cost(_gold(lengths, 7, seed=4), 7) * memory.mask.unsqueeze(-1)
+        for alpha in (1.0, 10.0):
+            fast = soft_beam_search(model, memory, 3, alpha, cost_table=table)
+            scores, costs, labels = reference.soft_beam_search(model, memory, 3, alpha, cost_table=table)
+            torch.testing.assert_close(fast.scores, scores)
+            torch.testing.assert_close(fast.costs, costs)
+            assert torch.equal(fast.labels, labels)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("alpha", [0.3, 1.0, 10.0, 1e4])
+    def test_sparse_gather_equals_dense(self, monkeypatch, dtype, alpha):
+        # Peaked candidates like a trained tagger's (spread over ~60 nats): the survivors of
+        # s~ >= m_k - sqrt(C / alpha) are gathered or not; values and gradients must agree.
+        g = torch.Generator().manual_seed(int(alpha * 10))
+        B, k_old, V, k = 5, 3, 40, 3
+        candidates = (torch.randn(B, k_old * V, generator=g, dtype=dtype) * 15).requires_grad_(True)
+        weights = [torch.randn(s, generator=g, dtype=dtype) for s in ((B, k, k_old), (B, k, V), (B, k))]
+        runs = []
+        for fraction in (1.0, -1.0):  # always gather / never gather
+            monkeypatch.setattr(soft_beam_module, "SPARSE_FRACTION", fraction)
+            outputs = SoftTopKMix.apply(candidates, k, k_old, alpha)
+            grad = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, outputs[:3])), candidates)[0]
+            runs.append((outputs, grad))
+        (sparse, sparse_grad), (dense, dense_grad) = runs
+        for a, b in zip(sparse, dense):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(sparse_grad, dense_grad)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_candidates_left_out_have_exactly_zero_probability(self, dtype):
+        # The claim the sparse gather rests on: past the radius, the dense p_i underflows to 0.
+        g = torch.Generator().manual_seed(5)
+        candidates = torch.randn(6, 300, generator=g, dtype=dtype) * 40
+        for alpha in (1.0, 7.0, 100.0):
+            p = continuous_top_k_argmax(candidates, 3, alpha)  # (6, 3, 300)
+            m_k = candidates.topk(3, dim=-1).values[:, -1:]  # (6, 1)
+            dropped = candidates < m_k - (underflow_exponent(dtype) / alpha) ** 0.5  # (6, 300)
+            assert dropped.any()
+            assert torch.equal(p.masked_select(dropped.unsqueeze(1)), torch.zeros((), dtype=dtype).expand(int(dropped.sum()) * 3))
+
+    def test_cross_entropy_matches_reference(self, float64):
+        # teacher_forced_scores now goes through the step cache too (split output projection).
+        model = tiny_tagger(n_labels=6, seed=25).train()
+        from helpers import tiny_inputs
+        from core.objectives import cross_entropy_loss
+
+        lengths = [5, 2, 4]
+        words, chars, lengths_t = tiny_inputs(lengths, seed=26)
+        gold = _gold(lengths, 6, seed=5)
+        results = []
+        for fn in (cross_entropy_loss, reference.cross_entropy_loss):
+            model.zero_grad()
+            loss = fn(model, model.encode(words, chars, lengths_t), gold)
+            loss.backward()
+            results.append((loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}))
+        torch.testing.assert_close(results[0][0], results[1][0])
+        for name, grad in results[1][1].items():
+            torch.testing.assert_close(results[0][1][name], grad, msg=name)
