@@ -79,6 +79,9 @@ def _gather_survivors(candidates, keep, counts, K, pad):
 
 
 SPARSE_FRACTION = 0.25  # gather the surviving candidates when at most this share of n survives
+# Devices whose survivor count is read on the host for free (tensors in host memory). Elsewhere
+# reading it would stall the device at every step, so the exact dense path runs instead.
+SPARSE_DEVICES = ("cpu",)
 
 
 class SoftTopKMix(torch.autograd.Function):
@@ -119,7 +122,8 @@ class SoftTopKMix(torch.autograd.Function):
         radius = math.sqrt(underflow_exponent(candidates.dtype) / alpha)
         keep = candidates >= m[:, -1:] - radius  # (B, n): survivors
         counts = keep.sum(dim=-1)  # (B,)
-        K = int(counts.max())  # survivors in the fullest row
+        # Reading K is a host sync on a GPU, once per step: there the dense path runs (no sync).
+        K = int(counts.max()) if candidates.device.type in SPARSE_DEVICES else n  # survivors in the fullest row
         if K <= SPARSE_FRACTION * n:
             values, index = _gather_survivors(candidates, keep, counts, K, m[:, -1:] - 2 * radius)  # (B, K)
         else:
