@@ -315,6 +315,7 @@ def sweep(
         spec_obj = load_spec(spec, storage) if resume is None else None
     except SpecError as error:
         _spec_errors(error)
+    from storage.db import TrackingStoreError
     from sweeps.launch import SweepError, load_sweep_spec, run_sweep
 
     try:
@@ -323,7 +324,7 @@ def sweep(
                             resume=resume is not None, verbose=0 if quiet else 1)
     except SpecError as error:
         _spec_errors(error)
-    except SweepError as error:
+    except (SweepError, TrackingStoreError) as error:
         fail(str(error))
     from storage.tracking import ui_command
 

@@ -111,45 +111,37 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
 
 class MlflowSweepCallback(Callback):
-    """Ends a trial's child run when the trial ends but could not end it itself: stopped by the
-    scheduler while its thread was gone, or lost with its node / worker (FAILED, with Ray's error).
-    Also logs the best checkpoint of early-stopped trials when the trial did not get to."""
+    """Counts every start of every trial (storage.tracking.record_start: Ray's starts, also those
+    that die before the trial's own code runs), says once when the tracking server does not answer,
+    and ends a trial's child run when the trial ends but could not end it itself: stopped by the
+    scheduler while its thread was gone (with its best checkpoint), or lost with its node / worker
+    (FAILED, with Ray's error). All journaled (storage.spool): the driver never waits on tracking."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, directory: Path, sweep: str):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.journals = tracking.spool_dir(directory)
+        self.warning = tracking.UnreachableWarning(uri, self.journals, sweep)
 
-    def _run(self, trial):
-        try:
-            return tracking.find_trial_run(self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
-        except Exception:  # tracking trouble must not stop the sweep
-            return None
+    def _ids(self, trial) -> tuple:
+        return self.uri, self.journals, self.experiment_id, self.parent_run_id, trial.trial_id, str(trial)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tracking.record_start(*self._ids(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.warning.check(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run = self._run(trial)
-        if run is None or run.info.status != "RUNNING":
-            return
-        try:
-            trial_run = tracking.TrialRun(self.uri, run.info.run_id)
-            trial_run.set_tags({tracking.STOPPED_TAG: "true"})
-            checkpoint = trial.checkpoint
-            if checkpoint is not None:
-                from storage.best import BEST_SUBDIR, model_files
+        files = None
+        if trial.checkpoint is not None:
+            from storage.best import BEST_SUBDIR, model_files
 
-                best = Path(checkpoint.path) / BEST_SUBDIR
-                if (best / "checkpoint.json").is_file():
-                    trial_run.log_files(model_files(best), tracking.CHECKPOINT_ARTIFACT)
-            trial_run.finish("FINISHED")
-        except Exception:
-            pass
+            best = Path(trial.checkpoint.path) / BEST_SUBDIR
+            files = model_files(best) if (best / "checkpoint.json").is_file() else None
+        tracking.settle(*self._ids(trial), "FINISHED", stopped=True, files=files)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run = self._run(trial)
-        if run is None or run.info.status == "FAILED":
-            return
-        try:
-            tracking.end_run(self.uri, run.info.run_id, "FAILED", _trial_error(trial))
-        except Exception:
-            pass
+        tracking.settle(*self._ids(trial), "FAILED", _trial_error(trial))
 
 
 def _trial_error(trial) -> str:
@@ -321,6 +313,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": uri,
                "experiment_id": experiment_id, "parent_run_id": parent_run_id, "warm_start": state.get("warm_start"),
                "git_commit": state.get("git_commit")}
+    context["spool_dir"] = str(tracking.spool_dir(directory))  # trials' MLflow journals (storage.spool)
     if not spec.data_root and spec.task == "synthetic":
         context["data_root"] = None
 
@@ -347,13 +340,14 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                                                             checkpoint_score_attribute=spec.metric,
                                                             checkpoint_score_order=spec.mode),
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    callbacks=[MlflowSweepCallback(uri, experiment_id, parent_run_id)]))
+                    callbacks=[MlflowSweepCallback(uri, experiment_id, parent_run_id, directory, spec.name)]))
         try:
             results = tuner.fit()
-        except BaseException:
-            tracking.end_run(uri, parent_run_id, "KILLED")
+        except BaseException:  # journaled: a tracking error must not hide this one
+            tracking.parent_run(uri, tracking.spool_dir(directory), parent_run_id).finish("KILLED")
             raise
         statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
+        names = {t.trial_id: (str(t), t.status) for t in results._experiment_analysis.trials}
         errors = {t.trial_id: str(t.get_error() or "trial failed") for t in results._experiment_analysis.trials
                   if t.status == "ERROR"}
     finally:
@@ -366,35 +360,17 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     began = time.perf_counter()
     # The trials of this sweep as Ray knows them (storage.best ignores folders of other trials).
     (directory / TRIALS_FILE).write_text(json.dumps(statuses, indent=1))
-    # No child run may stay RUNNING: settle any that a lost worker left behind.
-    unfinished = [tid for tid, status in statuses.items() if status not in ("TERMINATED", "ERROR")]
-    for run in tracking.child_runs(uri, experiment_id, parent_run_id):
-        tid = run.data.tags.get(tracking.TRIAL_TAG)
-        if tid not in statuses:
-            # A trial started after Ray's last snapshot of a killed driver: the restored sweep does
-            # not know it (its searcher sampled a replacement), so its partial run goes too.
-            tracking.end_run(uri, run.info.run_id, "KILLED", "orphaned: its sweep driver was killed before Ray "
-                             "recorded this trial; the resumed sweep ran a new trial instead")
-            tracking.client(uri).delete_run(run.info.run_id)
-        elif run.info.status == "RUNNING":
-            if tid in errors:
-                tracking.end_run(uri, run.info.run_id, "FAILED", errors[tid].splitlines()[-1] if errors[tid] else None)
-            elif tid in unfinished:
-                tracking.end_run(uri, run.info.run_id, "KILLED")
-            else:
-                tracking.end_run(uri, run.info.run_id, "FINISHED")
     try:
         best = best_checkpoint(root, spec.name)
     except SweepNotFound:
         best = None
-    c = tracking.client(uri)
+    summary = {"beamtune.trials": len(statuses), "beamtune.errors": len(errors)}
     if best is not None:
-        c.log_metric(parent_run_id, f"best_{spec.metric}", best.value)
-        c.set_tag(parent_run_id, "beamtune.best_trial", best.trial_name)
-        c.set_tag(parent_run_id, "beamtune.best_checkpoint", str(best.checkpoint))
-    c.set_tag(parent_run_id, "beamtune.trials", str(len(statuses)))
-    c.set_tag(parent_run_id, "beamtune.errors", str(len(errors)))
-    tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")
+        summary.update({"beamtune.best_trial": best.trial_name, "beamtune.best_checkpoint": str(best.checkpoint)})
+    # No child run may stay RUNNING; a tracking server that is down by now costs one line (replay later).
+    tracking.finish_sweep(uri, tracking.spool_dir(directory), experiment_id, parent_run_id, names, errors, summary,
+                          {f"best_{spec.metric}": best.value} if best is not None else {},
+                          tracking.UnreachableWarning(uri, tracking.spool_dir(directory), spec.name))
     phases["finish"] = time.perf_counter() - began
     return SweepOutcome(spec.name, directory, uri, experiment_id, parent_run_id, best, len(statuses), len(errors),
                         statuses, time.perf_counter() - start, phases)

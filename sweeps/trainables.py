@@ -75,7 +75,8 @@ def open_trial_run(config: dict[str, Any], context: dict[str, Any], trial_id: st
     run = tracking.TrialRun.open(
         context["tracking_uri"], context["experiment_id"], context["parent_run_id"], trial_id, trial_name, run_id,
         tags={tracking.SWEEP_TAG: context["sweep"], "beamtune.stage": context["stage"], "beamtune.task": context["task"],
-              "beamtune.seed": str(config.get("seed", 0)), "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
+              "beamtune.seed": str(config.get("seed", 0)), "mlflow.source.git.commit": context.get("git_commit") or "unknown"},
+        spool_directory=context["spool_dir"])
     run.log_params(config)
     return run
 
@@ -144,9 +145,8 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                      "time": time.time()})
 
     run = open_trial_run(config, context, trial_id, trial_name, info.get("mlflow_run_id"))
-    # Attempts that died before their first checkpoint are only counted here, not in the sidecar.
-    attempt = max(len(attempts), int(run.client.get_run(run.run_id).data.tags.get("beamtune.attempts", 0)) + 1)
-    run.set_tags({"beamtune.attempts": attempt, "beamtune.resumed_from_epoch": start_epoch})
+    # Starts are counted by the driver (every start Ray makes: tracking.record_start).
+    run.set_tags({"beamtune.resumed_from_epoch": start_epoch})
 
     # A NaN loss is deterministic given the checkpoint: a retry from the same checkpoint would hit
     # it again, so it fails at once with the first attempt's message.
@@ -160,7 +160,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     # Epochs this run already logged: an attempt killed after logging an epoch but before Ray
     # registered its checkpoint repeats that epoch, exactly (core resumes exactly), so it is not
     # logged twice.
-    logged = {m.step for m in run.client.get_metric_history(run.run_id, "epoch")} if attempt > 1 else set()
+    logged = run.logged_steps("epoch")  # from the trial's journal, which survives retries on any node
 
     def report(epoch: int, metrics: dict[str, float], last: Path | None) -> None:
         if epoch not in logged:
