@@ -339,6 +339,26 @@ def sweep(
 
 
 @app.command()
+def sync(
+    sweep_name: str = typer.Option(..., "--sweep", help="Sweep name (its folder under the sweep storage)."),
+    storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=SWEEP_STORAGE_HELP),
+) -> None:
+    """Replay the MLflow writes a sweep journaled while its tracking server did not answer."""
+    from storage import tracking
+    from storage.best import SWEEP_FILE, sweep_dir
+
+    directory = sweep_dir(storage, sweep_name)
+    if not (directory / SWEEP_FILE).is_file():
+        fail(f"no sweep named {sweep_name!r} in {directory.parent} ({SWEEP_FILE} missing)")
+    uri = json.loads((directory / SWEEP_FILE).read_text())["tracking_uri"]
+    failing = tracking.replay_all(uri, tracking.spool_dir(directory))
+    if failing:
+        key, error = next(iter(failing.items()))
+        fail(f"MLflow tracking at {uri} still does not answer ({key}: {error}); {len(failing)} run(s) still pending")
+    typer.echo(f"sweep {sweep_name}: every journaled MLflow write is in {uri}")
+
+
+@app.command()
 def best(
     sweep_name: str = typer.Option(..., "--sweep", help="Sweep name (its folder under the sweep storage)."),
     metric: Optional[str] = typer.Option(None, help="Rank by this reported metric (default: the sweep's)."),
