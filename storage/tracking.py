@@ -171,8 +171,28 @@ def _resolve_run(c, run: dict[str, Any]) -> str:
     return created.info.run_id
 
 
+# MLflow's answers that replaying the same operation again cannot change (a changed parameter
+# value, a run deleted meanwhile): the operation is set aside in KEY.rejected, with one line on
+# stderr, so that it does not hold back every later one. Anything else is retried later.
+REJECTED_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+
+
 def apply_op(uri: str, spool: Spool, op: dict[str, Any], state: dict[str, Any]) -> None:
     """Send one journaled operation to MLflow (see Spool.replay)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _apply(uri, spool, op, state)
+    except MlflowException as error:
+        if error.error_code not in REJECTED_CODES:
+            raise
+        line = f"{spool.key} operation {op['seq']} ({op['op']}) rejected by MLflow: {error.message}".splitlines()[0]
+        with open(spool.directory / f"{spool.key}.rejected", "a") as handle:
+            handle.write(line + "\n")
+        print(f"beamtune: {line}", file=sys.stderr, flush=True)
+
+
+def _apply(uri: str, spool: Spool, op: dict[str, Any], state: dict[str, Any]) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     c = client(uri)
