@@ -37,7 +37,10 @@ MAX_MESSAGE = 4000
 # minutes when the server is down; a journaled write loses nothing by failing fast instead.
 HTTP_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-RETRY_AFTER_S = 10.0  # after a failed replay, a writer tries again at its first write this much later
+# After a failed replay a writer tries again at its first write RETRY_AFTER_S later, doubling the
+# wait after each further failure up to RETRY_MAX_S: a server that hangs instead of refusing costs a
+# trial at most (1 + retries) * timeout seconds every RETRY_MAX_S.
+RETRY_AFTER_S, RETRY_MAX_S = 10.0, 80.0
 PARENT_SPOOL = "_parent"
 REPLAY_WAIT_S = 120.0  # how long the driver's last replay waits for a trial that is still replaying
 
@@ -232,12 +235,12 @@ def _apply(uri: str, spool: Spool, op: dict[str, Any], state: dict[str, Any]) ->
 
 class JournaledRun:
     """Writes to one MLflow run through its journal. Each write is appended (durably), then the
-    pending operations are replayed unless a replay failed less than RETRY_AFTER_S ago; nothing
-    here raises because tracking is down."""
+    pending operations are replayed unless the last replay failed recently (RETRY_AFTER_S, with
+    backoff); nothing here raises because tracking is down."""
 
     def __init__(self, uri: str, spool: Spool, run: dict[str, Any]):
         self.uri, self.spool, self.run = uri, spool, run
-        self._retry_at = 0.0
+        self._retry_at, self._failures = 0.0, 0
 
     @property
     def run_id(self) -> str | None:
@@ -255,7 +258,11 @@ class JournaledRun:
         if not force and time.monotonic() < self._retry_at:
             return False
         done = self.spool.replay(functools.partial(apply_op, self.uri, self.spool), wait=wait)
-        self._retry_at = time.monotonic() + RETRY_AFTER_S if done is False else 0.0
+        if done is False:
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(RETRY_AFTER_S * 2 ** (self._failures - 1), RETRY_MAX_S)
+        else:
+            self._failures, self._retry_at = 0, 0.0
         return done
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
