@@ -1,13 +1,15 @@
 """MLflow: one parent run per sweep, one nested child run per trial, reopened by id.
 
 Tracking URI: the flag, else `MLFLOW_TRACKING_URI`, else a SQLite file `mlflow.db` in the working
-directory (made absolute, because trials run with their trial folder as working directory). The
-driver creates the database and the experiment before any trial starts: concurrent first writes
-to a fresh SQLite file race on the schema.
+directory (made absolute, because trials run with their trial folder as working directory). A
+SQLite file is created or migrated by one process at a time and checked first (storage.db).
 
-Trials write through a journal (storage.spool): a tracking server that is down costs a trial
-nothing but a delayed replay (see `TrialRun`). HTTP clients give up after seconds, not MLflow's
-minutes of retries (`HTTP_CLIENT_DEFAULTS`, unless the environment sets them).
+Every write to a trial's run, and the driver's last writes to the parent, go through a journal
+(storage.spool) in the sweep storage and are replayed from there in order: a tracking server that
+is down costs a trial nothing but a delayed replay, the driver says so once and, if it is still
+down when the sweep ends, names `beamtune sync`. HTTP clients give up after seconds, not MLflow's
+minutes of retries (`HTTP_CLIENT_DEFAULTS`, unless the environment sets them). Starting a sweep
+(experiment, parent run) still needs the tracking store to answer.
 
 Only `MlflowClient` is used (never the fluent `mlflow.start_run` state), so trials that share a
 reused Ray actor, and the driver's callback threads, cannot mix up active runs.

@@ -3,8 +3,9 @@
 `train_trial(config, context)` runs one trial of any stage that `core.train.train` implements
 (`oracle_trial` runs the gd-oracle stage, which trains nothing):
 `config` is the trial's flat parameters (the spec's fixed values plus what the searcher sampled),
-`context` is what the driver resolved once for the whole sweep (MLflow ids, stage, task, warm
-start). Each epoch it logs to the trial's MLflow child run and reports to Tune with a checkpoint:
+`context` is what the driver resolved once for the whole sweep (MLflow ids, the journal folder,
+stage, task, warm start). Each epoch it logs to the trial's MLflow child run (through its journal,
+storage.tracking.TrialRun: tracking never fails nor stalls a trial) and reports to Tune with a checkpoint:
 
     <checkpoint>/                that epoch's full state (core's OUT/last: weights, optimizer, RNG)
     <checkpoint>/best/           the trial's best-on-dev checkpoint so far (core's OUT)
