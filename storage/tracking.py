@@ -161,17 +161,15 @@ def spool_dir(sweep_directory: str | os.PathLike) -> Path:
     return directory.parent / ".beamtune" / directory.name / "spool"
 
 
-def _resolve_run(c, run: dict[str, Any]) -> str:
+def _resolve_run(uri: str, run: dict[str, Any]) -> str:
     """The run a journal writes to: by id, else the trial's run found by its tags, else a new one
     (found, not created again, when a replay is repeated after a crash)."""
     if run.get("run_id"):
         return run["run_id"]
-    existing = c.search_runs(
-        [run["experiment_id"]], max_results=1,
-        filter_string=f"tags.`{PARENT_TAG}` = '{run['parent_run_id']}' and tags.`{TRIAL_TAG}` = '{run['trial_id']}'")
-    if existing:
-        return existing[0].info.run_id
-    created = c.create_run(run["experiment_id"], run_name=run["trial_name"],
+    existing = find_trial_run(uri, run["experiment_id"], run["parent_run_id"], run["trial_id"])
+    if existing is not None:
+        return existing.info.run_id
+    created = client(uri).create_run(run["experiment_id"], run_name=run["trial_name"],
                            tags={PARENT_TAG: run["parent_run_id"], TRIAL_TAG: run["trial_id"]})
     return created.info.run_id
 
@@ -204,7 +202,7 @@ def _apply(uri: str, spool: Spool, op: dict[str, Any], state: dict[str, Any]) ->
     if state.get("run_id") is None:
         if "run" not in op:
             raise ValueError(f"{spool.path}: operation {op['seq']} has no run to write to")
-        state["run_id"] = _resolve_run(c, op["run"])
+        state["run_id"] = _resolve_run(uri, op["run"])
     run_id, kind = state["run_id"], op["op"]
     if kind == "open":  # a trial (re)starts in its run: RUNNING, its tags, no error of a retried attempt
         c.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["run"].get("tags", {}).items()])
