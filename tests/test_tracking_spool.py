@@ -125,3 +125,23 @@ def test_record_start_counts_and_settle_ends_once(store):
     assert child.data.tags[tracking.ERROR_TAG] == "worker died"
     lines = [json.loads(line) for line in (journals / "t2.jsonl").read_text().splitlines()]
     assert [op["op"] for op in lines] == ["tags", "tags", "finish"]
+
+
+def test_nothing_raises_while_the_server_is_down(tmp_path):
+    """A trial's writes against a tracking server that refuses connections: journaled, nothing
+    raised (so a trial's own error stays the one Ray reports), each attempt over in well under
+    MLflow's default retry window of minutes."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    began = time.monotonic()
+    run = tracking.TrialRun.open(url, "0", "p" * 32, "t9", "trial_t9", None, {}, tmp_path / "spool")
+    run.log_params({"lr": 0.1})
+    run.log_metrics({"x": 1.0}, step=1)
+    run.finish("FAILED", "TrainingError: epoch 1, batch 3: loss is nan")
+    assert time.monotonic() - began < 60
+    assert run.run_id is None and [op["op"] for op in run.spool.pending()] == ["open", "params", "metrics", "finish"]
+    assert "Connection refused" in run.spool.last_error() or "Max retries" in run.spool.last_error()
