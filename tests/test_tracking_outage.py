@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from storage import tracking
-from storage.spool import spools
+from storage.best import TRIAL_SIDECAR
 from sweeps.spec import validate
 
 TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8, "char_filters": 4, "batch_size": 64,
@@ -106,6 +106,12 @@ def _start_sweep(tmp_path, name, url, epochs):
     return thread, result
 
 
+def spools(journal_dir: Path):
+    from storage.spool import spools
+
+    return spools(journal_dir)
+
+
 def _epochs(journal_dir: Path) -> tuple[int, int]:
     """(epochs acknowledged by MLflow, epochs journaled but pending) over all trials."""
     acked = pending = 0
@@ -115,6 +121,26 @@ def _epochs(journal_dir: Path) -> tuple[int, int]:
             if op["op"] == "metrics" and "epoch" in op["metrics"]:
                 acked, pending = (acked + 1, pending) if op["seq"] <= done else (acked, pending + 1)
     return acked, pending
+
+
+def _checkpointed(directory: Path) -> dict[str, int]:
+    """trial id -> the last epoch it checkpointed in the sweep storage (Ray's side: training goes on)."""
+    latest: dict[str, int] = {}
+    for path in directory.glob(f"*/checkpoint_*/{TRIAL_SIDECAR}"):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written or pruned
+            continue
+        latest[info["trial_id"]] = max(latest.get(info["trial_id"], 0), info["epoch"])
+    return latest
+
+
+def _in_mlflow(url: str) -> int:
+    """How many epochs (over all trials of the sweeps' experiment) the tracking server holds."""
+    client = tracking.client(url)
+    experiment = client.get_experiment_by_name("beamtune")
+    runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+    return sum(len(client.get_metric_history(r.info.run_id, "epoch")) for r in runs if tracking.TRIAL_TAG in r.data.tags)
 
 
 def _wait(condition, what: str, thread, timeout: float = 300) -> None:
@@ -146,15 +172,16 @@ def _check_runs(url, outcome, epochs) -> None:
 
 @pytest.mark.slow
 def test_server_down_mid_sweep_then_back(ray_local, tmp_path, server, capfd):
-    journals = tracking.spool_dir(tmp_path / "sweeps" / "s")
     # Enough epochs to outlast the restart of the server (tens of seconds on a loaded machine).
     thread, result = _start_sweep(tmp_path, "s", server.url, epochs=12)
     try:
-        _wait(lambda: _epochs(journals)[0] >= 1, "the first epoch reached MLflow", thread)
+        _wait(lambda: _in_mlflow(server.url) >= 1, "the first epoch reached MLflow", thread)
         server.kill()
-        # Longer than the client's retry window (a replay failed): the trials train on, into their journals.
-        _wait(lambda: _epochs(journals)[1] >= 2 and any(s.last_error() for s in spools(journals)),
-              "epochs journaled while the server is down", thread)
+        at_kill = _checkpointed(tmp_path / "sweeps" / "s")
+        # Longer than the client's retry window: every trial trains on, 2 epochs more (without the
+        # journal they sat in MLflow's retries for minutes, then failed).
+        _wait(lambda: (lambda now: len(now) == 2 and all(e >= at_kill.get(t, 0) + 2 for t, e in now.items()))(
+              _checkpointed(tmp_path / "sweeps" / "s")), "epochs trained while the server is down", thread, timeout=150)
         server.start()
     finally:
         thread.join(timeout=600)
@@ -162,7 +189,7 @@ def test_server_down_mid_sweep_then_back(ray_local, tmp_path, server, capfd):
     err = capfd.readouterr().err
     assert err.count(f"MLflow tracking at {server.url} does not answer") == 1, err[-3000:]
     assert "still does not answer" not in err
-    assert all(not s.pending() for s in spools(journals))
+    assert all(not s.pending() for s in spools(tracking.spool_dir(tmp_path / "sweeps" / "s")))
     _check_runs(server.url, result["outcome"], 12)
 
 
