@@ -170,7 +170,7 @@ def _resolve_run(uri: str, run: dict[str, Any]) -> str:
     if existing is not None:
         return existing.info.run_id
     created = client(uri).create_run(run["experiment_id"], run_name=run["trial_name"],
-                           tags={PARENT_TAG: run["parent_run_id"], TRIAL_TAG: run["trial_id"]})
+                                     tags={PARENT_TAG: run["parent_run_id"], TRIAL_TAG: run["trial_id"]})
     return created.info.run_id
 
 
