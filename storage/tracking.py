@@ -402,12 +402,10 @@ def finish_sweep(uri: str, directory: Path, experiment_id: str, parent_run_id: s
     the parent gets `summary` tags and `metrics` and ends. Runs of trials Ray does not know (started
     after the last snapshot of a killed driver) are deleted once MLflow answers. Tracking that does
     not answer costs one line saying how to replay later (`warning.final`)."""
-    unfinished = False
+    unfinished = any(status not in ("TERMINATED", "ERROR") for _, status in trials.values())
     for trial_id, (name, status) in trials.items():
         if not Spool(directory, trial_id).path.is_file():
-            continue  # never started
-        if status not in ("TERMINATED", "ERROR"):
-            unfinished = True
+            continue  # never started: no run
         final = "FAILED" if status == "ERROR" else "FINISHED" if status == "TERMINATED" else "KILLED"
         message = errors[trial_id].splitlines()[-1] if errors.get(trial_id) else None
         settle(uri, directory, experiment_id, parent_run_id, trial_id, name, final, message)
