@@ -77,6 +77,7 @@ def _half_migrated(path: Path) -> str:
     return middle
 
 
+@pytest.mark.slow  # MLflow's migrations take seconds
 def test_half_migrated_file_is_reported_with_its_repair(tmp_path):
     from storage import db
 
@@ -95,6 +96,7 @@ def test_half_migrated_file_is_reported_with_its_repair(tmp_path):
     assert tracking.ensure_experiment(uri, "e")
 
 
+@pytest.mark.slow  # MLflow's migrations take seconds
 def test_half_created_file_is_reported(tmp_path):
     """Tables without a recorded revision (a first migration killed before Alembic wrote one)
     cannot be upgraded in place: the line says to move the file aside."""

@@ -65,6 +65,7 @@ def test_replay_stops_at_a_failure_and_resumes_in_order(tmp_path):
     assert spool.replay(apply) is True and seen == [1, 2, 3, 4]  # nothing sent twice
 
 
+@pytest.mark.slow  # a real MLflow store (its migrations take seconds)
 def test_trial_run_reaches_mlflow_once_in_order(store):
     uri = store[0]
     run = _open(store)
@@ -87,6 +88,7 @@ def test_trial_run_reaches_mlflow_once_in_order(store):
     assert len(tracking.child_runs(uri, store[1], store[2])) == 1  # and no second run
 
 
+@pytest.mark.slow  # a real MLflow store (its migrations take seconds)
 def test_a_retried_trial_reopens_its_one_run(store):
     uri = store[0]
     first = _open(store)
@@ -100,6 +102,7 @@ def test_a_retried_trial_reopens_its_one_run(store):
     assert second.logged_steps("x") == {1}
 
 
+@pytest.mark.slow  # a real MLflow store (its migrations take seconds)
 def test_an_operation_mlflow_refuses_is_set_aside(store, capsys):
     uri = store[0]
     run = _open(store)
@@ -113,6 +116,7 @@ def test_an_operation_mlflow_refuses_is_set_aside(store, capsys):
     assert capsys.readouterr().err.count("rejected by MLflow") == 2
 
 
+@pytest.mark.slow  # a real MLflow store (its migrations take seconds)
 def test_record_start_counts_and_settle_ends_once(store):
     uri, experiment, parent, journals = store
     ids = (uri, journals, experiment, parent, "t2", "trial_t2")
@@ -127,6 +131,7 @@ def test_record_start_counts_and_settle_ends_once(store):
     assert [op["op"] for op in lines] == ["tags", "tags", "finish"]
 
 
+@pytest.mark.slow  # a real MLflow store (its migrations take seconds)
 def test_nothing_raises_while_the_server_is_down(tmp_path):
     """A trial's writes against a tracking server that refuses connections: journaled, nothing
     raised (so a trial's own error stays the one Ray reports), each attempt over in well under
