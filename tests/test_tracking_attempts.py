@@ -78,6 +78,7 @@ def test_every_start_is_counted(ray_local, tmp_path):
         except BaseException as error:
             result["error"] = error
 
+    stale = _trial_workers()  # of an earlier Ray of this process, still exiting
     thread = threading.Thread(target=target)
     thread.start()
     killed: set[int] = set()
@@ -86,7 +87,7 @@ def test_every_start_is_counted(ray_local, tmp_path):
         while len(killed) < 2:
             assert thread.is_alive(), "the sweep ended before its trial was killed twice"
             assert time.monotonic() < deadline, "no trial worker appeared"
-            for pid in _trial_workers() - killed:
+            for pid in _trial_workers() - killed - stale:
                 os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
             time.sleep(0.05)
