@@ -149,9 +149,7 @@ def log_report(uri: str, report: Report, also: list[str] = ()) -> None:
     table first."""
     markdown = report.files["md"].read_text()
     for run_id in [*(s.run_id for s in report.sweeps), *also]:
-        run = tracking.TrialRun(uri, run_id)
-        run.log_files([*report.files.values(), *report.plots], REPORT_ARTIFACT)
-        run.set_tags({tracking.DESCRIPTION_TAG: markdown})
+        tracking.attach_report(uri, run_id, [*report.files.values(), *report.plots], REPORT_ARTIFACT, markdown)
 
 
 def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path | None = None,

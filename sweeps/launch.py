@@ -106,46 +106,37 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
 
 class MlflowSweepCallback(Callback):
-    """Ends a trial's child run when the trial ends but could not end it itself: stopped by the
-    scheduler while its thread was gone, or lost with its node / worker (FAILED, with Ray's error).
-    Also logs the best checkpoint of early-stopped trials when the trial did not get to."""
+    """Counts every start of every trial (storage.tracking.record_start: Ray's starts, also those
+    that die before the trial's own code runs), says once when the tracking server does not answer,
+    and ends a trial's child run when the trial ends but could not end it itself: stopped by the
+    scheduler while its thread was gone (with its best checkpoint), or lost with its node / worker
+    (FAILED, with Ray's error). All journaled (storage.spool): the driver never waits on tracking."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, directory: Path, sweep: str):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.journals = tracking.spool_dir(directory)
+        self.warning = tracking.UnreachableWarning(uri, self.journals, sweep)
 
-    def _run(self, trial):
-        try:
-            return tracking.find_trial_run(self.uri, self.experiment_id, self.parent_run_id, trial.trial_id)
-        except Exception:  # tracking trouble must not stop the sweep; the end-of-sweep pass settles the run
-            log.warning("MLflow: could not look up the run of trial %s", trial.trial_id, exc_info=True)
-            return None
+    def _ids(self, trial) -> tuple:
+        return self.uri, self.journals, self.experiment_id, self.parent_run_id, trial.trial_id, str(trial)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tracking.record_start(*self._ids(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.warning.check(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run = self._run(trial)
-        if run is None or run.info.status != "RUNNING":
-            return
-        try:
-            trial_run = tracking.TrialRun(self.uri, run.info.run_id)
-            trial_run.set_tags({tracking.STOPPED_TAG: "true"})
-            checkpoint = trial.checkpoint
-            if checkpoint is not None:
-                from storage.best import BEST_SUBDIR, model_files
+        files = None
+        if trial.checkpoint is not None:
+            from storage.best import BEST_SUBDIR, model_files
 
-                best = Path(checkpoint.path) / BEST_SUBDIR
-                if (best / MANIFEST).is_file():
-                    trial_run.log_files(model_files(best), tracking.CHECKPOINT_ARTIFACT)
-            trial_run.finish("FINISHED")
-        except Exception:  # as above: the sweep goes on, the end-of-sweep pass ends the run
-            log.warning("MLflow: could not finish the run of stopped trial %s", trial.trial_id, exc_info=True)
+            best = Path(trial.checkpoint.path) / BEST_SUBDIR
+            files = model_files(best) if (best / MANIFEST).is_file() else None
+        tracking.settle(*self._ids(trial), "FINISHED", stopped=True, files=files)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run = self._run(trial)
-        if run is None or run.info.status == "FAILED":
-            return
-        try:
-            tracking.end_run(self.uri, run.info.run_id, "FAILED", _trial_error(trial))
-        except Exception:  # as above
-            log.warning("MLflow: could not mark the run of failed trial %s", trial.trial_id, exc_info=True)
+        tracking.settle(*self._ids(trial), "FAILED", _trial_error(trial))
 
 
 def _trial_error(trial) -> str:
@@ -259,7 +250,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
                                                 verbose, study_run_id)
     try:
         with timed(phases, "tune"):
-            statuses, errors = fit(make_tuner(spec, root, directory, state, resume, verbose, compact), state)
+            trials, errors = fit(make_tuner(spec, root, directory, state, resume, verbose, compact), state, directory)
     finally:
         with timed(phases, "ray_shutdown"):
             if started_ray:
@@ -267,7 +258,8 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
 
                 ray.shutdown()
     with timed(phases, "finish"):
-        best = finish_sweep(spec, root, directory, state, statuses, errors)
+        best = finish_sweep(spec, root, directory, state, trials, errors)
+    statuses = {trial_id: status for trial_id, (_, status) in trials.items()}
     return SweepOutcome(spec.name, directory, state["tracking_uri"], state["experiment_id"], state["parent_run_id"], best,
                         len(statuses), len(errors), statuses, time.perf_counter() - start, phases)
 
@@ -374,7 +366,8 @@ def trial_context(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
             "data_root": None if not spec.data_root and spec.task == "synthetic" else data_root,
             "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": state["tracking_uri"],
             "experiment_id": state["experiment_id"], "parent_run_id": state["parent_run_id"],
-            "warm_start": state.get("warm_start"), "git_commit": state.get("git_commit"), "searched": sorted(spec.space)}
+            "warm_start": state.get("warm_start"), "git_commit": state.get("git_commit"), "searched": sorted(spec.space),
+            "spool_dir": str(tracking.spool_dir(root / spec.name))}  # the trials' MLflow journals (storage.spool)
 
 
 def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], resume: bool, verbose: int,
@@ -405,70 +398,54 @@ def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, An
                                                     checkpoint_score_attribute=spec.metric,
                                                     checkpoint_score_order=spec.mode),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])] + (
+            callbacks=[MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], directory,
+                                           spec.name)] + (
                 [CompactProgress(spec.name, spec.stage, spec.epochs, spec.metric, spec.mode, sorted(spec.space))]
                 if compact else [])))
 
 
-def fit(tuner, state: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
-    """Run the trials; (trial id -> Ray status, trial id -> error of the failed ones). A driver
-    interrupted here leaves its parent run KILLED (resumable)."""
+def fit(tuner, state: dict[str, Any], directory: Path) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """Run the trials; (trial id -> (Ray's trial name, Ray status), trial id -> error of the failed
+    ones). A driver interrupted here leaves its parent run KILLED (resumable; journaled, so a
+    tracking error cannot hide the interruption)."""
     try:
         results = tuner.fit()
     except BaseException:
-        tracking.end_run(state["tracking_uri"], state["parent_run_id"], "KILLED")
+        tracking.parent_run(state["tracking_uri"], tracking.spool_dir(directory), state["parent_run_id"]).finish("KILLED")
         raise
     trials = result_trials(results)
-    statuses = {t.trial_id: t.status for t in trials}
+    names = {t.trial_id: (str(t), t.status) for t in trials}
     errors = {t.trial_id: str(t.get_error() or "trial failed") for t in trials if t.status == "ERROR"}
-    return statuses, errors
+    return names, errors
 
 
-def finish_sweep(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], statuses: dict[str, str],
+def finish_sweep(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], trials: dict[str, tuple[str, str]],
                  errors: dict[str, str]) -> TrialBest | None:
-    """Record the sweep's trials, settle every child run, and sum the sweep up on its parent run."""
+    """Record the sweep's trials, settle every child run, sum the sweep up on its parent run (whose
+    description names the best trial, which is tagged), all through the journals (storage.spool)."""
     uri, parent_run_id = state["tracking_uri"], state["parent_run_id"]
     # The trials of this sweep as Ray knows them (storage.best ignores folders of other trials).
-    (directory / TRIALS_FILE).write_text(json.dumps(statuses, indent=1))
-    unfinished = [tid for tid, status in statuses.items() if status not in ("TERMINATED", "ERROR")]
-    settle_child_runs(uri, state["experiment_id"], parent_run_id, statuses, errors, unfinished)
+    (directory / TRIALS_FILE).write_text(json.dumps({tid: status for tid, (_, status) in trials.items()}, indent=1))
     try:
         best = best_checkpoint(root, spec.name)
     except SweepNotFound:
         best = None
-    metrics = {f"best_{spec.metric}": best.value} if best is not None else {}
-    tags = {"beamtune.trials": str(len(statuses)), "beamtune.errors": str(len(errors))}
-    if best is not None:
-        tags.update({"beamtune.best_trial": best.trial_name, "beamtune.best_checkpoint": str(best.checkpoint)})
-    tracking.log_summary(uri, parent_run_id, metrics, tags)
+    summary = {"beamtune.trials": len(trials), "beamtune.errors": len(errors)}
     if best is not None:
         label = tracking.trial_label(spec.stage, best.params, sorted(spec.space))
-        tracking.mark_best(uri, parent_run_id, best.mlflow_run_id,
-                           f"**Best trial: {label}** ({spec.metric} {best.value:.4f} at epoch {best.epoch}, its best "
-                           f"checkpoint); {len(statuses)} trials, {len(errors)} failed. `beamtune best --sweep {spec.name}` "
-                           f"ranks them; `beamtune report --sweep {spec.name}` makes the table.")
-    tracking.end_run(uri, parent_run_id, "KILLED" if unfinished else "FINISHED")
+        summary.update({"beamtune.best_trial": best.trial_name, "beamtune.best_checkpoint": str(best.checkpoint),
+                        tracking.DESCRIPTION_TAG: f"**Best trial: {label}** ({spec.metric} {best.value:.4f} at epoch "
+                        f"{best.epoch}, its best checkpoint); {len(trials)} trials, {len(errors)} failed. "
+                        f"`beamtune best --sweep {spec.name}` ranks them; `beamtune report --sweep {spec.name}` makes "
+                        "the table."})
+    # No child run may stay RUNNING; a tracking server that is down by now costs one line (replay later).
+    journals = tracking.spool_dir(directory)
+    tracking.finish_sweep(uri, journals, state["experiment_id"], parent_run_id, trials, errors, summary,
+                          {f"best_{spec.metric}": best.value} if best is not None else {},
+                          tracking.UnreachableWarning(uri, journals, spec.name))
+    if best is not None and best.mlflow_run_id:
+        tracking.mark_best(uri, journals, best.trial_id, best.mlflow_run_id)
     return best
-
-
-def settle_child_runs(uri: str, experiment_id: str, parent_run_id: str, statuses: dict[str, str],
-                      errors: dict[str, str], unfinished: list[str]) -> None:
-    """No child run may stay RUNNING: settle any that a lost worker left behind."""
-    for run in tracking.child_runs(uri, experiment_id, parent_run_id):
-        tid = run.data.tags.get(tracking.TRIAL_TAG)
-        if tid not in statuses:
-            # A trial started after Ray's last snapshot of a killed driver: the restored sweep does
-            # not know it (its searcher sampled a replacement), so its partial run goes too.
-            tracking.end_run(uri, run.info.run_id, "KILLED", "orphaned: its sweep driver was killed before Ray "
-                             "recorded this trial; the resumed sweep ran a new trial instead")
-            tracking.delete_run(uri, run.info.run_id)
-        elif run.info.status == "RUNNING":
-            if tid in errors:
-                tracking.end_run(uri, run.info.run_id, "FAILED", errors[tid].splitlines()[-1] if errors[tid] else None)
-            elif tid in unfinished:
-                tracking.end_run(uri, run.info.run_id, "KILLED")
-            else:
-                tracking.end_run(uri, run.info.run_id, "FINISHED")
 
 
 def load_sweep_spec(name: str, storage: str | os.PathLike | None = None) -> SweepSpec:

@@ -3,8 +3,9 @@
 `train_trial(config, context)` runs one trial of any stage that `core.train.train` implements
 (`oracle_trial` runs the gd-oracle stage, which trains nothing):
 `config` is the trial's flat parameters (the spec's fixed values plus what the searcher sampled),
-`context` is what the driver resolved once for the whole sweep (MLflow ids, stage, task, warm
-start). Each epoch it logs to the trial's MLflow child run and reports to Tune with a checkpoint:
+`context` is what the driver resolved once for the whole sweep (MLflow ids, the journal folder,
+stage, task, warm start). Each epoch it logs to the trial's MLflow child run (through its journal,
+storage.tracking.TrialRun: tracking never fails nor stalls a trial) and reports to Tune with a checkpoint:
 
     <checkpoint>/                that epoch's full state (core's OUT/last: weights, optimizer, RNG)
     <checkpoint>/best/           the trial's best-on-dev checkpoint so far (core's OUT)
@@ -79,7 +80,8 @@ def open_trial_run(config: dict[str, Any], context: dict[str, Any], trial_id: st
         tracking.trial_label(context["stage"], config, context.get("searched", [])), run_id,
         tags={tracking.SWEEP_TAG: context["sweep"], "beamtune.stage": context["stage"], "beamtune.task": context["task"],
               "beamtune.seed": str(config.get("seed", 0)), "beamtune.ray_trial": trial_name,
-              "mlflow.source.git.commit": context.get("git_commit") or "unknown"})
+              "mlflow.source.git.commit": context.get("git_commit") or "unknown"},
+        spool_directory=context["spool_dir"])
     run.log_params(config)
     return run
 
@@ -149,9 +151,8 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                      "time": time.time()})
 
     run = open_trial_run(config, context, trial_id, trial_name, info.get("mlflow_run_id"))
-    # Attempts that died before their first checkpoint are only counted here, not in the sidecar.
-    attempt = max(len(attempts), int(tracking.run_tag(run.uri, run.run_id, "beamtune.attempts", "0")) + 1)
-    run.set_tags({"beamtune.attempts": attempt, "beamtune.resumed_from_epoch": start_epoch})
+    # Starts are counted by the driver (every start Ray makes: tracking.record_start).
+    run.set_tags({"beamtune.resumed_from_epoch": start_epoch})
 
     # A NaN loss is deterministic given the checkpoint: a retry from the same checkpoint would hit
     # it again, so it fails at once with the first attempt's message.
@@ -165,7 +166,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     # Epochs this run already logged: an attempt killed after logging an epoch but before Ray
     # registered its checkpoint repeats that epoch, exactly (core resumes exactly), so it is not
     # logged twice.
-    logged = tracking.logged_steps(run.uri, run.run_id, "epoch") if attempt > 1 else set()
+    logged = run.logged_steps("epoch")  # from the trial's journal, which survives retries on any node
 
     def report(epoch: int, metrics: dict[str, float], last: Path | None) -> None:
         if epoch not in logged:

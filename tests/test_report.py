@@ -6,6 +6,7 @@ import csv
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -24,8 +25,9 @@ def add_sweep(uri: str, name: str, stage: str, trials: list[dict], space: dict) 
     spec = yaml.safe_dump({"name": name, "stage": stage, "task": "synthetic", "space": space})
     parent = tracking.start_parent(uri, experiment, name, {"beamtune.stage": stage, "beamtune.task": "synthetic"}, spec)
     for i, trial in enumerate(trials):
+        journals = Path(uri.removeprefix("sqlite:///")).parent / "journals" / name
         run = tracking.TrialRun.open(uri, experiment, parent, f"t{i}", f"{name}-{i}", None,
-                                     tags={tracking.SWEEP_TAG: name, "beamtune.stage": stage})
+                                     tags={tracking.SWEEP_TAG: name, "beamtune.stage": stage}, spool_directory=journals)
         run.log_params(trial["params"])
         for epoch, score in enumerate(trial.get("curve", [0.5, 0.6]), start=1):
             extra = {"alpha": float(epoch * 10)} if stage != "ce" else {}

@@ -3,7 +3,7 @@
     sweeps/cli/common.py   one-line errors (exit 2), choices and defaults taken from core
     sweeps/cli/train.py    train              (core only)
     sweeps/cli/decode.py   decode, gd-oracle  (core only)
-    sweeps/cli/sweep.py    sweep, best        (Ray Tune + MLflow, imported when run)
+    sweeps/cli/sweep.py    sweep, best, sync  (Ray Tune + MLflow, imported when run)
     sweeps/cli/study.py    study run | status, report   (studies, and tables and plots from MLflow)
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ app.command()(decode.decode)
 app.command("gd-oracle")(decode.gd_oracle)
 app.command()(sweep.sweep)
 app.command()(sweep.best)
+app.command()(sweep.sync)
 app.add_typer(study.study_app, name="study")
 app.command()(study.report)
 

@@ -34,6 +34,7 @@ def sweep(
         spec_obj = load_spec(spec, storage) if resume is None else None
     except SpecError as error:
         spec_errors(error)
+    from storage.db import TrackingStoreError
     from sweeps.launch import SweepError, load_sweep_spec, run_sweep
     from sweeps.preflight import preflight
 
@@ -44,7 +45,7 @@ def sweep(
                             resume=resume is not None, verbose=1 if verbose else 0, progress=not quiet)
     except SpecError as error:
         spec_errors(error)
-    except SweepError as error:
+    except (SweepError, TrackingStoreError) as error:
         fail(str(error))
     from storage.tracking import ui_command
 
@@ -63,6 +64,27 @@ def sweep(
     if outcome.trials and outcome.errors == outcome.trials:  # a sweep that produced nothing is a failure
         typer.echo(f"error: all {outcome.trials} trials failed; their errors are in MLflow and {outcome.directory}", err=True)
         raise typer.Exit(code=1)
+
+
+def sync(
+    sweep_name: str = typer.Option(..., "--sweep", help="Sweep name (its folder under the sweep storage)."),
+    storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=SWEEP_STORAGE_HELP),
+) -> None:
+    """Replay the MLflow writes a sweep journaled while its tracking server did not answer."""
+    import json
+
+    from storage import tracking
+    from storage.best import SWEEP_FILE, sweep_dir
+
+    directory = sweep_dir(storage, sweep_name)
+    if not (directory / SWEEP_FILE).is_file():
+        fail(f"no sweep named {sweep_name!r} in {directory.parent} ({SWEEP_FILE} missing)")
+    uri = json.loads((directory / SWEEP_FILE).read_text())["tracking_uri"]
+    failing = tracking.replay_all(uri, tracking.spool_dir(directory))
+    if failing:
+        key, error = next(iter(failing.items()))
+        fail(f"MLflow tracking at {uri} still does not answer ({key}: {error}); {len(failing)} run(s) still pending")
+    typer.echo(f"sweep {sweep_name}: every journaled MLflow write is in {uri}")
 
 
 def best(
