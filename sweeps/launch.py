@@ -55,6 +55,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
         super().__init__(**kwargs)
         self._state_path = str(state_path)
         self._loaded = False
+        self._last = (kwargs["time_attr"], kwargs["max_t"])  # the report of a trial's last epoch
 
     def _load(self) -> None:
         if self._loaded:
@@ -86,6 +87,11 @@ class ResumableASHA(AsyncHyperBandScheduler):
             super().on_trial_add(tune_controller, trial)
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
+        time_attr, max_t = self._last
+        if result.get(time_attr, 0) >= max_t:
+            # ASHA's top rung is max_t itself: a STOP there is no early stop (the trial has run every
+            # epoch) and would cut the trial off before it scores its best checkpoint on dev and test.
+            return self.CONTINUE
         return action
 
     def on_trial_complete(self, tune_controller, trial, result):
