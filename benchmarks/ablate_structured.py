@@ -13,7 +13,9 @@ import json, sys, time, math
 import torch
 from torch import nn
 import core.train as T
-import core.structured as S
+import core.config as CF
+import core.stages.crf as SC
+import core.stages.infnet as SI
 import core.encoders as E
 import core.crf as C
 import core.data as D
@@ -33,7 +35,7 @@ if objective == "local":
 if task != "conll2003_en":
     cfg["epochs"] = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 
-orig_loss = S.StructuredStage.loss
+orig_loss = SC.CRFStage.loss
 orig_init = C.BLSTMCRF.__init__
 orig_enc_init = E.BiLSTMEncoder.__init__
 orig_make_batches = T.make_batches
@@ -60,12 +62,12 @@ for v in variant.split("+"):
         def loss(self, batch, epoch):
             unary = self.model.unary(batch.words, batch.chars, batch.lengths)
             return self.model.nll(unary, batch.labels, batch.mask).sum()
-        S.StructuredStage.loss = loss
+        SC.CRFStage.loss = loss
     elif v == "sentmean":
         def loss(self, batch, epoch):
             unary = self.model.unary(batch.words, batch.chars, batch.lengths)
             return self.model.nll(unary, batch.labels, batch.mask).mean()
-        S.StructuredStage.loss = loss
+        SC.CRFStage.loss = loss
     elif v == "nobucket":
         def mb(sentences, vocabs, batch_size, *, shuffle=False, seed=0, bucket=True):
             return orig_make_batches(sentences, vocabs, batch_size, shuffle=shuffle, seed=seed, bucket=bucket and not shuffle)
@@ -108,8 +110,8 @@ for v in variant.split("+"):
     elif v == "frozen":
         cfg["model"]["finetune_embeddings"] = False
     elif v == "trainvocab":  # no dev/test GloVe words in the vocabulary
-        orig_glove_words = T.glove_words
-        T.glove_words = lambda path: set()
+        orig_glove_words = CF.glove_words
+        CF.glove_words = lambda path: set()
     elif v == "noglove":
         cfg["embeddings"] = None; cfg["model"]["word_dim"] = 50
     elif v == "cased":
@@ -150,13 +152,13 @@ for v in variant.split("+"):
         patch_model(f)
     elif v.startswith("wdrop"):  # training tokens -> UNK with prob p (flair word dropout ~ zero vector)
         p = float(v[5:])
-        orig_loss2 = S.StructuredStage.loss
+        orig_loss2 = SC.CRFStage.loss
         def loss(self, batch, epoch, p=p, f=orig_loss2):
             unk = self.vocabs.words.stoi["<unk>"]
             drop = (torch.rand(batch.words.shape) < p) & batch.mask
             batch = D.Batch(batch.words.masked_fill(drop, unk), batch.chars, batch.labels, batch.lengths, batch.mask, batch.index)
             return f(self, batch, epoch)
-        S.StructuredStage.loss = loss
+        SC.CRFStage.loss = loss
     elif v == "sgd":
         cfg["optimizer"] = "sgd"; cfg["momentum"] = 0.0; cfg["lr"] = 0.1
     else:
@@ -168,7 +170,7 @@ _calls = [0]
 def _fake_dev(self):
     _calls[0] += 1
     return {"score": float(_calls[0])}
-S.StructuredStage.dev_score = _fake_dev
+SC.CRFStage.dev_score = SI.InfnetStage.dev_score = _fake_dev
 start = time.time()
 final = T.train(T.TrainConfig(**cfg))
 dec = "viterbi" if objective in ("crf", "crf+") else "infnet"
