@@ -61,7 +61,7 @@ class SharedConfig:
     epochs: int = 30
     batch_size: int = 32
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float | None = None  # None: core.stages.default_lr(objective, optimizer)
     momentum: float = 0.9  # SGD only
     clip: float = 5.0  # max gradient norm; 0 turns clipping off
     patience: int = 5  # epochs without dev improvement before stopping; 0 never stops early

@@ -56,6 +56,15 @@ class TestTraining:
                                     **{**SMALL, "epochs": 2}))
         assert resumed["test"]["viterbi"]["score"] == whole["test"]["viterbi"]["score"]
 
+    def test_default_learning_rate_learns_in_one_epoch(self, tmp_path):
+        # Issue 14: at the old default (Adam 1e-3) every structured run was under-trained; one epoch on
+        # the synthetic task gave Viterbi accuracy 0.28 (0.70 at the new default 1e-2).
+        config = TrainConfig(out=str(tmp_path), objective="crf", **SMALL)
+        assert config.lr == 1e-2
+        assert TrainConfig(out=str(tmp_path), objective="crf", optimizer="sgd", **SMALL).lr == 1e-3
+        assert TrainConfig(out=str(tmp_path), objective="ce", **SMALL).lr == 1e-3
+        assert train(config)["test"]["viterbi"]["score"] > 0.5
+
     @pytest.mark.parametrize("objective,arch", [("crf+", "blstm"), ("local", "cnn15"), ("local", "seq2seq")])
     def test_other_objectives(self, tmp_path, objective, arch):
         result = train(TrainConfig(out=str(tmp_path), objective=objective, arch=arch, plus=True, **SMALL))

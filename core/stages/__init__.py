@@ -62,6 +62,21 @@ OBJECTIVES = tuple(STAGES)
 STRUCTURED_OBJECTIVES = tuple(name for name, stage in STAGES.items() if stage is not Seq2SeqStage)
 
 
+def default_lr(objective: str, optimizer: str) -> float:
+    """The learning rate a run gets when none is given: 1e-2 for the structured objectives under
+    Adam, 1e-3 otherwise.
+
+    Why 1e-2: at Adam 1e-3 the BLSTM-CRF+ learned so slowly that every Tu & Gimpel run was
+    under-trained (issue 14, benchmarks/RESULTS.md: after 3 epochs on 3,000 CoNLL-2003 sentences
+    test F1 50.5 at 1e-3, 78.2 at 1e-2, 67.7 at 3e-2; the Table 1 BLSTM-CRF on Twitter POS 69.2 %
+    at 1e-3 after 10 epochs and 73.5 % at convergence, 77.5 % at 1e-2 after 10). The loss is per
+    token, so its gradient norm (~0.2-2.4) never reaches the default clip of 5 either.
+    """
+    if optimizer == "adam" and objective in STRUCTURED_OBJECTIVES:
+        return 1e-2
+    return 1e-3
+
+
 @dataclass
 class TrainConfig(InfnetFields, Seq2SeqFields, SharedConfig):  # fields in the order SharedConfig, Seq2Seq, Infnet
     """One training run: the shared fields (core.config.SharedConfig) and every stage's own fields
@@ -72,6 +87,8 @@ class TrainConfig(InfnetFields, Seq2SeqFields, SharedConfig):  # fields in the o
     def __post_init__(self) -> None:
         if self.objective not in STAGES:
             raise ConfigError("TrainConfig", "objective", f"objective must be one of {OBJECTIVES}")
+        if self.lr is None:
+            self.lr = default_lr(self.objective, self.optimizer)
         raise_first("TrainConfig", self.shared_checks() + self.seq2seq_checks() + self.infnet_checks())
         self.parse_alpha()
         self.parse_lam()

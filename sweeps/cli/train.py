@@ -80,7 +80,7 @@ def train(
     patience: Optional[int] = typer.Option(None, min=0, help="Stop after this many epochs without dev improvement (0: never)" + _d("patience") + "."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Sentences per batch" + _d("batch_size") + "."),
     optimizer: Optional[Optimizer] = typer.Option(None, help="Optimizer" + _d("optimizer") + "."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Learning rate" + _d("lr") + "."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Learning rate (default: 1e-2 with Adam for crf/crf+/local/infnet, else 1e-3)."),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum" + _d("momentum") + "."),
     clip: Optional[float] = typer.Option(None, min=0.0, help="Gradient-norm clipping (0: off)" + _d("clip") + "."),
     feed: Optional[Feed] = typer.Option(None, help="ce: decoder input in training, gold labels (teacher forcing) or its own predictions" + _d("feed") + "."),
