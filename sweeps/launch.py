@@ -365,7 +365,7 @@ def resolve_warm_start(spec: SweepSpec, root: Path, directory: Path) -> str | No
     return str(export_checkpoint(best, directory / "warm_start"))
 
 
-def trial_context(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
+def trial_context(spec: SweepSpec, state: dict[str, Any], directory: Path) -> dict[str, Any]:
     """What every trial of the sweep shares (sweeps.trainables): stage, task, MLflow ids, warm start."""
     data_root = str(Path(spec.data_root).absolute()) if spec.data_root else os.environ.get("BEAMTUNE_DATA")
     return {"sweep": spec.name, "stage": spec.stage, "objective": spec.stage_info.objective, "task": spec.task,
@@ -373,7 +373,7 @@ def trial_context(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
             "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": state["tracking_uri"],
             "experiment_id": state["experiment_id"], "parent_run_id": state["parent_run_id"],
             "warm_start": state.get("warm_start"), "git_commit": state.get("git_commit"), "searched": sorted(spec.space),
-            "spool_dir": str(tracking.spool_dir(root / spec.name))}  # the trials' MLflow journals (storage.spool)
+            "spool_dir": str(tracking.spool_dir(directory))}  # the trials' MLflow journals (storage.spool)
 
 
 def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], resume: bool, verbose: int,
@@ -384,7 +384,7 @@ def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, An
 
     from sweeps.trainables import FAMILIES
 
-    trainable = tune.with_resources(tune.with_parameters(FAMILIES[spec.stage_info.family], context=trial_context(spec, state)),
+    trainable = tune.with_resources(tune.with_parameters(FAMILIES[spec.stage_info.family], context=trial_context(spec, state, directory)),
                                     spec.resources.to_ray())
     if resume:
         return tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
