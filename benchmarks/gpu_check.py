@@ -123,9 +123,23 @@ def sync_audit(device: torch.device) -> list[str]:
     from core.objectives import direct_loss, hamming_cost
     from core.search.beam import beam_search, greedy_decode
     from core.search.gradient import gradient_descent
+    import core.search.soft_beam as soft_beam_module
     from core.search.soft_beam import soft_beam_search
     from core.syncs import host_syncs
 
+    # On the CPU the soft beam's sparse path reads its survivor count on the host each step (free
+    # there, SPARSE_DEVICES); audit the path a GPU takes, which is the dense one.
+    sparse_devices, soft_beam_module.SPARSE_DEVICES = soft_beam_module.SPARSE_DEVICES, ()
+    try:
+        counts = _count_syncs(device, host_syncs, encode, tiny_tagger, LinearChainCRF, direct_loss, hamming_cost,
+                              beam_search, greedy_decode, gradient_descent, soft_beam_search)
+    finally:
+        soft_beam_module.SPARSE_DEVICES = sparse_devices
+    return _sync_table(counts)
+
+
+def _count_syncs(device, host_syncs, encode, tiny_tagger, LinearChainCRF, direct_loss, hamming_cost, beam_search,
+                 greedy_decode, gradient_descent, soft_beam_search) -> dict[str, list]:
     counts: dict[str, list] = {}
     for T in (6, 12):
         torch.manual_seed(0)
@@ -151,6 +165,10 @@ def sync_audit(device: torch.device) -> list[str]:
             with host_syncs() as found:
                 fn()
             counts.setdefault(name, []).append(found)
+    return counts
+
+
+def _sync_table(counts: dict[str, list]) -> list[str]:
     rows, in_loop = [], []
     for name, (short, long) in counts.items():
         where = ", ".join(sorted({key for key in long.counts})) or "-"
@@ -213,7 +231,9 @@ def training_cost(device: torch.device, sizes: Sizes) -> list[str]:
     from bench_soft_beam import train_pass
 
     from core.data import load_task, make_batches
-    from core.train import TrainConfig, build_model, seed_everything
+    from core.config import seed_everything
+    from core.stages.seq2seq import build_model
+    from core.train import TrainConfig
 
     task = load_task("synthetic")
     seed_everything(0)
