@@ -45,9 +45,10 @@ def raise_first(owner: str, checks: Iterable[Check]) -> None:
             raise ConfigError(owner, name, message)
 
 
-# Above this every loss is NaN within a step anyway; far above it (lr / (1 - beta1) past float32's
-# 3.4e38) torch's optimizers fail with a raw "cannot be converted to type float without overflow".
-MAX_LR = 1e6
+# A bound far above any useful rate that keeps torch's optimizers clear of float32's 3.4e38 (Adam
+# divides lr by 1 - beta1): past it they fail with a raw "cannot be converted to type float without
+# overflow". A rate this large still diverges, as a diverging trial should (tests/test_sweep_local.py).
+MAX_LR = 3e37  # Adam: 3e37 / (1 - 0.9) = 3e38 < 3.4e38
 
 @dataclass
 class SharedConfig:

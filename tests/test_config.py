@@ -27,7 +27,7 @@ def test_fields_live_with_their_stage():
 
 
 @pytest.mark.parametrize("changes,field,message", [
-    ({"lr": 0}, "lr", r"lr must be in \(0, 1e\+06\]"),
+    ({"lr": 0}, "lr", r"lr must be in \(0, 3e\+37\]"),
     ({"objective": "nope"}, "objective", "objective must be one of"),
     ({"objective": "dl"}, "init", "needs init"),
     ({"objective": "infnet"}, "energy", "needs energy"),

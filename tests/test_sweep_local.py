@@ -153,13 +153,13 @@ def test_http_tracking_and_diverging_trial_fails(ray_local, tmp_path, mlflow_ser
     with core's reason (in Ray and in MLflow, in its single run) and the other trial finishes."""
     spec, outcome = sweep(tmp_path, mlflow_server, epochs=2, num_samples=1, max_failures=1,
                           fixed={**TINY, "optimizer": "sgd", "clip": 0.0},
-                          space={"lr": {"grid": [0.05, 3.0e38]}}, search={"algorithm": "grid"},
+                          space={"lr": {"grid": [0.05, 3.0e37]}}, search={"algorithm": "grid"},
                           scheduler={"type": "fifo"})
     assert outcome.trials == 2 and outcome.errors == 1
     children = tracking.child_runs(mlflow_server, outcome.experiment_id, outcome.parent_run_id)
     assert len(children) == 2  # the retried trial kept its one run
     by_lr = {float(c.data.params["lr"]): c for c in children}
-    good, bad = by_lr[0.05], by_lr[3.0e38]
+    good, bad = by_lr[0.05], by_lr[3.0e37]  # 3e37: the largest lr a spec accepts (core.config.MAX_LR)
     assert good.info.status == "FINISHED" and [s for s, _ in histories(mlflow_server, good.info.run_id)] == [1, 2]
     assert bad.info.status == "FAILED"
     assert "epoch 1, batch" in bad.data.tags[tracking.ERROR_TAG] and "loss is" in bad.data.tags[tracking.ERROR_TAG]
