@@ -18,6 +18,7 @@ from typing import Callable
 
 from storage import tracking
 from storage.best import TRIALS_FILE, SweepNotFound, best_checkpoint, resolve_storage
+from sweeps.spec import SweepSpec
 from sweeps.study import Study, StudyError
 
 STUDY_FILE = "beamtune_study.json"  # under STORAGE/.studies/NAME: the study's MLflow run
@@ -41,7 +42,9 @@ class StageStatus:
         return text
 
 
-def _one_status(root: Path, sweep: str, metric: str) -> StageStatus:
+def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
+    """A stage's state from its sweep folder; its best trial named as its MLflow run is."""
+    metric = spec.metric
     directory = root / sweep
     if not directory.is_dir() or not any(directory.iterdir()):
         return StageStatus("pending")
@@ -56,7 +59,7 @@ def _one_status(root: Path, sweep: str, metric: str) -> StageStatus:
         status.state = "failed"
     try:
         best = best_checkpoint(root, sweep, metric)
-        status.best_trial, status.best_value = best.trial_name, best.value
+        status.best_trial, status.best_value = tracking.trial_label(spec.stage, best.params, sorted(spec.space)), best.value
     except SweepNotFound:
         if status.state == "finished":
             status.state = "failed"  # every trial ended, none left a checkpoint to start from
@@ -65,7 +68,7 @@ def _one_status(root: Path, sweep: str, metric: str) -> StageStatus:
 
 def stage_status(study: Study, storage: str | os.PathLike | None = None) -> dict[str, StageStatus]:
     root = resolve_storage(storage)
-    return {name: _one_status(root, study.sweep_name(name), stage.spec.metric) for name, stage in study.stages.items()}
+    return {name: _one_status(root, study.sweep_name(name), stage.spec) for name, stage in study.stages.items()}
 
 
 def study_run_id(study: Study, storage: str | os.PathLike | None, uri: str) -> str | None:
@@ -107,7 +110,7 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
     started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
     try:
         for name, stage in study.stages.items():
-            status = _one_status(root, study.sweep_name(name), stage.spec.metric)
+            status = _one_status(root, study.sweep_name(name), stage.spec)
             if status.state == "finished":
                 say(f"stage {name}: finished before, skipped ({status.best_trial} {stage.spec.metric} {status.best_value:.4f})")
                 continue
@@ -118,7 +121,7 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
             say(f"stage {name}: {'resuming' if resume else 'starting'} sweep {study.sweep_name(name)}")
             run_sweep(stage.spec, storage=root, tracking_uri=uri, address=address, resume=resume, verbose=verbose,
                       study_run_id=study_run)
-            status = _one_status(root, study.sweep_name(name), stage.spec.metric)
+            status = _one_status(root, study.sweep_name(name), stage.spec)
             if status.state != "finished":
                 raise StudyError([f"stages.{name}: {status.state} ({status.failed} of {status.trials} trials failed)"])
     except BaseException:
