@@ -30,3 +30,15 @@ def _test_device():
 
     with OnTestDevice(TEST_DEVICE):
         yield
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray (2 CPUs) for one test module's sweeps; the sweeps join it instead of starting their own."""
+    import ray
+
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
+             log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -24,17 +24,6 @@ TINY = {"encoder_hidden": 8, "decoder_hidden": 8, "label_dim": 8, "word_dim": 8,
 BEAMTUNE = Path(sys.executable).with_name("beamtune")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def sweep(tmp_path, uri, **changes):
     from sweeps.launch import run_sweep
 

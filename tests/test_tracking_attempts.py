@@ -52,7 +52,7 @@ def _trial_workers() -> set[int]:
 
 
 @pytest.fixture
-def ray_local():
+def ray_one_cpu():
     import ray
 
     ray.shutdown()
@@ -63,7 +63,7 @@ def ray_local():
 
 
 @pytest.mark.slow
-def test_every_start_is_counted(ray_local, tmp_path):
+def test_every_start_is_counted(ray_one_cpu, tmp_path):
     from sweeps.launch import run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -72,17 +72,6 @@ def server(tmp_path):
         s.kill()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _spec(tmp_path, name, epochs):
     return validate({"name": name, "task": "synthetic", "stage": "ce", "epochs": epochs, "fixed": dict(TINY),
                      "num_samples": 1, "max_concurrent": 2, "resources": {"cpu": 1},
