@@ -154,13 +154,23 @@ def log_report(uri: str, report: Report, also: list[str] = ()) -> None:
 
 def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path | None = None,
                  header: list[str] | None = None, ui_url: str = "", plots: bool = True, log: bool = True,
-                 also_log_to: list[str] = ()) -> Report:
+                 also_log_to: list[str] = (), not_started_ok: bool = False) -> Report:
+    """`not_started_ok`: a sweep not in the tracking store yet (a study's later stage) is named in
+    the header as not started, instead of an error."""
     from storage.plots import sweep_plots
+    from storage.runs import SweepNotTracked
 
-    sweeps = [load_sweep(uri, name) for name in sweep_names]
+    sweeps, not_started = [], []
+    for name in sweep_names:
+        try:
+            sweeps.append(load_sweep(uri, name))
+        except SweepNotTracked:
+            if not not_started_ok:
+                raise
+            not_started.append(name)
     tables = layouts(uri, sweeps)
-    provenance = [f"sweeps: {', '.join(f'{s.name} ({s.stage}, {len(s.trials)} trials, {s.status})' for s in sweeps)}",
-                  f"tracking: {uri}"]
+    provenance = [f"sweeps: {', '.join(f'{s.name} ({s.stage}, {len(s.trials)} trials, {s.status})' for s in sweeps)}"
+                  + (f"; not started yet: {', '.join(not_started)}" if not_started else ""), f"tracking: {uri}"]
     report = Report(tables=tables, sweeps=sweeps, header=(header or []) + provenance, refs=load_refs(refs), ui_url=ui_url)
     if plots:
         report.plots = sweep_plots(uri, sweeps, out / "plots")

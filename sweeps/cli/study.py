@@ -75,7 +75,7 @@ def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Pa
         header.append(f"REDUCED run: {' '.join('--set ' + repr(o) for o in study.overrides)}")
     run_id = study_run_id(study, storage, uri)
     report = build_report(uri, [study.sweep_name(s) for s in study.stages], out, refs=study.references,
-                          header=header, also_log_to=[run_id] if run_id else [])
+                          header=header, also_log_to=[run_id] if run_id else [], not_started_ok=True)
     typer.echo(report.files["md"].read_text().split("\n\n", 1)[-1])
     typer.echo(f"report: {report.files['html']}")
 
@@ -120,7 +120,8 @@ def report(
         header = [loaded.about.splitlines()[0]] if loaded.about else []
         also = [r for r in [study_run_id(loaded, storage, uri)] if r]
     try:
-        built = build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also)
+        built = build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also,
+                             not_started_ok=study is not None)
     except SweepNotTracked as error:
         _fail([str(error)])
     typer.echo(built.files["md"].read_text())
