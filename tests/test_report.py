@@ -199,3 +199,11 @@ class TestTuTable:
         assert rows["Viterbi"]["synthetic CRF"].values == [pytest.approx(0.87)]
         assert rows["Viterbi"]["synthetic blstm"].note == "not run"
         assert any("best of 2 settings by mean dev" in n for n in table.notes)
+
+
+class TestNotStarted:
+    def test_a_study_stage_not_started_is_named_not_an_error(self, store, tmp_path):
+        report = build_report(store, ["ce", "later"], tmp_path / "out", plots=False, log=False, not_started_ok=True)
+        assert "not started yet: later" in report.files["md"].read_text()
+        with pytest.raises(SweepNotTracked, match="no sweep named 'later'"):
+            build_report(store, ["ce", "later"], tmp_path / "out2", plots=False, log=False)
