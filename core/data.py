@@ -723,10 +723,15 @@ class Batch:
     index: torch.Tensor  # (B,) long, position of each sentence in the input list
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(
-            self.words.to(device), self.chars.to(device), self.labels.to(device),
-            self.lengths.to(device), self.mask.to(device), self.index.to(device),
-        )
+        """The batch on `device`. Bound for a GPU, the host tensors go through page-locked memory
+        and the copies do not block the host (core.device.pinned)."""
+        from core.device import pinned
+
+        device = torch.device(device)
+        blocking = device.type != "cuda"
+        move = lambda t: pinned(t, device).to(device, non_blocking=not blocking)  # noqa: E731
+        return Batch(move(self.words), move(self.chars), move(self.labels), move(self.lengths), move(self.mask),
+                     move(self.index))
 
 
 def encode_batch(sentences: Sequence[Sentence], index: Sequence[int], vocabs: Vocabs) -> Batch:
