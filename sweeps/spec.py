@@ -356,7 +356,7 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
     else is right (their check builds the core configs)."""
     problems = task_problems(spec) + stage_problems(spec)
     objective = STAGES[spec.stage].objective if spec.stage in STAGES else "ce"
-    problems += name_problems(spec, objective) + search_problems(spec) + metric_problems(spec)
+    problems += name_problems(spec, objective) + search_problems(spec) + metric_problems(spec) + device_problems(spec)
     problems += value_type_problems(spec, objective) + trial_count_problems(spec)
     if not problems:
         problems += value_problems(spec, objective)
@@ -416,6 +416,16 @@ def search_problems(spec: SweepSpec) -> list[str]:
         return [f"space.{name}: grid values need search.algorithm grid (Optuna samples; use choice)"
                 for name, kind in kinds.items() if kind == "grid"]
     return []
+
+
+def device_problems(spec: SweepSpec) -> list[str]:
+    """A trial asked to run on a GPU must be given one: Ray hides every GPU from a trial that asked
+    for none (CUDA_VISIBLE_DEVICES is empty), so it would fail at its start."""
+    devices = [("fixed.device", spec.fixed["device"])] if "device" in spec.fixed else []
+    if "device" in spec.space:
+        devices += [("space.device", value) for value in spec.space["device"].corners()]
+    return [f"{where}: {value!r} needs a GPU per trial; set resources.gpu (e.g. 0.25), or device: auto"
+            for where, value in devices if str(value).startswith("cuda") and spec.resources.gpu == 0]
 
 
 def metric_problems(spec: SweepSpec) -> list[str]:

@@ -532,10 +532,19 @@ def test_sweep_asking_more_cpus_than_local_ray_has(tmp_path):
 
 
 @pytest.mark.slow
+def test_sweep_asking_for_a_gpu_device_without_gpus_is_a_spec_error(tmp_path):
+    spec = _sweep_spec(tmp_path, fixed={"batch_size": 8, "device": "cuda:0"})
+    result = beamtune("sweep", spec, "--storage", tmp_path / "sweeps", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert_cli_error(result, "fixed.device", "resources.gpu")
+    assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.slow
 def test_sweep_whose_every_trial_fails_exits_nonzero(tmp_path):
-    """A failure no pre-flight check can see (here a device that does not exist) still must not
-    end in exit status 0 when no trial produced anything."""
-    spec = _sweep_spec(tmp_path, fixed={"batch_size": 8, "device": "cuda:99"}, max_failures=0)
+    """A failure no pre-flight check can see (here a loss that diverges: SGD at the largest rate a
+    spec accepts, no clipping) still must not end in exit status 0 when no trial produced anything."""
+    spec = _sweep_spec(tmp_path, fixed={"batch_size": 8, "optimizer": "sgd", "lr": 3.0e37, "clip": 0.0},
+                       max_failures=0)
     result = beamtune("sweep", spec, "--num-cpus", "1", "--storage", tmp_path / "sweeps",
                       "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--quiet", timeout=600)
     assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
