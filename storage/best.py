@@ -61,6 +61,39 @@ class TrialBest:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+DRIVER_LOCK = ".driver.lock"  # held (flock) by the process driving the sweep, released when it dies
+
+
+def driver_alive(directory: Path) -> bool:
+    """Whether some process holds the sweep's driver lock (sweeps.launch takes it for a run)."""
+    import fcntl
+
+    path = directory / DRIVER_LOCK
+    if not path.is_file():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def incomplete(storage: str | os.PathLike | None, name: str) -> str | None:
+    """Why a sweep that no driver is running is not complete (None when it is complete, or running):
+    its driver stopped before the end (no trial statuses), or trials did not end."""
+    directory = sweep_dir(storage, name)
+    if not (directory / SWEEP_FILE).is_file() or driver_alive(directory):
+        return None
+    trials_file = directory / TRIALS_FILE
+    if not trials_file.is_file():
+        return "its driver stopped before the sweep ended"
+    statuses = json.loads(trials_file.read_text())
+    unfinished = sum(status not in ("TERMINATED", "ERROR") for status in statuses.values())
+    return f"{unfinished} of {len(statuses)} trials did not end" if unfinished else None
+
+
 def sweep_metric(storage: str | os.PathLike | None, name: str) -> tuple[str, str]:
     """(metric, mode) of a sweep, from its saved spec."""
     import yaml

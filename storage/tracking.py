@@ -33,6 +33,7 @@ SWEEP_TAG = "beamtune.sweep"
 STUDY_TAG = "beamtune.study"
 BEST_TAG = "beamtune.best"  # "true" on the best trial's run of a sweep
 STOPPED_TAG = "beamtune.early_stopped"
+INCOMPLETE_TAG = "beamtune.incomplete"  # on a sweep's parent run whose driver is gone: why, and how to resume
 ERROR_TAG = "beamtune.error"
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description (markdown) in the MLflow UI
 CHECKPOINT_ARTIFACT = "best_checkpoint"
@@ -141,6 +142,16 @@ def mark_best(uri: str, directory: Path, trial_id: str, run_id: str) -> None:
     JournaledRun(uri, Spool(directory, trial_id), run).write("tags", tags={BEST_TAG: "true"})
 
 
+def mark_incomplete(uri: str, experiment_id: str, parent_run_id: str, reason: str) -> None:
+    """A sweep whose driver is gone: its parent and every trial run still RUNNING become KILLED, and
+    the parent says why and how to continue (INCOMPLETE_TAG), so the UI does not show them running."""
+    c = client(uri)
+    for run in [c.get_run(parent_run_id), *child_runs(uri, experiment_id, parent_run_id)]:
+        if run.info.status == "RUNNING":
+            c.set_terminated(run.info.run_id, status="KILLED")
+    c.set_tag(parent_run_id, INCOMPLETE_TAG, reason)
+
+
 def attach_report(uri: str, run_id: str, files: list[Path], artifact_path: str, description: str) -> None:
     """A report's files as artifacts of a run, and its Markdown as the run's description. Straight to
     MLflow, not journaled: a report is made from MLflow, so the store is there."""
@@ -151,7 +162,11 @@ def attach_report(uri: str, run_id: str, files: list[Path], artifact_path: str, 
 
 
 def reopen(uri: str, run_id: str) -> None:
-    client(uri).update_run(run_id, status="RUNNING")
+    """A resumed sweep's parent run: RUNNING again, no longer marked incomplete."""
+    c = client(uri)
+    c.update_run(run_id, status="RUNNING")
+    if INCOMPLETE_TAG in c.get_run(run_id).data.tags:
+        c.delete_tag(run_id, INCOMPLETE_TAG)
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED", message: str | None = None) -> None:

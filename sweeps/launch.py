@@ -13,6 +13,7 @@ restored ASHA starts with empty rungs, so a resumed sweep would stop nothing it 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from core.checkpoint import MANIFEST
 from storage import tracking
-from storage.best import SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
+from storage.best import DRIVER_LOCK, SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
     resolve_storage, sweep_dir
 from sweeps.progress import CompactProgress, say_stderr
 from sweeps.ray_private import asha_state, knows_trial, restore_asha_state, result_trials
@@ -248,6 +249,29 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     root = resolve_storage(storage)
     directory = root / spec.name
     check_sweep_folder(spec, root, directory, resume)
+    directory.mkdir(parents=True, exist_ok=True)
+    with driver_lock(directory):
+        return _run_sweep(spec, root, directory, tracking_uri, address, num_cpus, resume, verbose, compact, study_run_id,
+                          start)
+
+
+@contextlib.contextmanager
+def driver_lock(directory: Path):
+    """Hold the sweep's driver lock (storage.best.DRIVER_LOCK) while this process drives it: a later
+    command that finds the lock free and the sweep unfinished knows its driver is gone."""
+    import fcntl
+
+    with open(directory / DRIVER_LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"sweep {directory.name!r} is being driven by another process") from None
+        yield
+
+
+def _run_sweep(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str | None, address: str | None,
+               num_cpus: int | None, resume: bool, verbose: int, compact: bool, study_run_id: str | None,
+               start: float) -> SweepOutcome:
     phases: dict[str, float] = {}
     if compact:
         say_stderr(f"[{spec.name}] starting Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}) and MLflow "
@@ -289,7 +313,7 @@ def check_sweep_folder(spec: SweepSpec, root: Path, directory: Path, resume: boo
 
     if resume and (not (directory / SWEEP_FILE).is_file() or not tune.Tuner.can_restore(str(directory))):
         raise SweepError(f"nothing to resume: no sweep named {spec.name!r} under {root}")
-    if not resume and directory.exists() and any(directory.iterdir()):
+    if not resume and directory.exists() and any(p.name != DRIVER_LOCK for p in directory.iterdir()):
         raise SweepError(f"sweep {spec.name!r} already exists under {root}: continue it with "
                          f"`beamtune sweep --resume {spec.name}`, or give the spec another name")
 
@@ -452,6 +476,20 @@ def finish_sweep(spec: SweepSpec, root: Path, directory: Path, state: dict[str, 
     if best is not None and best.mlflow_run_id:
         tracking.mark_best(uri, journals, best.trial_id, best.mlflow_run_id)
     return best
+
+
+def note_incomplete(name: str, storage: str | os.PathLike | None = None) -> str | None:
+    """If no driver runs sweep `name` and it did not end, say so in MLflow (parent and RUNNING
+    trial runs KILLED, tag `beamtune.incomplete`) and return the reason (None if it is complete)."""
+    from storage.best import incomplete
+
+    reason = incomplete(storage, name)
+    if reason is None:
+        return None
+    state = json.loads((sweep_dir(storage, name) / SWEEP_FILE).read_text())
+    hint = f"{reason}; continue it with `beamtune sweep --resume {name}`"
+    tracking.mark_incomplete(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], hint)
+    return hint
 
 
 def load_sweep_spec(name: str, storage: str | os.PathLike | None = None) -> SweepSpec:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from storage import tracking
-from storage.best import TRIALS_FILE, SweepNotFound, best_checkpoint, resolve_storage
+from storage.best import TRIALS_FILE, SweepNotFound, best_checkpoint, driver_alive, resolve_storage
 from sweeps.spec import SweepSpec
 from sweeps.study import Study, StudyError
 
@@ -27,7 +27,7 @@ UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
 
 @dataclass
 class StageStatus:
-    state: str  # pending | started | interrupted | finished | failed
+    state: str  # pending | running | interrupted | finished | failed
     trials: int = 0
     failed: int = 0
     best_trial: str | None = None
@@ -49,8 +49,8 @@ def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
     if not directory.is_dir() or not any(directory.iterdir()):
         return StageStatus("pending")
     trials_file = directory / TRIALS_FILE
-    if not trials_file.is_file():
-        return StageStatus("started")  # running now, or killed before its first end
+    if not trials_file.is_file():  # running now, or its driver was killed before the sweep ended
+        return StageStatus("running" if driver_alive(directory) else "interrupted")
     statuses = json.loads(trials_file.read_text())
     status = StageStatus("finished", trials=len(statuses), failed=sum(s == "ERROR" for s in statuses.values()))
     if any(s in UNFINISHED for s in statuses.values()):
@@ -117,7 +117,9 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
             if status.state == "failed":
                 raise StudyError([f"stages.{name}: failed in an earlier run ({status.failed} of {status.trials} trials); "
                                   f"fix it and start it afresh by removing {root / study.sweep_name(name)}"])
-            resume = status.state in ("started", "interrupted")
+            if status.state == "running":
+                raise StudyError([f"stages.{name}: sweep {study.sweep_name(name)} is being run by another process"])
+            resume = status.state == "interrupted"
             say(f"stage {name}: {'resuming' if resume else 'starting'} sweep {study.sweep_name(name)}")
             run_sweep(stage.spec, storage=root, tracking_uri=uri, address=address, resume=resume, verbose=verbose,
                       study_run_id=study_run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -186,7 +187,10 @@ def test_study_end_to_end_and_resume(tmp_path):
         driver.wait()
     status = run_cli(["study", "status", str(study), "--storage", str(storage)], tmp_path, "status")
     assert status.stdout.splitlines()[0].split()[:2] == ["ce", "finished"]
-    assert status.stdout.splitlines()[1].split()[1] in ("started", "interrupted")
+    assert status.stdout.splitlines()[1].split()[1] == "interrupted"  # its driver is gone
+    dl_state = json.loads((storage / "s-dl" / "beamtune_sweep.json").read_text())
+    dl_run = tracking.client(f"sqlite:///{tmp_path / 'b'}/m.db").get_run(dl_state["parent_run_id"])
+    assert dl_run.info.status == "KILLED" and "beamtune sweep --resume s-dl" in dl_run.data.tags[tracking.INCOMPLETE_TAG]
     again = run_cli(["study", "run", str(study), *common("b")], tmp_path, "b2")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "stage ce: finished before, skipped" in again.stderr and "stage dl: resuming" in again.stderr

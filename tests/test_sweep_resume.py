@@ -72,6 +72,14 @@ def test_killed_driver_resumes(tmp_path):
     finished_checkpoints = {tid: sorted(p.name for p in directory.glob(f"*{tid}*/checkpoint_*")) for tid in finished}
     assert len(finished) < 6, "the driver was killed too late to test anything"
 
+    # Any command that touches the sweep now shows it for what it is: incomplete, not running.
+    best = subprocess.run([str(BEAMTUNE), "best", "--sweep", "r", "--storage", str(storage)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "warning: sweep r is incomplete" in best.stderr and "beamtune sweep --resume r" in best.stderr, best.stderr
+    parent_run = client.get_run(parent)
+    assert parent_run.info.status == "KILLED" and tracking.INCOMPLETE_TAG in parent_run.data.tags
+    assert "RUNNING" not in {r.info.status for r in tracking.child_runs(uri, exp, parent)}
+
     resumed = subprocess.run([str(BEAMTUNE), "sweep", "--resume", "r", *common], env=env, capture_output=True,
                              text=True, timeout=400)
     (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
@@ -82,6 +90,7 @@ def test_killed_driver_resumes(tmp_path):
     assert len(after) == 6 and len(tracking.child_runs(uri, exp, parent)) == 6  # one run per trial
     assert {r.info.status for r in after.values()} == {"FINISHED"}
     assert client.get_run(parent).info.status == "FINISHED"
+    assert tracking.INCOMPLETE_TAG not in client.get_run(parent).data.tags
     for tid in finished:  # not re-run: same run, untouched, same checkpoints
         assert after[tid].info.end_time == before[tid].info.end_time
         assert after[tid].data.tags["beamtune.attempts"] == "1"

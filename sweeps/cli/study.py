@@ -86,12 +86,16 @@ def study_status(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
 ) -> None:
-    """Each stage: pending, started, interrupted, finished (best trial and score) or failed."""
+    """Each stage: pending, running, interrupted, finished (best trial and score) or failed."""
     from sweeps.study_run import stage_status
+
+    from sweeps.launch import note_incomplete
 
     study = _load(file, set_)
     for name, status in stage_status(study, storage).items():
         typer.echo(status.line(name, study.stages[name].spec.metric))
+        if status.state == "interrupted":  # its driver is gone: MLflow shows it KILLED, not running
+            note_incomplete(study.sweep_name(name), storage)
 
 
 def report(

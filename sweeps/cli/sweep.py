@@ -104,6 +104,11 @@ def best(
         ranking = trial_rankings(storage, sweep_name, metric, mode)
     except SweepNotFound as error:
         fail(str(error))
+    from sweeps.launch import note_incomplete
+
+    unfinished = note_incomplete(sweep_name, storage)
+    if unfinished:  # the ranking below is of what finished; MLflow now shows the runs as KILLED
+        typer.echo(f"warning: sweep {sweep_name} is incomplete: {unfinished}", err=True)
     metric = metric or sweep_metric(storage, sweep_name)[0]
     varied = sorted({k for t in ranking for k, v in t.params.items() if any(o.params.get(k) != v for o in ranking)})
     header = ["rank", "trial", metric, "epoch", *varied, "mlflow run"]
