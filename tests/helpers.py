@@ -115,3 +115,21 @@ def fake_sweep(storage, name: str, metric: str = "dev_score", value: float = 0.5
     (checkpoint / TRIAL_SIDECAR).write_text(json.dumps({"trial_id": "t0", "trial_name": "trial_00000", "epoch": 1,
                                                         "metrics": {metric: value}, "params": {}}))
     return checkpoint
+
+
+def latest_checkpoints(directory) -> dict[str, dict]:
+    """trial id -> the sidecar of its latest checkpoint so far under a sweep folder (files may vanish
+    or be half-written while Ray copies and prunes them: skipped)."""
+    import json
+
+    from storage.best import TRIAL_SIDECAR
+
+    latest: dict[str, dict] = {}
+    for path in directory.glob(f"*/checkpoint_*/{TRIAL_SIDECAR}"):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if info["epoch"] > latest.get(info["trial_id"], {}).get("epoch", -1):
+            latest[info["trial_id"]] = info
+    return latest

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from storage.best import TRIAL_SIDECAR
+from helpers import latest_checkpoints
 from sweeps.spec import validate
 
 pytestmark = pytest.mark.slow
@@ -188,19 +188,6 @@ def wait_for(what: str, condition, timeout: float, thread: threading.Thread | No
         time.sleep(0.5)
 
 
-def checkpoints(directory: Path) -> dict[str, dict]:
-    """trial id -> the sidecar of its latest checkpoint so far (files may vanish mid-copy: skipped)."""
-    latest: dict[str, dict] = {}
-    for path in directory.glob(f"*/checkpoint_*/{TRIAL_SIDECAR}"):
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if info["epoch"] > latest.get(info["trial_id"], {}).get("epoch", -1):
-            latest[info["trial_id"]] = info
-    return latest
-
-
 @pytest.fixture
 def cluster(tmp_path_factory, monkeypatch):
     import ray
@@ -277,7 +264,7 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
     # All four trials hold a quarter of that one GPU at once (none left for a fifth) while at
     # least one has checkpointed and none has finished: kill the worker under them.
     def four_sharing_and_one_checkpointed():
-        latest = checkpoints(directory)
+        latest = latest_checkpoints(directory)
         sharing = ray.cluster_resources().get("GPU") == 1 and ray.available_resources().get("GPU", 0) == 0
         return latest if sharing and latest else None
 
@@ -296,7 +283,7 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
 
     # Every trial finished on a replacement GPU worker, never on the head; those that had a
     # checkpoint resumed from it (not from scratch), the others restarted from epoch 0.
-    final = checkpoints(directory)
+    final = latest_checkpoints(directory)
     assert len(final) == 4 and {i["epoch"] for i in final.values()} == {EPOCHS}
     for tid, info in final.items():
         nodes = [a["node_id"] for a in info["attempts"]]

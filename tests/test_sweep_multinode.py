@@ -9,7 +9,6 @@ sweep runs in a thread and the test thread kills the node (shared/notes/platform
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from storage import tracking
-from storage.best import TRIAL_SIDECAR
+from helpers import latest_checkpoints
 from sweeps.spec import validate
 
 pytestmark = pytest.mark.slow  # starts Ray and MLflow
@@ -52,20 +51,6 @@ def cluster():
             reset_ray_address()
 
 
-def checkpoints(directory: Path) -> dict[str, dict]:
-    """trial id -> the sidecar of its latest checkpoint so far (files may vanish or be half-written
-    while Ray copies and prunes them: skipped)."""
-    latest: dict[str, dict] = {}
-    for path in directory.glob(f"*/checkpoint_*/{TRIAL_SIDECAR}"):
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if info["epoch"] > latest.get(info["trial_id"], {}).get("epoch", -1):
-            latest[info["trial_id"]] = info
-    return latest
-
-
 def test_worker_node_lost_mid_trial(cluster, tmp_path):
     from sweeps.launch import run_sweep
 
@@ -92,7 +77,7 @@ def test_worker_node_lost_mid_trial(cluster, tmp_path):
     while True:
         assert thread.is_alive(), f"the sweep ended before a node was removed: {result}"
         assert time.monotonic() < deadline, "no trial reached epoch 3 in time"
-        running = {tid: info for tid, info in checkpoints(directory).items() if 3 <= info["epoch"] <= EPOCHS - 4}
+        running = {tid: info for tid, info in latest_checkpoints(directory).items() if 3 <= info["epoch"] <= EPOCHS - 4}
         if running:
             victim_id, seen = next(iter(running.items()))
             break
@@ -111,7 +96,7 @@ def test_worker_node_lost_mid_trial(cluster, tmp_path):
     assert set(outcome.statuses.values()) == {"TERMINATED"}
 
     # The killed trial resumed from its last checkpoint on the other worker; the other trial ran once.
-    final = checkpoints(directory)
+    final = latest_checkpoints(directory)
     assert set(final) == set(outcome.statuses) and {info["epoch"] for info in final.values()} == {EPOCHS}
     attempts = final[victim_id]["attempts"]
     assert len(attempts) == 2, attempts
