@@ -12,13 +12,14 @@ restored ASHA starts with empty rungs, so a resumed sweep would stop nothing it 
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,14 @@ class SweepOutcome:
     # Wall seconds of each phase: "ray_start" (0 when Ray was already up), "tracking_setup" (overlaps
     # ray_start), "tune" (Tuner set-up and fit), "ray_shutdown" and "finish" (MLflow bookkeeping after).
     phases: dict[str, float]
+    failures: dict[str, str] = field(default_factory=dict)  # trial id -> the last line of its error
+
+    def common_failure(self) -> str | None:
+        """The error most failed trials ended with (their last line), with how many; None if none failed."""
+        if not self.failures:
+            return None
+        message, count = collections.Counter(self.failures.values()).most_common(1)[0]
+        return f"{message} ({count} of {len(self.failures)} failed trials)"
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
@@ -290,8 +299,9 @@ def _run_sweep(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str |
     with timed(phases, "finish"):
         best = finish_sweep(spec, root, directory, state, trials, errors)
     statuses = {trial_id: status for trial_id, (_, status) in trials.items()}
+    last_lines = {tid: (error.strip().splitlines() or ["trial failed"])[-1][:300] for tid, error in errors.items()}
     return SweepOutcome(spec.name, directory, state["tracking_uri"], state["experiment_id"], state["parent_run_id"], best,
-                        len(statuses), len(errors), statuses, time.perf_counter() - start, phases)
+                        len(statuses), len(errors), statuses, time.perf_counter() - start, phases, last_lines)
 
 
 class timed:

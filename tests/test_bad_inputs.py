@@ -548,7 +548,7 @@ def test_sweep_whose_every_trial_fails_exits_nonzero(tmp_path):
     result = beamtune("sweep", spec, "--num-cpus", "1", "--storage", tmp_path / "sweeps",
                       "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--quiet", timeout=600)
     assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
-    assert "error: all 1 trials failed" in result.stderr
+    assert "error: all 1 trials failed: " in result.stderr and "loss is" in result.stderr  # the cause, in one line
 
 
 def test_sweep_spec_syntax_error_one_line(tmp_path):

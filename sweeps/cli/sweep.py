@@ -62,7 +62,8 @@ def sweep(
     typer.echo(f"MLflow: parent run {outcome.parent_run_id} (experiment {outcome.experiment_id}) at {outcome.tracking_uri}")
     typer.echo(f"MLflow UI: {ui_command(outcome.tracking_uri)}")
     if outcome.trials and outcome.errors == outcome.trials:  # a sweep that produced nothing is a failure
-        typer.echo(f"error: all {outcome.trials} trials failed; their errors are in MLflow and {outcome.directory}", err=True)
+        typer.echo(f"error: all {outcome.trials} trials failed: {outcome.common_failure()}; every error is in MLflow "
+                   f"and {outcome.directory}", err=True)
         raise typer.Exit(code=1)
 
 
