@@ -67,6 +67,7 @@ def study_run(
 def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Path) -> None:
     from storage.report import build_report
     from storage.tracking import resolve_tracking_uri
+    from storage.tracking import run_tag
     from sweeps.study_run import study_run_id
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -114,6 +115,7 @@ def report(
 
     if bool(sweep) == bool(study):
         _fail(["give --study FILE or one or more --sweep NAME"])
+    from storage.tracking import run_tag
     from sweeps.study_run import study_run_id
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -123,6 +125,9 @@ def report(
         names, refs = [loaded.sweep_name(s) for s in loaded.stages], refs or loaded.references
         header = [loaded.about.splitlines()[0]] if loaded.about else []
         also = [r for r in [study_run_id(loaded, storage, uri)] if r]
+        overrides = run_tag(uri, also[0], "beamtune.overrides", "none") if also else "none"
+        if overrides != "none":  # the study ran reduced: its report says so in its header
+            header.append(f"REDUCED run, --set overrides: {overrides}")
     try:
         built = build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also,
                              not_started_ok=study is not None)
