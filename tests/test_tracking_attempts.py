@@ -5,6 +5,7 @@ three times: its first two workers are killed (SIGKILL) as soon as they exist, t
 to the end (FailureConfig: max_failures 2)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -51,6 +52,19 @@ def _trial_workers() -> set[int]:
     return pids
 
 
+def _recorded_starts(directory: Path) -> int:
+    """How many trial starts the driver has journaled (tracking.record_start) for the sweep."""
+    count = 0
+    for journal in tracking.spool_dir(directory).glob("*.jsonl"):
+        for line in journal.read_text().splitlines():
+            try:
+                op = json.loads(line)
+            except ValueError:  # a line being written
+                continue
+            count += op.get("op") == "tags" and tracking.ATTEMPTS_TAG in op.get("tags", {})
+    return count
+
+
 @pytest.fixture
 def ray_one_cpu():
     import ray
@@ -87,9 +101,15 @@ def test_every_start_is_counted(ray_one_cpu, tmp_path):
         while len(killed) < 2:
             assert thread.is_alive(), "the sweep ended before its trial was killed twice"
             assert time.monotonic() < deadline, "no trial worker appeared"
+            # Kill a worker only once Ray has started the trial in it (Tune's start is journaled):
+            # a worker killed before that never started the trial, and is not an attempt.
+            if _recorded_starts(tmp_path / "sweeps" / "a") <= len(killed):
+                time.sleep(0.05)
+                continue
             for pid in _trial_workers() - killed - stale:
                 os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
+                break
             time.sleep(0.05)
     finally:
         thread.join(timeout=600)
