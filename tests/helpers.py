@@ -133,3 +133,24 @@ def latest_checkpoints(directory) -> dict[str, dict]:
         if info["epoch"] > latest.get(info["trial_id"], {}).get("epoch", -1):
             latest[info["trial_id"]] = info
     return latest
+
+
+def sweep_in_thread(spec, storage, uri: str, start: bool = True):
+    """Run sweeps.launch.run_sweep(spec) in a daemon thread, for tests that act on the cluster while
+    it runs: (thread, result), result["outcome"] or result["error"] once the thread has ended."""
+    import threading
+
+    from sweeps.launch import run_sweep
+
+    result: dict = {}
+
+    def sweep():
+        try:
+            result["outcome"] = run_sweep(spec, storage=storage, tracking_uri=uri, verbose=0)
+        except BaseException as error:  # noqa: BLE001 - reported by the test's own thread
+            result["error"] = error
+
+    thread = threading.Thread(target=sweep, daemon=True)
+    if start:
+        thread.start()
+    return thread, result

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import latest_checkpoints
+from helpers import latest_checkpoints, sweep_in_thread
 from sweeps.spec import validate
 
 pytestmark = pytest.mark.slow
@@ -226,7 +226,6 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
     import ray
 
     from storage import tracking
-    from sweeps.launch import run_sweep
 
     fake, source = cluster
     workers = {name: t for name, t in fake.config["available_node_types"].items() if name != FAKE_HEAD_TYPE}
@@ -243,15 +242,7 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
                      "space": {"lr": {"grid": [0.003, 0.01, 0.02, 0.05]}}, "search": {"algorithm": "grid"},
                      "scheduler": {"type": "fifo"}, "num_samples": 1, "max_failures": 3,
                      "resources": {"cpu": WORKER_CPUS / 4, "gpu": 0.25}}, storage=storage)
-    result: dict = {}
-
-    def sweep():
-        try:
-            result["outcome"] = run_sweep(spec, storage=storage, tracking_uri=uri, verbose=0)
-        except BaseException as error:  # noqa: BLE001 - reported by the test thread
-            result["error"] = error
-
-    thread = threading.Thread(target=sweep, daemon=True)
+    thread, result = sweep_in_thread(spec, storage, uri, start=False)
     watcher = NodeWatcher()
     watcher.start()
     thread.start()

@@ -9,14 +9,13 @@ sweep runs in a thread and the test thread kills the node (shared/notes/platform
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from storage import tracking
-from helpers import latest_checkpoints
+from helpers import latest_checkpoints, sweep_in_thread
 from sweeps.spec import validate
 
 pytestmark = pytest.mark.slow  # starts Ray and MLflow
@@ -52,7 +51,6 @@ def cluster():
 
 
 def test_worker_node_lost_mid_trial(cluster, tmp_path):
-    from sweeps.launch import run_sweep
 
     c, workers = cluster
     storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
@@ -61,16 +59,7 @@ def test_worker_node_lost_mid_trial(cluster, tmp_path):
                      "scheduler": {"type": "fifo"}, "num_samples": 1, "max_concurrent": 2, "max_failures": 2,
                      "resources": {"cpu": 1, "custom": {"slot": 1}}}, storage=storage)
 
-    result: dict = {}
-
-    def sweep():
-        try:
-            result["outcome"] = run_sweep(spec, storage=storage, tracking_uri=uri, verbose=0)
-        except BaseException as error:  # noqa: BLE001 - reported by the test thread
-            result["error"] = error
-
-    thread = threading.Thread(target=sweep, daemon=True)
-    thread.start()
+    thread, result = sweep_in_thread(spec, storage, uri)
 
     # Wait until a trial has checkpointed a few epochs (and is not near its end), then kill its node.
     directory, deadline = storage / "mn", time.monotonic() + 120

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers import sweep_in_thread
 from storage import tracking
 from sweeps.spec import validate
 
@@ -78,23 +78,14 @@ def ray_one_cpu():
 
 @pytest.mark.slow
 def test_every_start_is_counted(ray_one_cpu, tmp_path):
-    from sweeps.launch import run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = validate({"name": "a", "task": "synthetic", "stage": "ce", "epochs": 2, "fixed": dict(TINY),
                      "num_samples": 1, "max_failures": 2, "resources": {"cpu": 1}, "scheduler": {"type": "fifo"}},
                     storage=tmp_path / "sweeps")
-    result = {}
-
-    def target():
-        try:
-            result["outcome"] = run_sweep(spec, storage=tmp_path / "sweeps", tracking_uri=uri, verbose=0)
-        except BaseException as error:
-            result["error"] = error
 
     stale = _trial_workers()  # of an earlier Ray of this process, still exiting
-    thread = threading.Thread(target=target)
-    thread.start()
+    thread, result = sweep_in_thread(spec, tmp_path / "sweeps", uri)
     killed: set[int] = set()
     try:
         deadline = time.monotonic() + 300
