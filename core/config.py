@@ -8,6 +8,7 @@ puts them together into the one flat `TrainConfig` a run, the CLI and a sweep sp
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from core.device import resolve_device  # noqa: F401 - one definition; config users import it from here
-from core.data import TaskData, Vocabs, build_vocabs
+from core.data import DataError, TaskData, Vocabs, build_vocabs, data_root
 from core.embeddings import glove_words, load_glove
 
 OPTIMIZERS = ("adam", "sgd")
@@ -105,8 +106,22 @@ def build_vocabs_and_vectors(config: SharedConfig, task: TaskData) -> tuple[Voca
     """Vocabularies from the training split plus the pretrained words that occur in dev/test (so
     they keep their vectors), and the GloVe matrix (len(words), d) when `config.embeddings` is set."""
     extra: set[str] = set()
-    if config.embeddings:
-        extra = {w.lower() for s in task.dev + task.test for w in s.words} & glove_words(config.embeddings)
+    path = embeddings_path(config.embeddings, config.data_root) if config.embeddings else None
+    if path:
+        extra = {w.lower() for s in task.dev + task.test for w in s.words} & glove_words(path)
     vocabs = build_vocabs(task.train, min_count=config.min_count, lowercase=config.lowercase, extra_words=sorted(extra))
-    vectors = load_glove(config.embeddings, vocabs.words)[0] if config.embeddings else None
+    vectors = load_glove(path, vocabs.words)[0] if path else None
     return vocabs, vectors
+
+
+def embeddings_path(embeddings: str, root: str | None = None) -> str:
+    """The GloVe file `embeddings` names: as given when that file exists (absolute, or relative to
+    the working directory), else relative to the data root, so a shipped study can say
+    `embeddings: embeddings/glove.6B.50d.txt.gz` and run on any machine's data root."""
+    if os.path.isabs(embeddings) or os.path.exists(embeddings):
+        return embeddings
+    try:
+        under_root = data_root(root) / embeddings
+    except DataError:  # no data root: report the path as given (load_glove names it)
+        return embeddings
+    return str(under_root) if under_root.exists() else embeddings
