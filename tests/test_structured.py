@@ -111,3 +111,37 @@ class TestDecoding:
         save_checkpoint(seq2seq, torch.nn.Linear(1, 1), {"kind": "seq2seq"})
         with pytest.raises(CheckpointError, match="expected 'crf' or 'infnet'"):
             load_for_decoding(seq2seq, None)
+
+
+@pytest.fixture(scope="module")
+def glove(tmp_path_factory):
+    words = sorted({w.lower() for s in load_task("synthetic").train for w in s.words})
+    path = tmp_path_factory.mktemp("glove") / "tiny.txt"
+    path.write_text("".join(f"{w} {' '.join(str((i + j) % 7 / 10) for j in range(8))}\n" for i, w in enumerate(words)))
+    return str(path)
+
+
+class TestEmbeddingFineTuning:
+    """Tu & Gimpel §2.1 and §7: pretrained vectors stay fixed for every model of the BLSTM-CRF setting
+    (the CRF, local baselines, inference networks) and are fine-tuned in the "+" setting."""
+
+    @staticmethod
+    def finetuned(directory) -> bool:
+        model, _, _ = (load_crf if load_checkpoint(directory).meta["kind"] == "crf" else load_infnet)(directory)
+        return model.config.finetune_embeddings
+
+    def test_fixed_without_plus_finetuned_with_plus(self, tmp_path, glove):
+        small = {**SMALL, "model": {"hidden": 8, "char_filters": 5}, "embeddings": glove}
+        train(TrainConfig(out=str(tmp_path / "crf"), objective="crf", **small))
+        train(TrainConfig(out=str(tmp_path / "crf+"), objective="crf+", **small))
+        train(TrainConfig(out=str(tmp_path / "inf"), objective="infnet", arch="cnn13", energy=str(tmp_path / "crf"), **SMALL))
+        train(TrainConfig(out=str(tmp_path / "inf+"), objective="infnet", arch="cnn13", plus=True,
+                          energy=str(tmp_path / "crf+"), **SMALL))
+        train(TrainConfig(out=str(tmp_path / "local"), objective="local", arch="cnn13", **small))
+        train(TrainConfig(out=str(tmp_path / "local+"), objective="local", arch="cnn13", plus=True, **small))
+        train(TrainConfig(out=str(tmp_path / "random"), objective="local", arch="cnn13", **SMALL))  # no vectors: trained
+        got = {name: self.finetuned(tmp_path / name) for name in ("crf", "crf+", "inf", "inf+", "local", "local+", "random")}
+        assert got == {"crf": False, "crf+": True, "inf": False, "inf+": True, "local": False, "local+": True, "random": True}
+        crf, _, _ = load_crf(tmp_path / "crf")
+        inf, _, _ = load_infnet(tmp_path / "inf")
+        assert torch.equal(inf.word_embedding().weight, crf.encoder.word_embedding.weight)  # fixed: still the CRF's

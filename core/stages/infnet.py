@@ -91,6 +91,10 @@ class InfnetStage:
             self.vocabs, vectors = build_vocabs_and_vectors(config, task)
             word_dim = vectors.shape[1] if vectors is not None else None
         options = paper_options(config, config.plus, word_dim)
+        # Tu & Gimpel §2.1: pretrained vectors stay fixed except in the "+" setting, for every model
+        # (§7); vectors that are not pretrained (random, or a CRF's own learned ones) are trained.
+        pretrained = vectors is not None or (self.crf is not None and not self.crf.config.finetune_embeddings)
+        options.setdefault("finetune_embeddings", config.plus or not pretrained)
         sizes = dict(n_words=len(self.vocabs.words), n_chars=len(self.vocabs.chars), n_labels=len(self.vocabs.labels))
         self.model = InferenceNetwork(InfnetConfig(arch=config.arch, **sizes, layers=config.layers, **options))
         embedding = self.model.word_embedding()
