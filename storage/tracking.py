@@ -125,6 +125,18 @@ def start_study(uri: str, experiment_id: str, study: str, study_yaml: str, overr
     return run.info.run_id
 
 
+def update_study(uri: str, run_id: str, study_yaml: str, overrides: list[str]) -> None:
+    """A study run again (resumed, or continued with other `--set` overrides): its run shows the
+    latest invocation's study file and overrides, which the report's header states; the earlier
+    overrides stay readable in `beamtune.overrides.previous`, since finished stages ran under them."""
+    c = client(uri)
+    now, before = " ".join(overrides) or "none", c.get_run(run_id).data.tags.get("beamtune.overrides", "none")
+    if now != before:
+        c.set_tag(run_id, "beamtune.overrides.previous", before)
+        c.set_tag(run_id, "beamtune.overrides", now)
+    c.log_text(run_id, study_yaml, "study.yaml")
+
+
 def log_sweep_params(uri: str, run_id: str, fixed: dict[str, Any], space: dict[str, str]) -> None:
     """The sweep's fixed values and its search space (one param per searched parameter, e.g.
     `space.lr = loguniform [0.001, 0.01]`) on its parent run, so the UI shows what was searched."""

@@ -88,6 +88,7 @@ def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
         state = json.loads(state_file.read_text())
         if state["tracking_uri"] == uri:
             tracking.reopen(uri, state["run_id"])
+            tracking.update_study(uri, state["run_id"], study.text, study.overrides)
             return state["experiment_id"], state["run_id"]
     experiment_id = tracking.ensure_experiment(uri, experiment)
     run_id = tracking.start_study(uri, experiment_id, study.name, study.text, study.overrides)

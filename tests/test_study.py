@@ -195,3 +195,20 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "stage ce: finished before, skipped" in again.stderr and "stage dl: resuming" in again.stderr
     assert table_rows((tmp_path / "b" / "report" / "report.md").read_text()) == table_rows(md)
+
+
+@pytest.mark.slow  # creates an MLflow SQLite store (seconds)
+def test_a_study_run_again_with_other_overrides_says_so(tmp_path):
+    # A study resumed with different --set overrides: its run (and so the report's header) shows the
+    # latest invocation's, and keeps the earlier ones, under which finished stages ran.
+    uri = f"sqlite:///{tmp_path}/m.db"
+    experiment = tracking.ensure_experiment(uri, "x")
+    run_id = tracking.start_study(uri, experiment, "s", "name: s\n", ["epochs=30", "stages.a.lr=0.1"])
+    tracking.update_study(uri, run_id, "name: s  # edited\n", ["epochs=30", "stages.a.lr=0.01"])
+    tags = tracking.client(uri).get_run(run_id).data.tags
+    assert tags["beamtune.overrides"] == "epochs=30 stages.a.lr=0.01"
+    assert tags["beamtune.overrides.previous"] == "epochs=30 stages.a.lr=0.1"
+    local = tracking.client(uri).download_artifacts(run_id, "study.yaml", str(tmp_path))
+    assert "edited" in Path(local).read_text()
+    tracking.update_study(uri, run_id, "name: s\n", ["epochs=30", "stages.a.lr=0.01"])  # same again: nothing to add
+    assert tracking.client(uri).get_run(run_id).data.tags["beamtune.overrides.previous"] == "epochs=30 stages.a.lr=0.1"

@@ -128,6 +128,9 @@ def report(
         overrides = run_tag(uri, also[0], "beamtune.overrides", "none") if also else "none"
         if overrides != "none":  # the study ran reduced: its report says so in its header
             header.append(f"REDUCED run, --set overrides: {overrides}")
+        previous = run_tag(uri, also[0], "beamtune.overrides.previous", "") if also else ""
+        if previous:  # stages finished before the latest invocation ran under these
+            header.append(f"(an earlier invocation, whose finished stages were kept, had: {previous})")
     try:
         built = build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also,
                              not_started_ok=study is not None)
