@@ -133,6 +133,10 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
         metrics = {"epoch": epoch, "train_loss": train_loss, "dev_score": dev["score"],
                    "best_dev_score": progress["best_score"],
                    "train_sentences_per_second": progress["train_sentences"] / progress["train_seconds"],
+                   # 1 on the epoch after which early stopping ends the run: a sweep's view tells this
+                   # end from a scheduler's stop
+                   "patience_exhausted": float(bool(config.patience and progress["bad_epochs"] >= config.patience
+                                                    and epoch < config.epochs)),
                    **stage.epoch_metrics(epoch)}
         if config.progress:
             tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev {dev['score']:.4f}" + ("  *" if improved else ""))

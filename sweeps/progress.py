@@ -4,6 +4,7 @@ one line per event a person watches for, and a status line every `every` seconds
     [quickstart] trial ce lr=0.0023 seed=161 started
     [quickstart] ce lr=0.0023 seed=161  epoch 2/4  dev_score 0.8412  (best 0.8412)
     [quickstart] trial ce lr=0.0061 seed=7 stopped by the scheduler after epoch 1
+    [quickstart] trial ce lr=0.0050 seed=3 stopped early after epoch 9 (no dev improvement for `patience` epochs)
     [quickstart] 2 running, 3 done, 0 failed; best so far 0.8512 (ce lr=0.0061 seed=7)
     [quickstart] trial ce lr=0.0023 seed=161 failed: TrainingError: loss is nan at epoch 3
 
@@ -34,6 +35,7 @@ class CompactProgress(Callback):
         self.sweep, self.stage, self.epochs = sweep, stage, epochs
         self.metric, self.sign = metric, 1 if mode == "max" else -1
         self.epoch: dict[str, int] = {}  # last epoch each trial reported
+        self.patience_exhausted: dict[str, bool] = {}  # its last report ended it by early stopping
         self.searched, self.every = searched, every
         self.say = say or say_stderr  # a module-level function: Tune pickles its callbacks with the sweep
         self.best: tuple[float, str] | None = None
@@ -68,6 +70,7 @@ class CompactProgress(Callback):
             self.best = (value, name)
         epoch = result.get("epoch", result.get("training_iteration"))
         self.epoch[trial.trial_id] = epoch
+        self.patience_exhausted[trial.trial_id] = bool(result.get("patience_exhausted"))
         self._line(f"{name}  epoch {epoch}/{self.epochs}  {self.metric} {value:.4f}  (best {self.best[0]:.4f})")
         self._status()
 
@@ -75,7 +78,12 @@ class CompactProgress(Callback):
         self.running.discard(trial.trial_id)
         self.done += 1
         epoch = self.epoch.get(trial.trial_id, 0)
-        ended = "done" if epoch >= self.epochs else f"stopped by the scheduler after epoch {epoch}"
+        if epoch >= self.epochs:
+            ended = "done"
+        elif self.patience_exhausted.get(trial.trial_id):
+            ended = f"stopped early after epoch {epoch} (no dev improvement for `patience` epochs)"
+        else:
+            ended = f"stopped by the scheduler after epoch {epoch}"
         self._line(f"trial {self._name(trial)} {ended}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
