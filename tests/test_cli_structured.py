@@ -1,5 +1,8 @@
-"""`beamtune train --objective crf|infnet`, `beamtune decode --decoder viterbi|...`, `beamtune gd-oracle`."""
+"""`beamtune train --objective crf|infnet`, `beamtune decode --decoder viterbi|...`, `beamtune gd-oracle`,
+`beamtune search-error`."""
 from __future__ import annotations
+
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -71,3 +74,15 @@ def test_train_without_sizes_uses_the_stage_defaults(tmp_path):
     config = load_checkpoint(out, kind="infnet").meta["model_config"]
     assert (config["hidden"], config["word_dim"]) == (100, 100)
 
+
+
+def test_search_error(checkpoints, tmp_path):
+    out = tmp_path / "se.json"
+    result = CliRunner().invoke(app, ["search-error", "--checkpoint", str(checkpoints / "inf"), "--gd-steps", "3",
+                                      "--lm-epochs", "1", "--split", "dev", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rho(word ppl)" in result.output and result.output.count("\n") == 3
+    saved = json.loads(out.read_text())
+    assert saved["gd"]["steps"] == 3 and saved["split"] == "dev" and saved["lm"]["epochs"] == 1
+    crf_only = CliRunner().invoke(app, ["search-error", "--checkpoint", str(checkpoints / "crf"), "--lm-epochs", "1"])
+    assert crf_only.exit_code == 2 and "needs an inference network and its CRF energy" in crf_only.output

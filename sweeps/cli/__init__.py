@@ -2,7 +2,7 @@
 
     sweeps/cli/common.py   one-line errors (exit 2), choices and defaults taken from core
     sweeps/cli/train.py    train              (core only)
-    sweeps/cli/decode.py   decode, gd-oracle  (core only)
+    sweeps/cli/decode.py   decode, gd-oracle, search-error  (core only)
     sweeps/cli/sweep.py    sweep, best, sync  (Ray Tune + MLflow, imported when run)
     sweeps/cli/study.py    study run | status, report   (studies, and tables and plots from MLflow)
 """
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.command()(train.train)
 app.command()(decode.decode)
 app.command("gd-oracle")(decode.gd_oracle)
+app.command("search-error")(decode.search_error)
 app.command()(sweep.sweep)
 app.command()(sweep.best)
 app.command()(sweep.sync)

@@ -1,4 +1,5 @@
-"""`beamtune decode` and `beamtune gd-oracle`: inference with a trained checkpoint (core only).
+"""`beamtune decode`, `beamtune gd-oracle` and `beamtune search-error`: inference with a trained
+checkpoint (core only).
 
 Decoder names, splits and the GD grid come from core (core.decoding, core.oracle).
 """
@@ -11,6 +12,7 @@ from typing import Optional
 import typer
 
 from core.decoding import DECODERS, STRUCTURED_DECODERS
+from core.lm import LMConfig
 from core.oracle import SPLITS, OracleConfig
 from sweeps.cli.common import DEVICE_HELP, THREADS_HELP, choices, data_root_option, default, fail, path_or_none, \
     quiet_option, run_guarded
@@ -140,3 +142,37 @@ def gd_oracle(
     typer.echo(f"Viterbi {result['viterbi']['score']:7.4f} {result['viterbi']['energy']:10.3f}")
     cost = result["cost"]
     typer.echo(f"{cost['optimizer_steps']} optimizer steps in {cost['seconds']:.1f}s; rows in {out}")
+
+
+def search_error(
+    checkpoint: Path = typer.Option(..., help="An 'infnet' checkpoint (its CRF energy is the one it was trained with, or --energy)."),
+    split: Split = typer.Option(default(OracleConfig, "split")),
+    data_root: Optional[Path] = data_root_option(),
+    energy: Optional[Path] = typer.Option(None, help="The CRF energy (default: the one the inference network was trained with)."),
+    gd_steps: int = typer.Option(20, min=1, help="Gradient descent: iterations N, the same for every sentence."),
+    gd_lr: Optional[float] = typer.Option(None, help="Gradient descent learning rate (default: the gd decoder's)."),
+    lm_epochs: int = typer.Option(default(LMConfig, "epochs"), min=1, help="Epochs of each LSTM language model."),
+    threads: int = typer.Option(0, min=0, help=THREADS_HELP),
+    out: Optional[Path] = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """Search error against sequence frequency (Tu & Gimpel 2019, §6.2): Spearman's rho between the
+    perplexity of two LSTM language models (training words; gold label sequences) and the search
+    error E(x, y) - E(x, y_Viterbi) of the inference network and of gradient descent."""
+    import torch
+
+    from core.search_correlation import search_error_correlations
+
+    if out is not None:
+        check_output_file(out, "--out")
+    if threads:
+        torch.set_num_threads(threads)
+    result = run_guarded(search_error_correlations, str(checkpoint), path_or_none(energy), split.value,
+                         path_or_none(data_root), gd_steps, gd_lr, LMConfig(epochs=lm_epochs))
+    typer.echo(f"{'method':8s} {'mean err':>9s} {'share':>6s} {'rho(word ppl)':>14s} {'rho(label ppl)':>15s} {'rho(length)':>12s}"
+               f"   ({result['task']} {result['split']}, {result['sentences']} sentences)")
+    for method in ("infnet", "gd"):
+        row = result[method]
+        typer.echo(f"{method:8s} {row['mean_search_error']:9.3f} {row['share_with_search_error']:6.3f} "
+                   f"{row['rho_word_perplexity']:14.3f} {row['rho_label_perplexity']:15.3f} {row['rho_length']:12.3f}")
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1))
