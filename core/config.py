@@ -71,6 +71,7 @@ class SharedConfig:
     min_count: int = 1
     lowercase: bool = True
     train_limit: int = 0  # train on the first N training sentences only (0: all); a stated reduction
+    max_train_length: int = 0  # train on sentences of at most N tokens only (0: all); Tu & Gimpel's CCG CRFs: 49
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default. Use 1 when runs share cores:
     # oversubscribed OpenMP threads made backward ~100x slower here (2 runs x 2 threads, 2 cores).
@@ -89,6 +90,7 @@ class SharedConfig:
             ("patience", self.patience >= 0, "patience must be >= 0"),
             ("threads", self.threads >= 0, "threads must be >= 0"),
             ("train_limit", self.train_limit >= 0, "train_limit must be >= 0"),
+            ("max_train_length", self.max_train_length >= 0, "max_train_length must be >= 0"),
         ]
 
 

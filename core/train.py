@@ -85,6 +85,8 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     device = resolve_device(config.device)
     out = output_directory(config.out)
     task = load_task(config.task, config.data_root)
+    if config.max_train_length:  # before train_limit: "the first N" counts the sentences kept
+        task.train = [s for s in task.train if len(s.words) <= config.max_train_length]
     if config.train_limit:
         task.train = task.train[: config.train_limit]
     stage = make_stage(config, task, device)

@@ -86,6 +86,15 @@ class TestTrain:
         assert meta["train_config"]["train_limit"] == 100
         assert vocabs.words.itos == build_vocabs(load_task("synthetic").train[:100]).words.itos
 
+    def test_max_train_length_keeps_the_short_sentences(self, tmp_path):
+        from core.data import build_vocabs
+
+        train(_config(tmp_path, epochs=1, max_train_length=8, train_limit=30))
+        _, vocabs, meta = load_tagger(tmp_path / "run")
+        kept = [s for s in load_task("synthetic").train if len(s.words) <= 8][:30]
+        assert meta["train_config"]["max_train_length"] == 8 and len(kept) == 30
+        assert vocabs.words.itos == build_vocabs(kept).words.itos
+
     def test_early_stopping(self, tmp_path):
         # With a vanishing learning rate, dev never improves after epoch 1.
         reports = []

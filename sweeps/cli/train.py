@@ -87,6 +87,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed; one seed gives identical metrics" + _d("seed") + "."),
     min_count: Optional[int] = typer.Option(None, min=1, help="Words seen fewer times in training become <unk>" + _d("min_count") + "."),
     train_limit: Optional[int] = typer.Option(None, min=0, help="Train on the first N training sentences only (0: all)."),
+    max_train_length: Optional[int] = typer.Option(None, min=0, help="Train on sentences of at most N tokens only (0: all)."),
     attention: Optional[Attention] = typer.Option(None, help="ce / dl / hinge: fixed (attend to position t), or a learned attention" + _m("attention") + ")."),
     encoder_hidden: Optional[int] = typer.Option(
         None, min=1, help="BiLSTM hidden size per direction" + _m("encoder_hidden") + "; the paper's H = 100 for crf/local/infnet)."),
@@ -117,7 +118,7 @@ def train(
     given = {name: value for name, value in dict(
         init=path_or_none(init), beam_size=beam_size, alpha=alpha, cost=cost, embeddings=path_or_none(embeddings),
         epochs=epochs, patience=patience, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
-        feed=feed, seed=seed, min_count=min_count, train_limit=train_limit, attention=attention,
+        feed=feed, seed=seed, min_count=min_count, train_limit=train_limit, max_train_length=max_train_length, attention=attention,
         encoder_hidden=encoder_hidden, decoder_hidden=decoder_hidden, label_dim=label_dim, word_dim=word_dim,
         char_filters=char_filters, dropout=dropout, eval_beam_size=eval_beam_size, device=device, threads=threads,
         arch=arch, energy=path_or_none(energy), lam=lam, layers=layers, plus=plus or None,
