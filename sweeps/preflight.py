@@ -2,7 +2,8 @@
 
 `sweeps.spec` checks the spec itself; these read what it points to, which every trial would
 otherwise find broken only after Ray, MLflow and the sweep folder are up: the task's data files
-(parsed in full, so a malformed line is reported as `path:line`), the warm-start checkpoint
+(parsed in full, so a malformed line is reported as `path:line`), the pretrained embeddings file
+(as core resolves it: as given, else under the data root), the warm-start checkpoint
 (checksums and finite tensors), and whether the local Ray could ever place one trial. Each
 problem is one line starting with the spec field it is about, like `SpecError`'s.
 """
@@ -25,6 +26,24 @@ def data_problems(spec: SweepSpec) -> list[str]:
     except DataError as error:
         return [f"data_root: {error}"]
     return []
+
+
+def embeddings_problems(spec: SweepSpec) -> list[str]:
+    """Every `embeddings` file the spec names (fixed, or each value searched) exists, resolved as
+    core.config.embeddings_path resolves it for a trial."""
+    from core.config import embeddings_path
+
+    named = [("fixed.embeddings", spec.fixed["embeddings"])] if spec.fixed.get("embeddings") else []
+    if "embeddings" in spec.space:
+        dist = spec.space["embeddings"]
+        named += [("space.embeddings", value) for value in (dist.grid or dist.choice or []) if value]
+    problems = []
+    for field, value in named:
+        path = embeddings_path(str(value), spec.data_root)
+        if not os.path.isfile(path):
+            root = spec.data_root or os.environ.get("BEAMTUNE_DATA")
+            problems.append(f"{field}: {value}: no such file (as given, or under the data root {root})")
+    return problems
 
 
 def warm_start_checkpoint_problems(spec: SweepSpec, storage: str | os.PathLike | None) -> list[str]:
@@ -67,7 +86,8 @@ def resource_problems(spec: SweepSpec, address: str | None, num_cpus: int | None
 def preflight(spec: SweepSpec, storage: str | os.PathLike | None = None, address: str | None = None,
               num_cpus: int | None = None) -> None:
     """Raise SpecError with every problem found; cheap checks first, the data files last."""
-    problems = resource_problems(spec, address, num_cpus) + warm_start_checkpoint_problems(spec, storage)
+    problems = resource_problems(spec, address, num_cpus) + embeddings_problems(spec)
+    problems += warm_start_checkpoint_problems(spec, storage)
     problems += data_problems(spec)
     if problems:
         raise SpecError(problems)

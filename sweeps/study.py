@@ -15,6 +15,7 @@ sweep); `warm_start: {stage: S}` becomes `warm_start: {sweep: N-S}` (that sweep'
 metric, or `metric:` given here). Stages run in dependency order.
 
     load_study(path, overrides) -> Study       validated as a whole; StudyError lists every problem
+    select_stages(study, names) -> [stage]     those stages and what they warm-start from (`--stages`)
     stage_status(study, storage) -> {stage: Status}
     run_study(study, ...)                      in sweeps.study_run (needs Ray)
 
@@ -238,3 +239,19 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     stages = {stage: StudyStage(stage, checked[stage], after[stage]) for stage in order}
     return Study(name=name, path=path.resolve(), about=str(data.get("about", "")).strip(), references=references,
                  stages=stages, overrides=list(overrides or []), text=text)
+
+
+def select_stages(study: Study, names: list[str]) -> list[str]:
+    """The stages `names` and, transitively, the stages they warm-start from, in the study's
+    dependency order: what `study run --stages a,b` runs (a stage cannot start from a sweep that
+    never ran)."""
+    unknown = [n for n in names if n not in study.stages]
+    if unknown or not names:
+        raise StudyError([f"--stages {','.join(names)}: unknown stage {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"stages: {', '.join(study.stages)}"])
+    wanted: set[str] = set()
+    for name in names:
+        while name is not None and name not in wanted:
+            wanted.add(name)
+            name = study.stages[name].after
+    return [stage for stage in study.stages if stage in wanted]

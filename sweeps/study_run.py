@@ -2,7 +2,7 @@
 (local by default), nested under one MLflow run for the study, then the report.
 
     stage_status(study, storage) -> {stage: StageStatus}
-    run_study(study, storage=..., tracking_uri=..., address=...) -> {stage: StageStatus}
+    run_study(study, storage=..., tracking_uri=..., address=..., stages=...) -> {stage: StageStatus}
 
 Running a study again (or with --resume) skips finished stages, resumes an interrupted one from
 Ray's trial checkpoints and starts the rest; a failed stage stops the study (the stages after it
@@ -99,8 +99,9 @@ def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
 
 def run_study(study: Study, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, verbose: int = 0,
-              say: Callable[[str], None] = print) -> dict[str, StageStatus]:
-    """Run every stage that has not finished, in order; returns the final status of each stage."""
+              say: Callable[[str], None] = print, stages: list[str] | None = None) -> dict[str, StageStatus]:
+    """Run every stage that has not finished, in order (only `stages`, from sweeps.study.select_stages,
+    when given); returns the final status of each stage of the study."""
     import ray
 
     from sweeps.launch import connect, run_sweep
@@ -111,6 +112,8 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
     started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
     try:
         for name, stage in study.stages.items():
+            if stages is not None and name not in stages:
+                continue
             status = _one_status(root, study.sweep_name(name), stage.spec)
             if status.state == "finished":
                 say(f"stage {name}: finished before, skipped ({status.best_trial} {stage.spec.metric} {status.best_value:.4f})")

@@ -512,6 +512,36 @@ def test_sweep_with_unparsable_data_fails_before_ray(tmp_path):
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
 
 
+def test_embeddings_file_resolved_under_the_data_root(tmp_path, monkeypatch):
+    """A spec's embeddings path as a trial resolves it (as given, else under the data root); one
+    line per missing file, fixed or searched."""
+    from sweeps.preflight import embeddings_problems
+    from sweeps.spec import parse_spec
+
+    (tmp_path / "data" / "embeddings").mkdir(parents=True)
+    (tmp_path / "data" / "embeddings" / "g.txt").write_text("the 0.1 0.2\n")
+    monkeypatch.setenv("BEAMTUNE_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+
+    def problems(**changes):
+        return embeddings_problems(parse_spec({"name": "t", "task": "synthetic", "stage": "ce", "epochs": 1, **changes}))
+
+    assert problems(fixed={"embeddings": "embeddings/g.txt"}) == []
+    assert problems(fixed={"embeddings": str(tmp_path / "data" / "embeddings" / "g.txt")}) == []
+    assert problems(fixed={"embeddings": "embeddings/G.txt"}) == [
+        f"fixed.embeddings: embeddings/G.txt: no such file (as given, or under the data root {tmp_path / 'data'})"]
+    assert problems(space={"embeddings": {"grid": ["embeddings/g.txt", "nope.txt"]}}, search={"algorithm": "grid"}) == [
+        f"space.embeddings: nope.txt: no such file (as given, or under the data root {tmp_path / 'data'})"]
+
+
+@pytest.mark.slow  # a subprocess that imports Ray
+def test_sweep_with_missing_embeddings_fails_before_ray(tmp_path):
+    spec = _sweep_spec(tmp_path, fixed={"batch_size": 8, "embeddings": "embeddings/glove.nope.txt.gz"}, data_root=str(tmp_path))
+    result = beamtune("sweep", spec, "--storage", tmp_path / "sweeps", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--quiet")
+    assert_cli_error(result, "fixed.embeddings", "embeddings/glove.nope.txt.gz: no such file")
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
+
+
 @pytest.mark.slow  # a subprocess that trains, or imports Ray
 def test_sweep_with_corrupt_warm_start_fails_before_ray(tmp_path):
     checkpoint = _checkpoint(tmp_path / "ce")

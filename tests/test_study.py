@@ -18,7 +18,7 @@ import yaml
 
 from storage import tracking
 from storage.runs import load_sweep
-from sweeps.study import StudyError, load_study
+from sweeps.study import StudyError, load_study, select_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "sweeps" / "studies").glob("*.yaml"))
@@ -112,6 +112,69 @@ class TestLoadStudy:
         assert result.returncode == 2
         assert result.stderr.strip().splitlines() == ["error: stages.dl.warm_start.stage: unknown stage 'cee'; stages: dl"]
         assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
+
+
+class TestSelectStages:
+    def study(self, tmp_path):
+        return load_study(write_study(tmp_path, {
+            "ce": {"spec": ce_spec()}, "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}},
+            "hinge": {"spec": dl_spec(stage="hinge"), "warm_start": {"stage": "ce"}}, "ce2": {"spec": ce_spec()}}))
+
+    def test_a_stage_brings_what_it_starts_from(self, tmp_path):
+        study = self.study(tmp_path)
+        assert select_stages(study, ["dl"]) == ["ce", "dl"]
+        assert select_stages(study, ["ce2", "hinge"]) == ["ce", "hinge", "ce2"]  # the study's order
+        assert select_stages(study, ["ce"]) == ["ce"]
+
+    def test_unknown_stage(self, tmp_path):
+        study = self.study(tmp_path)
+        with pytest.raises(StudyError) as info:
+            select_stages(study, ["dl", "dll"])
+        assert info.value.problems == ["--stages dl,dll: unknown stage 'dll'; stages: ce, dl, hinge, ce2"]
+
+    def test_cli_missing_embeddings_exits_2_before_ray(self, tmp_path):
+        """Checked for the stages to run only (here ce and dl, not ce2), before Ray starts."""
+        missing = {**TINY, "embeddings": "embeddings/nope.txt.gz"}
+        path = write_study(tmp_path, {"ce": {"spec": ce_spec(fixed=missing)}, "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}},
+                                      "ce2": {"spec": ce_spec(fixed=missing)}})
+        result = subprocess.run([str(BEAMTUNE), "study", "run", str(path), "--stages", "dl", "--storage", str(tmp_path / "sweeps"),
+                                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "BEAMTUNE_DATA": str(tmp_path)})
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"error: stages.ce.spec.fixed.embeddings: embeddings/nope.txt.gz: no such file (as given, or under the data root {tmp_path})"]
+        assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
+
+    def test_cli_unknown_stage_exits_2_and_starts_nothing(self, tmp_path):
+        path = write_study(tmp_path, {"ce": {"spec": ce_spec()}})
+        result = subprocess.run([str(BEAMTUNE), "study", "run", str(path), "--stages", "c", "--storage", str(tmp_path / "sweeps"),
+                                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == ["error: --stages c: unknown stage 'c'; stages: ce"]
+        assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.slow
+def test_study_run_only_some_stages(tmp_path):
+    """`--stages dl` runs ce (dl warm-starts from it) and dl, not ce2; the whole study is still
+    validated (an invalid stage not asked for is an error)."""
+    stages = {"ce": {"spec": ce_spec(num_samples=1)},
+              "dl": {"spec": dl_spec(epochs=1, space={"alpha": {"grid": ["1"]}}), "warm_start": {"stage": "ce"}},
+              "ce2": {"spec": ce_spec(num_samples=1)}}
+    study = write_study(tmp_path, stages)
+    common = ["--storage", str(tmp_path / "sweeps"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--num-cpus", "2",
+              "--out", str(tmp_path / "report")]
+    (tmp_path / "bad").mkdir()
+    bad = write_study(tmp_path / "bad", {**stages, "ce2": {"spec": ce_spec(metric="accuracy")}})
+    invalid = run_cli(["study", "run", str(bad), "--stages", "dl", *common], tmp_path, "bad")
+    assert invalid.returncode == 2 and "stages.ce2.spec.metric" in invalid.stderr
+    result = run_cli(["study", "run", str(study), "--stages", "dl", *common], tmp_path, "some")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stage ce: starting" in result.stderr and "stage dl: starting" in result.stderr and "ce2" not in result.stderr
+    assert [line.split()[:2] for line in result.stdout.splitlines()[:3]] == [["ce", "finished"], ["dl", "finished"],
+                                                                             ["ce2", "pending"]]
+    assert not (tmp_path / "sweeps" / "s-ce2").exists()
+    assert "stages run (--stages): ce, dl" in (tmp_path / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])

@@ -36,6 +36,8 @@ def study_run(
     file: Path = typer.Argument(..., help="Study file (YAML), e.g. sweeps/studies/quickstart.yaml."),
     resume: bool = typer.Option(False, "--resume", help="Same as running it again: finished stages are skipped."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Run only these stages (comma-separated) and the stages "
+                                         "they warm-start from; the whole study is still validated."),
     address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: local Ray)."),
     storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
@@ -47,24 +49,36 @@ def study_run(
     from storage.best import resolve_storage
     from sweeps.launch import SweepError
     from sweeps.spec import SpecError
-    from sweeps.study import StudyError
+    from sweeps.study import StudyError, select_stages
     from sweeps.study_run import run_study
 
     study = _load(file, set_)
     del resume  # running a study always resumes: the flag is there for people who expect it
     try:
+        chosen = select_stages(study, [s.strip() for s in stages.split(",")]) if stages is not None else None
+        _preflight(study, chosen)
         statuses = run_study(study, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
-                             verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True))
+                             verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True), stages=chosen)
     except (StudyError, SpecError) as error:
         _fail(error.problems)
     except SweepError as error:
         _fail([str(error)])
     for name, status in statuses.items():
         typer.echo(status.line(name, study.stages[name].spec.metric))
-    _report(study, storage, tracking_uri, out or resolve_storage(storage) / ".studies" / study.name / "report")
+    _report(study, storage, tracking_uri, out or resolve_storage(storage) / ".studies" / study.name / "report", chosen)
 
 
-def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Path) -> None:
+def _preflight(study, chosen: list[str] | None) -> None:
+    """The files the stages to run name that are cheap to check (embeddings), before Ray starts."""
+    from sweeps.preflight import embeddings_problems
+
+    problems = [f"stages.{name}.spec.{problem}" for name in chosen or study.stages
+                for problem in embeddings_problems(study.stages[name].spec)]
+    if problems:
+        _fail(problems)
+
+
+def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Path, chosen: list[str] | None = None) -> None:
     from storage.report import build_report
     from storage.tracking import resolve_tracking_uri
     from storage.tracking import run_tag
@@ -74,6 +88,8 @@ def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Pa
     header = [study.about.splitlines()[0] if study.about else f"study {study.name}"]
     if study.reduced:
         header.append(f"REDUCED run: {' '.join('--set ' + repr(o) for o in study.overrides)}")
+    if chosen is not None and len(chosen) < len(study.stages):
+        header.append(f"stages run (--stages): {', '.join(chosen)}")
     run_id = study_run_id(study, storage, uri)
     report = build_report(uri, [study.sweep_name(s) for s in study.stages], out, refs=study.references,
                           header=header, also_log_to=[run_id] if run_id else [], not_started_ok=True)
