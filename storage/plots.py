@@ -4,6 +4,8 @@
                                          (whichever the trials log) on a second axis, dashed
     param_plot(sweep, param, path)       final dev score against one searched parameter
     sweep_plots(uri, sweeps, folder)     both kinds for every sweep -> the PNG paths written
+    hidden_size_plot(task, lines, path)  Tu & Gimpel's Figure 1: dev score against H, one line per
+                                         method (storage.tables_tu.figure1_points)
 """
 from __future__ import annotations
 
@@ -94,3 +96,15 @@ def sweep_plots(uri: str, sweeps: list[Sweep], folder: Path) -> list[Path]:
         written.append(curves_plot(uri, sweep, folder / f"{sweep.name}-curves.png"))
         written += [param_plot(sweep, p, folder / f"{sweep.name}-{p}.png") for p in searched_params(sweep)]
     return [p for p in written if p is not None]
+
+
+def hidden_size_plot(task: str, lines: dict[str, list[tuple[int, float]]], path: Path) -> Path:
+    """Dev score (%) against the hidden size H, one line per method and architecture."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, points in sorted(lines.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, ls="--" if label.startswith("local") else "-", label=label)
+    ax.set(xlabel="hidden size H", ylabel="dev score (%)", title=f"{task}: dev score vs H (Tu & Gimpel Fig. 1)")
+    ax.legend(fontsize=6)
+    return _save(fig, path)

@@ -6,7 +6,8 @@ self-contained HTML page, and logged to the sweeps' MLflow runs.
 
 Cells are "mean ± sd (n)" over seeds in percent; a cell with one seed is the bare number. An
 empty cell says why ("not run", "failed", "stopped early"). Paper reference values (a YAML file
-`{row title: {"<decoder label> <split>": value}}`) are shown beside ours with the difference.
+`{row title: {"<column>": value}}`, or one such mapping per table, `{"Table 1": {...}}`, for
+tables whose `refs_key` names a section) are shown beside ours with the difference.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Report:
     sweeps: list[Sweep]
     header: list[str]  # reduced settings, provenance
     plots: list[Path] = field(default_factory=list)
-    refs: dict[str, dict[str, float]] = field(default_factory=dict)
+    refs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # load_refs
     ui_url: str = ""
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -122,19 +123,39 @@ def _html_cell(cell: Cell, scale: float, ui_url: str, experiments: dict[str, str
     return f"<td>{text} <small>{links}</small></td>"
 
 
-def load_refs(path: str | Path | None) -> dict[str, dict[str, float]]:
+def load_refs(path: str | Path | None) -> dict[str, dict[str, dict[str, float]]]:
+    """{table key: {row: {column: value}}}; a file of rows only (one table's) is under the key ""."""
     if path is None:
         return {}
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"{path}: paper references must map a row title to {{column: value}}")
-    return {str(row): {str(k): float(v) for k, v in cols.items()} for row, cols in data.items()}
+    if isinstance(data, dict) and data and all(_ref_rows(v) is not None for v in data.values()):
+        return {str(key): _ref_rows(section) for key, section in data.items()}
+    rows = _ref_rows(data)
+    if rows is None:
+        raise ValueError(f"{path}: paper references must map a row title to {{column: value}}, "
+                         "or a table key to such a mapping")
+    return {"": rows}
+
+
+def _ref_rows(section: Any) -> dict[str, dict[str, float]] | None:
+    """{row: {column: number}}, or None if `section` is not one."""
+    if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
+        return None
+    try:
+        return {str(row): {str(k): float(v) for k, v in cols.items()} for row, cols in section.items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def refs_for(table: Table, refs: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """A table's references: its own section (`table.refs_key`), else a file of rows only."""
+    return refs.get(table.refs_key) or refs.get("", {})
 
 
 def write_report(report: Report, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     header = "\n".join(f"> {line}" for line in report.header)
-    markdown = header + "\n\n" + "\n".join(render_markdown(t, report.refs) for t in report.tables)
+    markdown = header + "\n\n" + "\n".join(render_markdown(t, refs_for(t, report.refs)) for t in report.tables)
     files = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}
     atomic_write(files["md"], markdown.encode())
     atomic_write(files["csv"], "".join(render_csv(t) for t in report.tables).encode())
@@ -173,7 +194,7 @@ def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path |
                   + (f"; not started yet: {', '.join(not_started)}" if not_started else ""), f"tracking: {uri}"]
     report = Report(tables=tables, sweeps=sweeps, header=(header or []) + provenance, refs=load_refs(refs), ui_url=ui_url)
     if plots:
-        report.plots = sweep_plots(uri, sweeps, out / "plots")
+        report.plots = sweep_plots(uri, sweeps, out / "plots") + _figure1(sweeps, out / "plots")
     write_report(report, out)
     if log:
         log_report(uri, report, also_log_to)
@@ -186,7 +207,7 @@ SEQ2SEQ_STAGES = ("ce", "dl", "hinge")
 def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
     """The tables a set of sweeps supports: Goyal et al.'s for the seq2seq stages (NER in macro F1,
     as that paper reports, and micro F1), Tu & Gimpel's for the structured ones."""
-    from storage.tables_tu import tu_table
+    from storage.tables_tu import paper_tables
 
     tables = []
     seq2seq = [s for s in sweeps if s.stage in SEQ2SEQ_STAGES]
@@ -197,8 +218,16 @@ def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
         tables += [goyal_table(seq2seq, metric, title=_title(seq2seq, metric)) for metric in metrics]
     structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES]
     if structured:
-        tables.append(tu_table(structured, _crf_stages(uri, structured)))
+        tables += paper_tables(structured, _crf_stages(uri, structured))
     return tables
+
+
+def _figure1(sweeps: list[Sweep], folder: Path) -> list[Path]:
+    """Tu & Gimpel's Figure 1 (dev score against H) for each task whose networks vary H."""
+    from storage.plots import hidden_size_plot
+    from storage.tables_tu import figure1_points
+
+    return [hidden_size_plot(task, lines, folder / f"figure1-{task}.png") for task, lines in figure1_points(sweeps).items()]
 
 
 def _crf_stages(uri: str, sweeps: list[Sweep]) -> dict[str, str]:

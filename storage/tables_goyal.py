@@ -53,6 +53,7 @@ class Table:
     column_names: tuple[str, str] = ("decoder", "split")  # what the two parts of a column are (CSV header)
     notes: list[str] = field(default_factory=list)
     scale: float = 100.0  # scores are fractions; tables show percent
+    refs_key: str = ""  # its section of a references file that has one per table ("Table 4"); "": the whole file
 
 
 def alpha_row(stage: str, params: dict[str, str]) -> str:

@@ -1,27 +1,51 @@
-"""Tu & Gimpel (2019) Tables 1, 4 and 5 from tracked sweeps: methods (local baselines, inference
-networks per architecture, gradient descent, Viterbi) x tasks, test scores.
+"""Tu & Gimpel (2019) Tables 1, 2, 4 and 5 and Figure 1 from a study's tracked sweeps.
 
-A trial's row and column come from its stage and parameters:
+What a finished trial is (`Place`) comes from its sweep's stage and its parameters:
 
-    crf / crf+           "Viterbi" / "Viterbi (CRF+)"                     column (task, "CRF")
-    local                "local baseline" (+ "+" with plus, "2-layer", ...) column (task, arch)
-    infnet               "infnet" (+ "+", "2-layer", "λ annealed")         column (task, arch)
-    gd-oracle            "gradient descent (oracle-tuned per instance)"    column (task, "CRF")
+    crf / crf+     Viterbi with the BLSTM-CRF / BLSTM-CRF+ energy
+    local          local baseline; `plus` (char CNN, dropout) puts it in the "+" tables
+    infnet         inference network; `plus` likewise; `arch`, `layers`, `lam` as logged
+    gd-oracle      gradient descent (oracle-tuned per instance) on the CRF its warm start names
+                   (crf or crf+, found by storage.report from the sweep's spec)
 
-Within a cell, trials are grouped by their other hyperparameters; the group with the best mean
-dev score is reported as mean +- sd over its seeds (storage.tables_goyal.select_group), as the
-paper tunes on dev.
+    Table 1   BLSTM-CRF: local baseline, infnet x (task, CNN | BLSTM | seq2seq); GD, Viterbi x
+              (task, CRF). CNN is whichever of the {1,3}- and {1,5}-gram windows is better on dev.
+    Table 2   BLSTM-CRF, dev scores: local baseline, infnet x (task, {1,3}-gram | {1,5}-gram).
+    Table 4   BLSTM-CRF+: local baseline, infnet+, GD, Viterbi x (task, the paper's architecture
+              for the task: CNN for POS, seq2seq for NER, BLSTM for CCG; any other task: the best
+              architecture on dev).
+    Table 5   BLSTM-CRF+ with BLSTM networks: local baseline, infnet+ with 1 and 2 layers, Viterbi
+              x (task, test); shown for a task with a 2-layer BLSTM infnet+.
+    Figure 1  dev score against the hidden size H of local baselines and inference networks
+              (BLSTM-CRF energy), per task, one line per method and architecture; shown when the
+              trials have more than one H.
+
+A table appears when the sweeps have trials for it. In a cell, trials are grouped by their
+hyperparameters other than the seed; the group with the best mean dev score is reported as mean
++- sd over its seeds (storage.tables_goyal.select_group), as the paper tunes on dev; the GD oracle
+reports one score per trial (on the split it ran on). Each table's `refs_key` names its section
+of a references file (benchmarks/references/tu2019_*.yaml).
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
 
 from storage.runs import FINAL_PREFIX, Sweep, Trial
 from storage.tables_goyal import Cell, Table, select_group
 
 CRF_COLUMN = "CRF"
-ROW_ORDER = ("local baseline", "infnet", "gradient descent (oracle-tuned per instance)", "Viterbi")
 TRUE = ("true", "1", "yes")
+PAPER_TASKS = ("twitter_pos", "conll2003_en", "ccgbank400", "ccgbank")  # the paper's column order
+CNNS = ("cnn13", "cnn15")
+ARCH_COLUMNS = (("CNN", CNNS), ("BLSTM", ("blstm",)), ("seq2seq", ("seq2seq",)))
+WINDOW_COLUMNS = (("{1,3}-gram", ("cnn13",)), ("{1,5}-gram", ("cnn15",)))
+# Table 4's architecture per task (its caption); a task the paper does not have: any, by dev.
+TABLE4_ARCH = {"twitter_pos": ARCH_COLUMNS[0], "conll2003_en": ARCH_COLUMNS[2], "ccgbank400": ARCH_COLUMNS[1],
+               "ccgbank": ARCH_COLUMNS[1]}
+ANY_ARCH = ("any", ("cnn13", "cnn15", "blstm", "seq2seq"))
+NETWORKS = ("local", "infnet")
 
 
 def _flag(params: dict[str, str], name: str) -> bool:
@@ -41,32 +65,6 @@ def _lambda_annealed(params: dict[str, str]) -> bool:
     return isinstance(lam, str) and ":" in lam  # a schedule such as decay:1:0.01
 
 
-def network_row(stage: str, params: dict[str, str]) -> str:
-    """Row title of a local baseline or inference network trial."""
-    title = "local baseline" if stage == "local" else "infnet"
-    if _flag(params, "plus"):
-        title += "+"
-    extras = []
-    if int(params.get("layers", _default("layers"))) > 1:
-        extras.append(f"{params['layers']}-layer")
-    if stage == "infnet" and _lambda_annealed(params):
-        extras.append("λ annealed")
-    return title + (f" ({', '.join(extras)})" if extras else "")
-
-
-def trial_place(sweep: Sweep, trial: Trial, crf_stage_of: dict[str, str]) -> tuple[str, tuple[str, str]] | None:
-    """(row title, (task, column)) of a trial, or None for a stage this layout does not show."""
-    if sweep.stage in ("crf", "crf+"):
-        return ("Viterbi" if sweep.stage == "crf" else "Viterbi (CRF+)"), (sweep.task, CRF_COLUMN)
-    if sweep.stage in ("local", "infnet"):
-        arch = trial.params.get("arch", _default("arch"))
-        return network_row(sweep.stage, trial.params), (sweep.task, arch)
-    if sweep.stage == "gd-oracle":
-        plus = crf_stage_of.get(sweep.name) == "crf+"
-        return f"gradient descent (oracle-tuned per instance){' (CRF+)' if plus else ''}", (sweep.task, CRF_COLUMN)
-    return None
-
-
 def _decoder(trial: Trial) -> str | None:
     keys = sorted({k.split(".")[2] for k in trial.metrics if k.startswith(f"{FINAL_PREFIX}.test.")})
     return keys[0] if keys else None
@@ -84,47 +82,6 @@ def _scores(trial: Trial, stage: str) -> tuple[float | None, float | None]:
     return trial.final("dev", decoder), trial.final("test", decoder)
 
 
-def tu_table(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None, title: str = "") -> Table:
-    """Methods x (task, architecture) of test scores, as Tu & Gimpel's Tables 1, 4 and 5."""
-    cells: dict[tuple[str, tuple[str, str]], list[tuple[Trial, str]]] = defaultdict(list)
-    for sweep in sweeps:
-        for trial in sweep.trials:
-            if trial.status != "FINISHED":
-                continue
-            place = trial_place(sweep, trial, crf_stage_of or {})
-            if place is not None:
-                cells[place].append((trial, sweep.stage))
-    columns = sorted({col for _, col in cells}, key=lambda c: (c[0], c[1] == CRF_COLUMN, c[1]))
-    rows = sorted({row for row, _ in cells}, key=_row_rank)
-    table = Table(title=title or "Tu & Gimpel (2019) layout: test scores (%)", columns=columns, rows=[],
-                  column_names=("task", "architecture"))
-    for row in rows:
-        table.rows.append((row, [_cell(cells.get((row, col), []), table.notes, row, col) for col in columns]))
-    table.metric_keys = ["test score" for _ in columns]
-    return table
-
-
-def _row_rank(row: str) -> tuple[int, str]:
-    return next((i for i, prefix in enumerate(ROW_ORDER) if row.startswith(prefix)), len(ROW_ORDER)), row
-
-
-def _cell(entries: list[tuple[Trial, str]], notes: list[str], row: str, col: tuple[str, str]) -> Cell:
-    if not entries:
-        return Cell([], [], "not run")
-    stage = entries[0][1]
-    dev_of = {t.run_id: _scores(t, stage)[0] for t, _ in entries}
-    trials = [t for t, _ in entries]
-    if any(v is not None for v in dev_of.values()):
-        chosen, settings = _select_by(trials, dev_of)
-        if settings > 1:
-            notes.append(f"{row}, {col[0]} {col[1]}: best of {settings} settings by mean dev; {len(chosen)} seed(s)")
-    else:
-        chosen = trials
-    pairs = [(_scores(t, stage)[1], t.run_id) for t in chosen]
-    pairs = [(v, r) for v, r in pairs if v is not None]
-    return Cell([v for v, _ in pairs], [r for _, r in pairs], "" if pairs else "no test score")
-
-
 def _select_by(trials: list[Trial], dev_of: dict[str, float | None]) -> tuple[list[Trial], int]:
     scored = [Trial(t.run_id, t.experiment_id, t.name, t.status, t.params, t.tags,
                     {**t.metrics, f"{FINAL_PREFIX}.dev.__sel__.score": dev_of[t.run_id]} if dev_of[t.run_id] is not None
@@ -132,3 +89,182 @@ def _select_by(trials: list[Trial], dev_of: dict[str, float | None]) -> tuple[li
     chosen, settings = select_group(scored, "__sel__", "score")
     ids = {t.run_id for t in chosen}
     return [t for t in trials if t.run_id in ids], settings
+
+
+@dataclass(frozen=True)
+class Place:
+    """What a finished trial is, for the paper's tables."""
+
+    task: str
+    method: str  # local | infnet | gd | viterbi
+    plus: bool  # BLSTM-CRF+ energy, or a network with the "+" techniques
+    arch: str = ""  # networks: cnn13, cnn15, blstm, seq2seq
+    layers: int = 1
+    hidden: int | None = None  # networks: H as logged (None: the stage's default)
+
+
+def trial_place(sweep: Sweep, trial: Trial, crf_stage_of: dict[str, str]) -> Place | None:
+    """The Place of a trial, or None for a stage these tables do not show."""
+    if sweep.stage in ("crf", "crf+"):
+        return Place(sweep.task, "viterbi", sweep.stage == "crf+")
+    if sweep.stage == "gd-oracle":
+        return Place(sweep.task, "gd", crf_stage_of.get(sweep.name) == "crf+")
+    if sweep.stage in NETWORKS:
+        params = trial.params
+        hidden = params.get("hidden")
+        return Place(sweep.task, sweep.stage, _flag(params, "plus"), params.get("arch", _default("arch")),
+                     int(params.get("layers", _default("layers"))), int(float(hidden)) if hidden is not None else None)
+    return None
+
+
+Entry = tuple[Place, Trial, str]  # (place, trial, stage)
+Match = Callable[[Place], bool]
+
+
+def _entries(sweeps: list[Sweep], crf_stage_of: dict[str, str]) -> list[Entry]:
+    found = []
+    for sweep in sweeps:
+        for trial in sweep.trials:
+            place = trial_place(sweep, trial, crf_stage_of) if trial.status == "FINISHED" else None
+            if place is not None:
+                found.append((place, trial, sweep.stage))
+    return found
+
+
+def _tasks(entries: list[Entry]) -> list[str]:
+    tasks = {place.task for place, _, _ in entries}
+    return [t for t in PAPER_TASKS if t in tasks] + sorted(tasks - set(PAPER_TASKS))
+
+
+def _network(method: str, plus: bool, archs: tuple[str, ...] | None = None, layers: int | None = 1) -> Match:
+    return lambda p: (p.method == method and p.plus == plus and (archs is None or p.arch in archs)
+                      and (layers is None or p.layers == layers))
+
+
+def _crf_method(method: str, plus: bool) -> Match:
+    return lambda p: p.method == method and p.plus == plus
+
+
+def _grid(title: str, refs_key: str, entries: list[Entry], rows: list[tuple[str, Match, bool]],
+          columns: list[tuple[tuple[str, str], Match, bool]], split: str = "test") -> Table:
+    """rows: (title, match, is a network row); columns: ((task, label), match, holds networks).
+    A cell takes the entries both match; a network row in a CRF column (or the reverse) is empty
+    without a note, an applicable cell without trials says "not run"."""
+    table = Table(title=title, columns=[c for c, _, _ in columns], rows=[], column_names=("task", "architecture"),
+                  refs_key=refs_key)
+    for row, row_match, row_is_net in rows:
+        cells = []
+        for column, column_match, column_is_net in columns:
+            chosen = [(t, stage) for place, t, stage in entries if row_match(place) and column_match(place)]
+            applies = row_is_net == column_is_net or column_is_net is None
+            cells.append(_cell(chosen, table.notes, row, column, split) if chosen or applies else Cell([], [], ""))
+        table.rows.append((row, cells))
+    table.metric_keys = [f"{split} score" for _ in columns]
+    return table
+
+
+def table1(entries: list[Entry]) -> Table:
+    rows = [("local baseline", _network("local", False), True), ("infnet", _network("infnet", False), True),
+            ("gradient descent", _crf_method("gd", False), False), ("Viterbi", _crf_method("viterbi", False), False)]
+    columns = []
+    for task in _tasks(entries):
+        columns += [((task, label), _in_task(task, archs), True) for label, archs in ARCH_COLUMNS]
+        columns.append(((task, CRF_COLUMN), _in_task(task, crf=True), False))
+    table = _grid("Tu & Gimpel (2019) Table 1: test scores with the BLSTM-CRF energy (%)", "Table 1", entries, rows, columns)
+    table.notes.insert(0, "CNN: the {1,3}- or {1,5}-gram window, whichever is better on dev; accuracy for POS and CCG, "
+                          "span F1 for NER")
+    return table
+
+
+def table2(entries: list[Entry]) -> Table:
+    rows = [("local baseline", _network("local", False), True), ("infnet", _network("infnet", False), True)]
+    columns = [((task, label), _in_task(task, archs), True) for task in _tasks(entries) for label, archs in WINDOW_COLUMNS]
+    return _grid("Tu & Gimpel (2019) Table 2: dev scores of CNNs with two filter sets (%)", "Table 2", entries, rows,
+                 columns, split="dev")
+
+
+def table4(entries: list[Entry]) -> Table:
+    rows = [("local baseline", _network("local", True), True), ("infnet+", _network("infnet", True), True),
+            ("gradient descent", _crf_method("gd", True), False), ("Viterbi", _crf_method("viterbi", True), False)]
+    columns, used = [], []
+    for task in _tasks(entries):
+        label, archs = TABLE4_ARCH.get(task, ANY_ARCH)
+        columns.append(((task, label), _in_task(task, archs, crf=True), None))
+        used.append(f"{task} {label}")
+    table = _grid("Tu & Gimpel (2019) Table 4: test scores with the BLSTM-CRF+ energy (%)", "Table 4", entries, rows,
+                  columns)
+    table.notes.insert(0, f"networks of the paper's architecture per task: {', '.join(used)}")
+    return table
+
+
+def table5(entries: list[Entry]) -> Table:
+    rows = [("local baseline (BLSTM)", _network("local", True, ("blstm",)), True),
+            ("infnet+ (1-layer BLSTM)", _network("infnet", True, ("blstm",), 1), True),
+            ("infnet+ (2-layer BLSTM)", _network("infnet", True, ("blstm",), 2), True),
+            ("Viterbi", _crf_method("viterbi", True), False)]
+    tasks = [t for t in _tasks(entries) if any(_network("infnet", True, ("blstm",), 2)(p) and p.task == t for p, _, _ in entries)]
+    columns = [((task, "test"), _in_task(task, ("blstm",), crf=True), None) for task in tasks]
+    table = _grid("Tu & Gimpel (2019) Table 5: test scores with the BLSTM-CRF+ energy and deeper BLSTM inference "
+                  "networks (%)", "Table 5", entries, rows, columns)
+    annealed = sorted({_lambda_annealed(t.params) for p, t, _ in entries if _network("infnet", True, ("blstm",), None)(p)})
+    table.notes.insert(0, "λ of the infnet+ rows: " + {(True,): "annealed", (False,): "constant"}.get(tuple(annealed), "constant or annealed, by dev")
+                       + " (the paper anneals λ = e^{-0.01 t} for the 2-layer network)")
+    return table
+
+
+def _in_task(task: str, archs: tuple[str, ...] = (), crf: bool = False) -> Match:
+    """A column of `task`: the networks of `archs`, and the GD and Viterbi entries if `crf`."""
+    return lambda p: p.task == task and (p.arch in archs if p.method in NETWORKS else crf)
+
+
+def paper_tables(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None) -> list[Table]:
+    """The tables of Tu & Gimpel (2019) the sweeps have trials for, in the paper's order."""
+    entries = _entries(sweeps, crf_stage_of or {})
+    places = [p for p, _, _ in entries]
+    tables = []
+    if any(not p.plus for p in places):
+        tables.append(table1(entries))
+    if any(p.method in NETWORKS and not p.plus and p.arch in CNNS for p in places):
+        tables.append(table2(entries))
+    if any(p.plus for p in places):
+        tables.append(table4(entries))
+    if any(_network("infnet", True, ("blstm",), 2)(p) for p in places):
+        tables.append(table5(entries))
+    return tables
+
+
+def figure1_points(sweeps: list[Sweep]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{task: {"local baseline BLSTM": [(H, dev score)], ...}} for the BLSTM-CRF networks, when a
+    task's trials have more than one H: at each H the mean dev score of the best setting (over
+    seeds), as the tables select."""
+    groups: dict[tuple[str, str, int], list[Trial]] = defaultdict(list)
+    for place, trial, stage in _entries(sweeps, {}):
+        if place.method in NETWORKS and not place.plus and place.hidden is not None:
+            label = f"{'local baseline' if place.method == 'local' else 'infnet'} {place.arch}"
+            groups[(place.task, label, place.hidden)].append((trial, stage))
+    points: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for (task, label, hidden), chosen in sorted(groups.items()):
+        cell = _cell(chosen, [], label, (task, str(hidden)), "dev")
+        if cell.mean is not None:
+            points[task][label].append((hidden, cell.mean))
+    return {task: dict(lines) for task, lines in points.items()
+            if len({h for line in lines.values() for h, _ in line}) > 1}
+
+
+def _cell(entries: list[tuple[Trial, str]], notes: list[str], row: str, col: tuple[str, str], split: str = "test") -> Cell:
+    """Mean +- sd over seeds of the setting with the best mean dev score, on `split`."""
+    if not entries:
+        return Cell([], [], "not run")
+    stage_of = {t.run_id: stage for t, stage in entries}
+    dev_of = {t.run_id: _scores(t, stage_of[t.run_id])[0] for t, _ in entries}
+    trials = [t for t, _ in entries]
+    if any(v is not None for v in dev_of.values()):
+        chosen, settings = _select_by(trials, dev_of)
+        if settings > 1:
+            notes.append(f"{row}, {col[0]} {col[1]}: best of {settings} settings by mean dev; {len(chosen)} seed(s)")
+    else:
+        chosen = trials
+    index = 0 if split == "dev" else 1
+    pairs = [(_scores(t, stage_of[t.run_id])[index], t.run_id) for t in chosen]
+    pairs = [(v, r) for v, r in pairs if v is not None]
+    return Cell([v for v, _ in pairs], [r for _, r in pairs], "" if pairs else f"no {split} score")

@@ -19,11 +19,12 @@ from storage.tables_goyal import alpha_row, goyal_table
 DECODERS = ("greedy", "beam3", "soft_beam3")
 
 
-def add_sweep(uri: str, name: str, stage: str, trials: list[dict], space: dict) -> str:
+def add_sweep(uri: str, name: str, stage: str, trials: list[dict], space: dict, task: str = "synthetic",
+              spec_extra: dict | None = None) -> str:
     """A parent run and one finished child per trial: {"params", "final" (split -> decoder -> score), "curve"}."""
     experiment = tracking.ensure_experiment(uri, "beamtune")
-    spec = yaml.safe_dump({"name": name, "stage": stage, "task": "synthetic", "space": space})
-    parent = tracking.start_parent(uri, experiment, name, {"beamtune.stage": stage, "beamtune.task": "synthetic"}, spec)
+    spec = yaml.safe_dump({"name": name, "stage": stage, "task": task, "space": space, **(spec_extra or {})})
+    parent = tracking.start_parent(uri, experiment, name, {"beamtune.stage": stage, "beamtune.task": task}, spec)
     for i, trial in enumerate(trials):
         journals = Path(uri.removeprefix("sqlite:///")).parent / "journals" / name
         run = tracking.TrialRun.open(uri, experiment, parent, f"t{i}", f"{name}-{i}", None,
@@ -172,33 +173,114 @@ def structured_final(decoder: str, dev: float, test: float) -> dict:
     return {"dev": {decoder: {"score": dev}}, "test": {decoder: {"score": test}}}
 
 
-class TestTuTable:
-    def test_methods_by_task_and_architecture(self, tmp_path):
+def net(dev: float, test: float, **params) -> dict:
+    return {"params": {"seed": 1, **params}, "final": structured_final("infnet", dev, test)}
+
+
+@pytest.fixture()
+def tu_store(tmp_path):
+    """A Tu & Gimpel study's sweeps on twitter_pos, each cell's winner with a distinct score."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space, pos = {"seed": {"grid": [1, 2]}}, {"task": "twitter_pos"}
+    add_sweep(uri, "crf", "crf", [{"params": {"seed": 1}, "final": structured_final("viterbi", 0.880, 0.870)},
+                                  {"params": {"seed": 2}, "final": structured_final("viterbi", 0.882, 0.874)}], space, **pos)
+    add_sweep(uri, "crfplus", "crf+", [{"params": {"seed": 1}, "final": structured_final("viterbi", 0.900, 0.909)}], space, **pos)
+    add_sweep(uri, "local", "local", [
+        net(0.860, 0.851, arch="cnn13", lr=0.1), net(0.870, 0.861, arch="cnn13", lr=0.1, seed=2),
+        net(0.850, 0.899, arch="cnn15", lr=0.1),  # worse on dev: not the CNN cell, but Table 2's {1,5}
+        net(0.820, 0.812, arch="blstm", lr=0.1), net(0.830, 0.823, arch="seq2seq", lr=0.1)], space, **pos)
+    add_sweep(uri, "localplus", "local", [
+        net(0.910, 0.913, arch="cnn13", plus=True, lr=0.1), net(0.890, 0.903, arch="blstm", plus=True, lr=0.1)], space, **pos)
+    add_sweep(uri, "infnet", "infnet", [
+        net(0.861, 0.800, arch="cnn13", lam=1), net(0.880, 0.892, arch="cnn15", lam=1),
+        net(0.870, 0.801, arch="blstm", lam=1), net(0.875, 0.884, arch="blstm", lam=5)], space, **pos)
+    add_sweep(uri, "infnetplus", "infnet", [net(0.915, 0.914, arch="cnn13", plus=True, lam=1)], space, **pos)
+    add_sweep(uri, "layers", "infnet", [
+        net(0.901, 0.905, arch="blstm", plus=True, lam="decay:1:0.01", layers=1),
+        net(0.905, 0.911, arch="blstm", plus=True, lam="decay:1:0.01", layers=2)], space, **pos)
+    for name, energy in (("gd", "crf"), ("gdplus", "crfplus")):  # one oracle score (dev_score) on test
+        add_sweep(uri, name, "gd-oracle", [{"params": {"split": "test"}, "final": {}, "curve": [0.891 if name == "gd" else 0.908]}],
+                  {}, spec_extra={"warm_start": {"sweep": energy}}, **pos)
+    return uri
+
+
+def tu_sweeps(uri: str) -> list:
+    return [load_sweep(uri, n) for n in ("crf", "crfplus", "local", "localplus", "infnet", "infnetplus", "layers", "gd", "gdplus")]
+
+
+def cells_of(table) -> dict[str, dict[str, object]]:
+    return {title: {f"{t} {a}": cell for (t, a), cell in zip(table.columns, cells)} for title, cells in table.rows}
+
+
+class TestTuTables:
+    def test_tables_1_2_4_5_cells_are_the_winning_trials_metrics(self, tu_store):
         from storage.report import layouts
 
+        sweeps = tu_sweeps(tu_store)
+        metric = {(s.name, t.params.get("arch", ""), t.params.get("layers", "1"), t.params.get("lam", ""), t.seed): t.metrics
+                  for s in sweeps for t in s.trials}
+        tables = layouts(tu_store, sweeps)
+        assert [t.refs_key for t in tables] == ["Table 1", "Table 2", "Table 4", "Table 5"]
+        one, two, four, five = (cells_of(t) for t in tables)
+        assert list(tables[0].columns) == [("twitter_pos", "CNN"), ("twitter_pos", "BLSTM"), ("twitter_pos", "seq2seq"),
+                                           ("twitter_pos", "CRF")]
+        assert list(one) == ["local baseline", "infnet", "gradient descent", "Viterbi"]
+        test = "final.test.infnet.score"
+        # CNN: cnn13 (mean dev 0.865) beats cnn15 (0.850); mean and sd over its two seeds
+        cnn = one["local baseline"]["twitter_pos CNN"]
+        assert sorted(cnn.values) == sorted([metric[("local", "cnn13", "1", "", "1")][test], metric[("local", "cnn13", "1", "", "2")][test]])
+        assert cnn.mean == pytest.approx(0.856) and cnn.n == 2
+        assert one["infnet"]["twitter_pos CNN"].values == [metric[("infnet", "cnn15", "1", "1", "1")][test]]
+        assert one["infnet"]["twitter_pos BLSTM"].values == [pytest.approx(0.884)]  # lam 5 wins on dev
+        assert one["local baseline"]["twitter_pos seq2seq"].values == [pytest.approx(0.823)]
+        assert one["infnet"]["twitter_pos seq2seq"].note == "not run"
+        assert one["gradient descent"]["twitter_pos CRF"].values == [pytest.approx(0.891)]
+        assert one["Viterbi"]["twitter_pos CRF"].mean == pytest.approx(0.872)
+        assert one["Viterbi"]["twitter_pos CNN"].mean is None and one["Viterbi"]["twitter_pos CNN"].note == ""
+        assert one["local baseline"]["twitter_pos CRF"].note == ""
+        # Table 2: dev scores per window
+        assert two["local baseline"]["twitter_pos {1,3}-gram"].mean == pytest.approx(0.865)
+        assert two["local baseline"]["twitter_pos {1,5}-gram"].values == [pytest.approx(0.850)]
+        assert two["infnet"]["twitter_pos {1,5}-gram"].values == [pytest.approx(0.880)]
+        # Table 4: the "+" energy; POS networks are CNNs
+        assert tables[2].columns == [("twitter_pos", "CNN")]
+        assert {k: v["twitter_pos CNN"].values for k, v in four.items()} == {
+            "local baseline": [pytest.approx(0.913)], "infnet+": [pytest.approx(0.914)],
+            "gradient descent": [pytest.approx(0.908)], "Viterbi": [pytest.approx(0.909)]}
+        # Table 5: BLSTM networks, 1 and 2 layers
+        assert {k: v["twitter_pos test"].values for k, v in five.items()} == {
+            "local baseline (BLSTM)": [pytest.approx(0.903)], "infnet+ (1-layer BLSTM)": [pytest.approx(0.905)],
+            "infnet+ (2-layer BLSTM)": [pytest.approx(0.911)], "Viterbi": [pytest.approx(0.909)]}
+        assert tables[3].notes[0].startswith("λ of the infnet+ rows: annealed")
+
+    def test_only_the_tables_the_sweeps_have(self, tu_store):
+        from storage.tables_tu import paper_tables
+
+        crf_only = paper_tables([load_sweep(tu_store, "crfplus")])
+        assert [t.refs_key for t in crf_only] == ["Table 4"]
+        assert [t.refs_key for t in paper_tables([load_sweep(tu_store, n) for n in ("crf", "infnet")])] == ["Table 1", "Table 2"]
+
+    def test_references_per_table(self, tu_store, tmp_path):
+        refs = tmp_path / "refs.yaml"
+        refs.write_text("Table 1:\n  Viterbi: {twitter_pos CRF: 89.2}\nTable 4:\n  Viterbi: {twitter_pos CNN: 90.9}\n")
+        report = build_report(tu_store, ["crf", "crfplus"], tmp_path / "out", refs=refs, plots=False, log=False)
+        text = report.files["md"].read_text()
+        assert "| Viterbi (paper, Δ) | — | — | — | 89.20 (-2.00) |" in text  # ours 87.20
+        assert "| Viterbi (paper, Δ) | 90.90 (+0.00) |" in text
+
+    def test_figure1_dev_score_against_hidden_size(self, tmp_path):
+        from storage.tables_tu import figure1_points
+
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        space = {"seed": {"grid": [1, 2]}}
-        add_sweep(uri, "crf", "crf", [{"params": {"seed": 1}, "final": structured_final("viterbi", 0.88, 0.87)}], space)
-        add_sweep(uri, "local", "local", [
-            {"params": {"arch": "cnn13", "seed": 1}, "final": structured_final("infnet", 0.86, 0.85)},
-            {"params": {"arch": "cnn13", "seed": 2}, "final": structured_final("infnet", 0.87, 0.86)},
-            {"params": {"arch": "blstm", "plus": True, "seed": 1}, "final": structured_final("infnet", 0.80, 0.79)}], space)
-        add_sweep(uri, "inf", "infnet", [
-            {"params": {"arch": "blstm", "lam": 1.0, "seed": 1}, "final": structured_final("infnet", 0.90, 0.89)},
-            {"params": {"arch": "blstm", "lam": 5.0, "seed": 1}, "final": structured_final("infnet", 0.91, 0.84)},
-            {"params": {"arch": "blstm", "layers": 2, "lam_anneal": True, "seed": 1},
-             "final": structured_final("infnet", 0.92, 0.91)}], space)
-        [table] = layouts(uri, [load_sweep(uri, n) for n in ("crf", "local", "inf")])
-        columns = [f"{t} {a}" for t, a in table.columns]
-        assert columns == ["synthetic blstm", "synthetic cnn13", "synthetic CRF"]
-        rows = {title: dict(zip(columns, cells)) for title, cells in table.rows}
-        assert list(rows) == ["local baseline", "local baseline+", "infnet", "infnet (2-layer, λ annealed)", "Viterbi"]
-        assert rows["local baseline"]["synthetic cnn13"].mean == pytest.approx(0.855)
-        assert rows["local baseline"]["synthetic cnn13"].n == 2
-        assert rows["infnet"]["synthetic blstm"].values == [pytest.approx(0.84)]  # lam 5 wins on dev (0.91 > 0.90)
-        assert rows["Viterbi"]["synthetic CRF"].values == [pytest.approx(0.87)]
-        assert rows["Viterbi"]["synthetic blstm"].note == "not run"
-        assert any("best of 2 settings by mean dev" in n for n in table.notes)
+        add_sweep(uri, "fig1", "local", [net(0.80, 0.1, arch="blstm", hidden=50), net(0.84, 0.1, arch="blstm", hidden=50, seed=2),
+                                         net(0.86, 0.1, arch="blstm", hidden=100), net(0.70, 0.1, arch="cnn13", hidden=100)],
+                  {"hidden": {"grid": [50, 100]}}, task="twitter_pos")
+        assert figure1_points([load_sweep(uri, "fig1")]) == {"twitter_pos": {
+            "local baseline blstm": [(50, pytest.approx(0.82)), (100, pytest.approx(0.86))],
+            "local baseline cnn13": [(100, pytest.approx(0.70))]}}
+        report = build_report(uri, ["fig1"], tmp_path / "out", log=False)
+        [figure] = [p for p in report.plots if p.name == "figure1-twitter_pos.png"]
+        assert min(png_size(figure.read_bytes())) > 100
 
 
 class TestNotStarted:
