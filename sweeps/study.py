@@ -8,7 +8,7 @@ earlier stage's best trial:
     references: ../../benchmarks/references/goyal2018_ccg.yaml   # optional paper values for the report
     stages:
       ce: {spec: {task: ccgbank, stage: ce, epochs: 50, ...}}
-      dl: {spec: goyal_ccg_dl.yaml, warm_start: {stage: ce}}
+      dl: {spec: dl.yaml, warm_start: {stage: ce}}          # a spec file beside the study
 
 Stage `S` of study `N` runs as the sweep `N-S` (its own folder, resume and MLflow runs, as every
 sweep); `warm_start: {stage: S}` becomes `warm_start: {sweep: N-S}` (that sweep's best trial by its
