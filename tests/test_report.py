@@ -177,10 +177,11 @@ def net(dev: float, test: float, **params) -> dict:
     return {"params": {"seed": 1, **params}, "final": structured_final("infnet", dev, test)}
 
 
-@pytest.fixture()
-def tu_store(tmp_path):
-    """A Tu & Gimpel study's sweeps on twitter_pos, each cell's winner with a distinct score."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def tu_store(tmp_path_factory):
+    """A Tu & Gimpel study's sweeps on twitter_pos, each cell's winner with a distinct score (read
+    only by the tests, so built once)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('tu') / 'mlflow.db'}"
     space, pos = {"seed": {"grid": [1, 2]}}, {"task": "twitter_pos"}
     add_sweep(uri, "crf", "crf", [{"params": {"seed": 1}, "final": structured_final("viterbi", 0.880, 0.870)},
                                   {"params": {"seed": 2}, "final": structured_final("viterbi", 0.882, 0.874)}], space, **pos)
