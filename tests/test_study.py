@@ -88,6 +88,19 @@ class TestLoadStudy:
         assert problems_of(path) == ["stages.dl.warm_start.stage: stage 'dl' (dl) cannot start from stage 'crf' (crf): "
                                      "it starts from ce, dl, hinge"]
 
+    def test_structured_warm_starts(self, tmp_path):
+        """An inference network and the GD oracle start from a CRF stage (crf or crf+), not a local baseline."""
+        def spec(stage, **fixed):
+            return {"task": "synthetic", "stage": stage, "epochs": 1, "fixed": {"batch_size": 64, **fixed},
+                    "scheduler": {"type": "fifo"}}
+        stages = {"crf": {"spec": spec("crf+")}, "local": {"spec": spec("local")},
+                  "infnet": {"spec": spec("infnet", arch="cnn13"), "warm_start": {"stage": "crf"}},
+                  "gd": {"spec": {**spec("gd-oracle", split="dev"), "fixed": {"split": "dev"}}, "warm_start": {"stage": "crf"}}}
+        assert list(load_study(write_study(tmp_path, stages)).stages) == ["crf", "local", "infnet", "gd"]
+        bad = {**stages, "infnet": {**stages["infnet"], "warm_start": {"stage": "local"}}}
+        assert problems_of(write_study(tmp_path, bad)) == [
+            "stages.infnet.warm_start.stage: stage 'infnet' (infnet) cannot start from stage 'local' (local): it starts from crf, crf+"]
+
     def test_yaml_error_names_the_line(self, tmp_path):
         path = tmp_path / "bad.yaml"
         path.write_text("name: s\nstages:\n  ce: {spec: [\n")
