@@ -147,9 +147,10 @@ def _crf_method(method: str, plus: bool) -> Match:
 
 def _grid(title: str, refs_key: str, entries: list[Entry], rows: list[tuple[str, Match, bool]],
           columns: list[tuple[tuple[str, str], Match, bool]], split: str = "test") -> Table:
-    """rows: (title, match, is a network row); columns: ((task, label), match, holds networks).
-    A cell takes the entries both match; a network row in a CRF column (or the reverse) is empty
-    without a note, an applicable cell without trials says "not run"."""
+    """rows: (title, match, is a network row); columns: ((task, label), match, True for a column of
+    networks, False for one of CRF methods, None for both). A cell takes the entries both match; a
+    network row in a CRF column (or the reverse) is empty without a note, an applicable cell
+    without trials says "not run"."""
     table = Table(title=title, columns=[c for c, _, _ in columns], rows=[], column_names=("task", "architecture"),
                   refs_key=refs_key)
     for row, row_match, row_is_net in rows:
