@@ -34,7 +34,7 @@ class StageStatus:
     best_value: float | None = None
 
     def line(self, stage: str, metric: str) -> str:
-        text = f"{stage:<14} {self.state:<11}"
+        text = f"{stage:<18} {self.state:<11}"  # tu_ner's infnetplus_layers is 17
         if self.trials:
             text += f" {self.trials} trials, {self.failed} failed"
         if self.best_trial is not None:
