@@ -16,6 +16,9 @@ What a finished trial is (`Place`) comes from its sweep's stage and its paramete
               architecture on dev).
     Table 5   BLSTM-CRF+ with BLSTM networks: local baseline, infnet+ with 1 and 2 layers, Viterbi
               x (task, test); shown for a task with a 2-layer BLSTM infnet+.
+    word vectors  Viterbi with BLSTM-CRFs of other word-vector settings (an embeddings ablation:
+              none, GloVe fixed, GloVe fine-tuned), dev and test; those CRFs stay out of Tables 1
+              and 4 when the paper's setting (fixed for the CRF, fine-tuned for the CRF+) ran.
     Figure 1  dev score against the hidden size H of local baselines and inference networks
               (BLSTM-CRF energy), per task, one line per method and architecture; shown when the
               trials have more than one H.
@@ -101,12 +104,13 @@ class Place:
     arch: str = ""  # networks: cnn13, cnn15, blstm, seq2seq
     layers: int = 1
     hidden: int | None = None  # networks: H as logged (None: the stage's default)
+    vectors: str = ""  # Viterbi: the CRF's word vectors, none | fixed | tuned (pretrained, fine-tuned)
 
 
 def trial_place(sweep: Sweep, trial: Trial, crf_stage_of: dict[str, str]) -> Place | None:
     """The Place of a trial, or None for a stage these tables do not show."""
     if sweep.stage in ("crf", "crf+"):
-        return Place(sweep.task, "viterbi", sweep.stage == "crf+")
+        return Place(sweep.task, "viterbi", sweep.stage == "crf+", vectors=_vectors(trial.params, sweep.stage == "crf+"))
     if sweep.stage == "gd-oracle":
         return Place(sweep.task, "gd", crf_stage_of.get(sweep.name) == "crf+")
     if sweep.stage in NETWORKS:
@@ -115,6 +119,23 @@ def trial_place(sweep: Sweep, trial: Trial, crf_stage_of: dict[str, str]) -> Pla
         return Place(sweep.task, sweep.stage, _flag(params, "plus"), params.get("arch", _default("arch")),
                      int(params.get("layers", _default("layers"))), int(float(hidden)) if hidden is not None else None)
     return None
+
+
+def _vectors(params: dict[str, str], plus: bool) -> str:
+    """A CRF's word vectors: none, or pretrained and fixed / fine-tuned (core.stages.crf: fine-tuned
+    by default for crf+ and without pretrained vectors)."""
+    if not params.get("embeddings") or params.get("embeddings") == "None":
+        return "none"
+    if "finetune_embeddings" in params:
+        return "tuned" if _flag(params, "finetune_embeddings") else "fixed"
+    return "tuned" if plus else "fixed"
+
+
+# The paper's CRF setting (Tu & Gimpel 2.1, 7): pretrained vectors, fixed in the BLSTM-CRF and
+# fine-tuned in the BLSTM-CRF+. Other CRFs of a study (an embeddings ablation) are left out of
+# Tables 1 and 4 when the paper's setting ran, and shown in a table of their own.
+PAPER_VECTORS = {False: "fixed", True: "tuned"}
+VECTOR_ROWS = (("no pretrained vectors", "none"), ("GloVe, fixed", "fixed"), ("GloVe, fine-tuned", "tuned"))
 
 
 Entry = tuple[Place, Trial, str]  # (place, trial, stage)
@@ -218,9 +239,37 @@ def _in_task(task: str, archs: tuple[str, ...] = (), crf: bool = False) -> Match
     return lambda p: p.task == task and (p.arch in archs if p.method in NETWORKS else crf)
 
 
+def _paper_setting(entries: list[Entry]) -> list[Entry]:
+    """The entries without the CRFs of another word-vector setting than the paper's, where the
+    paper's setting ran for that task and energy."""
+    paper = {(p.task, p.plus) for p, _, _ in entries if p.method == "viterbi" and p.vectors == PAPER_VECTORS[p.plus]}
+    return [e for e in entries if e[0].method != "viterbi" or (e[0].task, e[0].plus) not in paper
+            or e[0].vectors == PAPER_VECTORS[e[0].plus]]
+
+
+def vectors_table(entries: list[Entry]) -> Table | None:
+    """Viterbi with BLSTM-CRFs that differ in their word vectors (dev and test), for the tasks that
+    have more than one setting; None if none has."""
+    crfs = [(p, t, stage) for p, t, stage in entries if p.method == "viterbi" and not p.plus]
+    tasks = [task for task in _tasks(crfs) if len({p.vectors for p, _, _ in crfs if p.task == task}) > 1]
+    if not tasks:
+        return None
+    table = Table(title="Word vectors of the BLSTM-CRF: Viterbi scores (%)", rows=[], refs_key="Word vectors",
+                  columns=[(task, split) for task in tasks for split in ("dev", "test")], column_names=("task", "split"))
+    for title, vectors in VECTOR_ROWS:
+        cells = [_cell([(t, stage) for p, t, stage in crfs if p.task == task and p.vectors == vectors], table.notes,
+                       title, (task, split), split) for task, split in table.columns]
+        table.rows.append((title, cells))
+    table.notes = list(dict.fromkeys(table.notes))  # dev and test share a selection
+    table.metric_keys = [f"{split} score" for _, split in table.columns]
+    return table
+
+
 def paper_tables(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None) -> list[Table]:
-    """The tables of Tu & Gimpel (2019) the sweeps have trials for, in the paper's order."""
-    entries = _entries(sweeps, crf_stage_of or {})
+    """The tables of Tu & Gimpel (2019) the sweeps have trials for, in the paper's order, then the
+    word-vector comparison when the CRFs differ in it."""
+    every = _entries(sweeps, crf_stage_of or {})
+    entries = _paper_setting(every)
     places = [p for p, _, _ in entries]
     tables = []
     if any(not p.plus for p in places):
@@ -231,7 +280,8 @@ def paper_tables(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None
         tables.append(table4(entries))
     if any(_network("infnet", True, ("blstm",), 2)(p) for p in places):
         tables.append(table5(entries))
-    return tables
+    vectors = vectors_table(every)
+    return tables + ([vectors] if vectors is not None else [])
 
 
 def figure1_points(sweeps: list[Sweep]) -> dict[str, dict[str, list[tuple[int, float]]]]:
