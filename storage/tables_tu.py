@@ -224,13 +224,14 @@ def table5(entries: list[Entry]) -> Table:
             ("infnet+ (1-layer BLSTM)", _network("infnet", True, ("blstm",), 1), True),
             ("infnet+ (2-layer BLSTM)", _network("infnet", True, ("blstm",), 2), True),
             ("Viterbi", _crf_method("viterbi", True), False)]
-    tasks = [t for t in _tasks(entries) if any(_network("infnet", True, ("blstm",), 2)(p) and p.task == t for p, _, _ in entries)]
+    deep = _network("infnet", True, ("blstm",), 2)
+    tasks = [t for t in _tasks(entries) if any(deep(p) and p.task == t for p, _, _ in entries)]
     columns = [((task, "test"), _in_task(task, ("blstm",), crf=True), None) for task in tasks]
     table = _grid("Tu & Gimpel (2019) Table 5: test scores with the BLSTM-CRF+ energy and deeper BLSTM inference "
                   "networks (%)", "Table 5", entries, rows, columns)
-    annealed = sorted({_lambda_annealed(t.params) for p, t, _ in entries if _network("infnet", True, ("blstm",), None)(p)})
-    table.notes.insert(0, "λ of the infnet+ rows: " + {(True,): "annealed", (False,): "constant"}.get(tuple(annealed), "constant or annealed, by dev")
-                       + " (the paper anneals λ = e^{-0.01 t} for the 2-layer network)")
+    annealed = {_lambda_annealed(t.params) for p, t, _ in entries if _network("infnet", True, ("blstm",), None)(p)}
+    how = "constant or annealed, by dev" if len(annealed) > 1 else "annealed" if annealed == {True} else "constant"
+    table.notes.insert(0, f"λ of the infnet+ rows: {how} (the paper anneals λ = e^{{-0.01 t}} for the 2-layer network)")
     return table
 
 
