@@ -129,7 +129,7 @@ def main() -> None:
     print(f"| MLflow setup (database, experiment, parent run; overlaps Ray's start) | {phases['tracking_setup']:.2f} s |")
     print(f"| Ray up -> first trial start (Tune set-up, trial actor start) | "
           f"{rows[0]['start'] - t0 - phases['ray_start']:.2f} s |")
-    print(f"| last trial end -> Tune returns | {t0 + wall - phases['finish'] - phases['ray_shutdown'] - ends[-1]:.2f} s |")
+    print(f"| last trial end -> Tune returns | {t0 + wall - phases['finish'] - phases['ray_shutdown'] - phases['score_stopped'] - ends[-1]:.2f} s |")
     print(f"| ray.shutdown; MLflow bookkeeping after it | {phases['ray_shutdown']:.2f} s; {phases['finish']:.2f} s |")
     if gaps:
         print(f"| slot freed -> next trial starts: median / max | {statistics.median(gaps):.2f} / {max(gaps):.2f} s |")

@@ -15,6 +15,7 @@ the search or loss it drives.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -29,7 +30,7 @@ from core.config import TrainingError, resolve_device, seed_everything
 from core.data import Batch, load_task, make_batches
 from core.stages import Stage, TrainConfig, make_stage
 
-__all__ = ["Report", "TrainConfig", "TrainingError", "make_optimizer", "run_epoch", "train"]
+__all__ = ["Report", "TrainConfig", "TrainingError", "make_optimizer", "run_epoch", "score_stopped", "train"]
 
 Report = Callable[[int, dict[str, float], Path | None], None]
 
@@ -152,3 +153,19 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
     final.update(stage.final_scores(out, progress["epoch"]))
     atomic_write(out / "metrics.json", json.dumps(final, indent=2).encode())
     return final
+
+
+def score_stopped(config: TrainConfig) -> dict[str, Any]:
+    """The final scores of a run stopped before its last epoch (a sweep trial its scheduler cut):
+    `config.out` holds its best checkpoint and `config.resume_from` its last state (e.g. OUT/last).
+    That state is continued for no further epoch, so `train` scores the best checkpoint on dev and
+    test exactly as after a last epoch, into out/metrics.json, and returns the same dict."""
+    if not config.resume_from:
+        raise CheckpointError("score_stopped needs resume_from: the stopped run's last state")
+    state = load_checkpoint(config.resume_from).training_state or {}
+    if "progress" not in state:
+        raise CheckpointError(f"checkpoint {config.resume_from}: has no training state to resume from")
+    epochs = int(state["progress"]["epoch"])
+    if epochs < 1:  # `epochs` 1 would train one, not score
+        raise CheckpointError(f"checkpoint {config.resume_from}: trained no epoch, nothing to score")
+    return train(dataclasses.replace(config, epochs=epochs))

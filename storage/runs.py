@@ -5,8 +5,9 @@
     Trial.history(uri, key) -> [(step, value)]   a per-epoch metric (dev score, alpha, lambda)
 
 A trial's final scores are the metrics `final.<split>.<decoder>.<metric>` that the trainable logs
-after training (sweeps/trainables.py); a trial stopped early by the scheduler has none, and reports
-leave it out and say so.
+after training (sweeps/trainables.py); for a trial stopped early by the scheduler the driver scores
+its best checkpoint after the sweep (sweeps/stopped_scores.py). A trial without them (failed, or
+its scoring failed) is left out of reports, which say so.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from storage import tracking
 
-FINAL_PREFIX = "final"  # sweeps.trainables logs {"final": {"dev": ..., "test": ..., "best_epoch": ...}}
+FINAL_PREFIX = tracking.FINAL_PREFIX  # sweeps.trainables logs {"final": {"dev": ..., "test": ..., "best_epoch": ...}}
 
 
 class SweepNotTracked(LookupError):

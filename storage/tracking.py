@@ -37,6 +37,8 @@ INCOMPLETE_TAG = "beamtune.incomplete"  # on a sweep's parent run whose driver i
 ERROR_TAG = "beamtune.error"
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description (markdown) in the MLflow UI
 CHECKPOINT_ARTIFACT = "best_checkpoint"
+FINAL_PREFIX = "final"  # a trial's best checkpoint scored on dev and test: metrics final.<split>.<decoder>.<metric>
+FINAL_KEYS = ("dev", "test", "best_epoch")  # what of core.train.train's result goes under FINAL_PREFIX
 ATTEMPTS_TAG = "beamtune.attempts"
 MAX_MESSAGE = 4000
 # MLflow's own defaults (7 retries with exponential backoff, 120 s timeout) block a call for
@@ -453,6 +455,30 @@ def settle(uri: str, directory: Path, experiment_id: str, parent_run_id: str, tr
         run.write("files", flush=False, files=files, artifact_path=CHECKPOINT_ARTIFACT)
     run.write("finish", flush=False, status=status, message=message[:MAX_MESSAGE] if message else None)
     return True
+
+
+def final_metrics(final: dict[str, Any]) -> dict[str, Any]:
+    """The part of core.train.train's result a trial's run gets as `final.*` metrics."""
+    return {FINAL_PREFIX: {k: v for k, v in final.items() if k in FINAL_KEYS}}
+
+
+def has_final_scores(directory: Path, trial_id: str) -> bool:
+    """Whether the trial's journal holds its best checkpoint's final scores (in MLflow or on their way)."""
+    prefix = FINAL_PREFIX + "."
+    return any(op["op"] == "metrics" and any(k.startswith(prefix) for k in op["metrics"])
+               for op in Spool(directory, trial_id).ops())
+
+
+def log_stopped_scores(uri: str, directory: Path, experiment_id: str, parent_run_id: str, trial_id: str,
+                       trial_name: str, final: dict[str, Any], metrics_json: Path) -> None:
+    """A stopped trial's best checkpoint scored by the driver (sweeps.stopped_scores) on its run, as
+    a trial that ran every epoch logs them itself: `final.*` at the best epoch's step, metrics.json
+    beside the checkpoint. Journaled after the run's finish (MLflow takes metrics on an ended run)
+    and replayed with the sweep's last writes."""
+    run = _driver_run(uri, directory, experiment_id, parent_run_id, trial_id, trial_name)
+    run.write("metrics", flush=False, metrics=numeric(final_metrics(final)), step=int(final["best_epoch"]),
+              timestamp=int(time.time() * 1000))
+    run.write("files", flush=False, files=[metrics_json], artifact_path=CHECKPOINT_ARTIFACT)
 
 
 def parent_run(uri: str, directory: Path, parent_run_id: str) -> JournaledRun:

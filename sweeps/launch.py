@@ -177,7 +177,8 @@ class SweepOutcome:
     statuses: dict[str, str]  # trial id -> TERMINATED / ERROR
     seconds: float
     # Wall seconds of each phase: "ray_start" (0 when Ray was already up), "tracking_setup" (overlaps
-    # ray_start), "tune" (Tuner set-up and fit), "ray_shutdown" and "finish" (MLflow bookkeeping after).
+    # ray_start), "tune" (Tuner set-up and fit), "score_stopped" (scoring early-stopped trials'
+    # best checkpoints), "ray_shutdown" and "finish" (MLflow bookkeeping after).
     phases: dict[str, float]
     failures: dict[str, str] = field(default_factory=dict)  # trial id -> the last line of its error
 
@@ -289,13 +290,16 @@ def _run_sweep(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str |
                                                 verbose, study_run_id)
     try:
         with timed(phases, "tune"):
-            trials, errors = fit(make_tuner(spec, root, directory, state, resume, verbose, compact), state, directory)
+            ray_trials = fit(make_tuner(spec, root, directory, state, resume, verbose, compact), state, directory)
+        with timed(phases, "score_stopped"):
+            score_stopped(spec, state, directory, ray_trials)
     finally:
         with timed(phases, "ray_shutdown"):
             if started_ray:
                 import ray
 
                 ray.shutdown()
+    trials, errors = trial_outcomes(ray_trials)
     with timed(phases, "finish"):
         best = finish_sweep(spec, root, directory, state, trials, errors)
     statuses = {trial_id: status for trial_id, (_, status) in trials.items()}
@@ -444,19 +448,33 @@ def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, An
                 if compact else [])))
 
 
-def fit(tuner, state: dict[str, Any], directory: Path) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    """Run the trials; (trial id -> (Ray's trial name, Ray status), trial id -> error of the failed
-    ones). A driver interrupted here leaves its parent run KILLED (resumable; journaled, so a
-    tracking error cannot hide the interruption)."""
+def fit(tuner, state: dict[str, Any], directory: Path) -> list:
+    """Run the trials; returns Ray's Trial objects. A driver interrupted here leaves its parent run
+    KILLED (resumable; journaled, so a tracking error cannot hide the interruption)."""
     try:
         results = tuner.fit()
     except BaseException:
         tracking.parent_run(state["tracking_uri"], tracking.spool_dir(directory), state["parent_run_id"]).finish("KILLED")
         raise
-    trials = result_trials(results)
+    return result_trials(results)
+
+
+def trial_outcomes(trials: list) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """(trial id -> (Ray's trial name, Ray status), trial id -> error of the failed ones)."""
     names = {t.trial_id: (str(t), t.status) for t in trials}
     errors = {t.trial_id: str(t.get_error() or "trial failed") for t in trials if t.status == "ERROR"}
     return names, errors
+
+
+def score_stopped(spec: SweepSpec, state: dict[str, Any], directory: Path, trials: list) -> None:
+    """The best checkpoint of every trial the scheduler stopped, scored on dev and test while Ray
+    is still up (sweeps.stopped_scores), so every trial that ended well has final scores."""
+    from sweeps.stopped_scores import score_stopped_trials
+
+    if spec.stage_info.family != "train":  # the gd-oracle stage reports once: never stopped early
+        return
+    score_stopped_trials(trials, spec.resources.to_ray(), trial_context(spec, state, directory),
+                         tracking.spool_dir(directory), lambda line: say_stderr(f"[{spec.name}] {line}"))
 
 
 def finish_sweep(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], trials: dict[str, tuple[str, str]],

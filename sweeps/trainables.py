@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,24 +121,43 @@ def oracle_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     run.finish("FINISHED")
 
 
-def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """The trainable of every stage that core.train.train runs (ce, dl, hinge, crf, crf+, local, infnet)."""
+@dataclass
+class TrialAttempt:
+    """One start of a trial on a worker: its scratch folders, the checkpoint Ray restored (if any)
+    and the attempts so far (where each ran and which epoch it started from)."""
+
+    trial_id: str
+    trial_name: str
+    work: Path  # scratch space outside Ray's trial folder (which the driver snapshots while trials write)
+    out: Path  # core's OUT folder: the best checkpoint, last/ and metrics.json
+    restored: bool  # Ray handed this attempt a checkpoint to continue from
+    info: dict[str, Any]  # the restored checkpoint's sidecar ({} when starting from scratch)
+    attempts: list[dict[str, Any]]
+
+    @property
+    def start_epoch(self) -> int:
+        return int(self.info.get("epoch", 0))
+
+    @property
+    def failed_marker(self) -> Path:
+        return self.work / FAILED_MARKER
+
+    @property
+    def resume_from(self) -> Path | None:
+        return self.out / "last" if self.restored else None
+
+
+def start_attempt(context: dict[str, Any]) -> TrialAttempt:
+    """Rebuild core's OUT folder from the checkpoint Ray restored (or start it empty) and record
+    this attempt: the node it runs on and the epoch it starts from."""
     import ray
     from ray import tune
 
-    from core.config import TrainingError
-    from core.train import train
-    from storage import tracking
-    from storage.best import model_files
-
     tune_context = tune.get_context()
-    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
-    # Scratch space outside Ray's trial folder (which the driver snapshots while trials write):
-    # core's OUT folder and the temporary folders checkpoints are packed in.
+    trial_id = tune_context.get_trial_id()
     work = Path(tempfile.gettempdir()) / "beamtune-trials" / f"{context['parent_run_id'][:12]}-{trial_id}"
     work.mkdir(parents=True, exist_ok=True)
     out = work / "run"
-
     info: dict[str, Any] = {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -145,64 +165,99 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             info = _unpack(Path(directory), out)
     else:
         shutil.rmtree(out, ignore_errors=True)
-    start_epoch = int(info.get("epoch", 0))
-    attempts = list(info.get("attempts", []))  # where each attempt ran and which epoch it started from
-    attempts.append({"node_id": ray.get_runtime_context().get_node_id(), "start_epoch": start_epoch,
-                     "time": time.time()})
+    attempt = TrialAttempt(trial_id, tune_context.get_trial_name(), work, out, checkpoint is not None, info,
+                           list(info.get("attempts", [])))
+    attempt.attempts.append({"node_id": ray.get_runtime_context().get_node_id(), "start_epoch": attempt.start_epoch,
+                             "time": time.time()})
+    return attempt
 
-    run = open_trial_run(config, context, trial_id, trial_name, info.get("mlflow_run_id"))
-    # Starts are counted by the driver (every start Ray makes: tracking.record_start).
-    run.set_tags({"beamtune.resumed_from_epoch": start_epoch})
 
-    # A NaN loss is deterministic given the checkpoint: a retry from the same checkpoint would hit
-    # it again, so it fails at once with the first attempt's message.
-    marker = work / FAILED_MARKER
-    if marker.is_file():
-        failed = json.loads(marker.read_text())
-        if failed.get("start_epoch") == start_epoch:
+def refuse_repeated_failure(attempt: TrialAttempt, run) -> None:
+    """A NaN loss is deterministic given the checkpoint: a retry from the same checkpoint would hit
+    it again, so it fails at once with the first attempt's message."""
+    from core.config import TrainingError
+
+    if attempt.failed_marker.is_file():
+        failed = json.loads(attempt.failed_marker.read_text())
+        if failed.get("start_epoch") == attempt.start_epoch:
             run.finish("FAILED", failed["message"])
             raise TrainingError(failed["message"])
 
-    # Epochs this run already logged: an attempt killed after logging an epoch but before Ray
-    # registered its checkpoint repeats that epoch, exactly (core resumes exactly), so it is not
-    # logged twice.
-    logged = run.logged_steps("epoch")  # from the trial's journal, which survives retries on any node
 
-    def report(epoch: int, metrics: dict[str, float], last: Path | None) -> None:
-        if epoch not in logged:
-            run.log_metrics(metrics, step=epoch)
-        sidecar = {"trial_id": trial_id, "trial_name": trial_name, "mlflow_run_id": run.run_id, "epoch": epoch,
-                   "metrics": metrics, "params": config, "attempts": attempts}
-        with tempfile.TemporaryDirectory(dir=work, prefix="checkpoint-") as tmp:
-            _pack(Path(tmp), Path(last), out, sidecar)
+class EpochReporter:
+    """core.train's `report` callback: logs an epoch to MLflow (once) and reports it to Tune with a
+    checkpoint (_pack's layout). Epochs the run already logged are not logged again: an attempt
+    killed after logging an epoch but before Ray registered its checkpoint repeats that epoch,
+    exactly (core resumes exactly)."""
+
+    def __init__(self, attempt: TrialAttempt, run, config: dict[str, Any]):
+        self.attempt, self.run, self.config = attempt, run, config
+        self.logged = run.logged_steps("epoch")  # from the trial's journal, which survives retries on any node
+
+    def __call__(self, epoch: int, metrics: dict[str, float], last: Path | None) -> None:
+        from ray import tune
+
+        if epoch not in self.logged:
+            self.run.log_metrics(metrics, step=epoch)
+        a = self.attempt
+        sidecar = {"trial_id": a.trial_id, "trial_name": a.trial_name, "mlflow_run_id": self.run.run_id, "epoch": epoch,
+                   "metrics": metrics, "params": self.config, "attempts": a.attempts}
+        with tempfile.TemporaryDirectory(dir=a.work, prefix="checkpoint-") as tmp:
+            _pack(Path(tmp), Path(last), a.out, sidecar)
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    resume_from = out / "last" if checkpoint is not None else None
+
+def log_final(run, final: dict[str, Any], out: Path) -> None:
+    """The best checkpoint's dev and test scores (metrics `final.<split>.<decoder>.<metric>`, at the
+    best epoch's step), its files and metrics.json, and the per-sentence tables if any."""
+    from storage import tracking
+    from storage.best import model_files
+
+    run.log_metrics(tracking.final_metrics(final), step=final["best_epoch"])
+    run.log_files(model_files(out) + [out / "metrics.json"], tracking.CHECKPOINT_ARTIFACT)
+    tables = sorted(out.glob("*.parquet"))
+    if tables:
+        run.log_files(tables, "tables")
+
+
+def end_stopped(attempt: TrialAttempt, run) -> None:
+    """The scheduler stopped this trial (tune.report exits the training thread): tagged, its best
+    checkpoint kept. Its dev and test scores come from the driver (sweeps.stopped_scores)."""
+    from storage import tracking
+    from storage.best import model_files
+
+    run.set_tags({tracking.STOPPED_TAG: "true"})
+    if (attempt.out / MANIFEST).is_file():
+        run.log_files(model_files(attempt.out), tracking.CHECKPOINT_ARTIFACT)
+    run.finish("FINISHED")
+    shutil.rmtree(attempt.work, ignore_errors=True)
+
+
+def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The trainable of every stage that core.train.train runs (ce, dl, hinge, crf, crf+, local, infnet)."""
+    from core.config import TrainingError
+    from core.train import train
+
+    attempt = start_attempt(context)
+    run = open_trial_run(config, context, attempt.trial_id, attempt.trial_name, attempt.info.get("mlflow_run_id"))
+    # Starts are counted by the driver (every start Ray makes: tracking.record_start).
+    run.set_tags({"beamtune.resumed_from_epoch": attempt.start_epoch})
+    refuse_repeated_failure(attempt, run)
     try:
-        train_config = build_train_config(config, context, out, resume_from)
-        final = train(train_config, report)
+        final = train(build_train_config(config, context, attempt.out, attempt.resume_from), EpochReporter(attempt, run, config))
     except SystemExit:
-        # The scheduler stopped this trial (tune.report exits the training thread).
-        run.set_tags({tracking.STOPPED_TAG: "true"})
-        if (out / MANIFEST).is_file():
-            run.log_files(model_files(out), tracking.CHECKPOINT_ARTIFACT)
-        run.finish("FINISHED")
-        shutil.rmtree(work, ignore_errors=True)
+        end_stopped(attempt, run)
         raise
     except TrainingError as error:
-        marker.write_text(json.dumps({"start_epoch": start_epoch, "message": str(error)}))
+        attempt.failed_marker.write_text(json.dumps({"start_epoch": attempt.start_epoch, "message": str(error)}))
         run.finish("FAILED", str(error))
         raise
     except BaseException as error:
         run.finish("FAILED", f"{type(error).__name__}: {error}")
         raise
-    run.log_metrics({"final": {k: v for k, v in final.items() if k in ("dev", "test", "best_epoch")}}, step=final["best_epoch"])
-    run.log_files(model_files(out) + [out / "metrics.json"], tracking.CHECKPOINT_ARTIFACT)
-    tables = sorted(out.glob("*.parquet"))
-    if tables:
-        run.log_files(tables, "tables")
+    log_final(run, final, attempt.out)
     run.finish("FINISHED")
-    shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in Ray's storage and MLflow
+    shutil.rmtree(attempt.work, ignore_errors=True)  # everything worth keeping is in Ray's storage and MLflow
 
 
 # Stage family -> trainable (sweeps.spec.SweepStage.family).
