@@ -514,8 +514,13 @@ def note_incomplete(name: str, storage: str | os.PathLike | None = None) -> str 
     reason = incomplete(storage, name)
     if reason is None:
         return None
-    state = json.loads((sweep_dir(storage, name) / SWEEP_FILE).read_text())
+    directory = sweep_dir(storage, name)
+    state = json.loads((directory / SWEEP_FILE).read_text())
     hint = f"{reason}; continue it with `beamtune sweep --resume {name}`"
+    # What the trials journaled but did not get into MLflow before the driver died goes first: a
+    # trial that ended has its run ended as it ended, not marked KILLED. Journals that still do not
+    # replay (tracking down) are replayed by `--resume` or `beamtune sync`.
+    tracking.replay_all(state["tracking_uri"], tracking.spool_dir(directory))
     tracking.mark_incomplete(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], hint)
     return hint
 

@@ -7,10 +7,17 @@ one line per event a person watches for, and a status line every `every` seconds
     [quickstart] trial ce lr=0.0050 seed=3 stopped early after epoch 9 (no dev improvement for `patience` epochs)
     [quickstart] 2 running, 3 done, 0 failed; best so far 0.8512 (ce lr=0.0061 seed=7)
     [quickstart] trial ce lr=0.0023 seed=161 failed: TrainingError: loss is nan at epoch 3
+    [quickstart] 2 trials pending: waiting 45 s for {CPU: 1, GPU: 0.25} (autoscaler: 1 node launching)
 
 Trials are named as their MLflow runs (storage.tracking.trial_label), so the terminal and the UI
 agree on names; "best" is the best dev score any trial has reported, the same ranking that
 `beamtune best` applies to checkpoints.
+
+Trials that wait for resources (PENDING) are named once the oldest has waited `every` seconds,
+then every `every` seconds while any waits: how many, how long, what they ask for and why they
+wait: the autoscaler is launching nodes (sweeps.ray_private.autoscaler_launching), no node has
+that much at all (nothing is launching it), they queue behind the running trials, or Ray is
+starting them.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from storage.tracking import trial_label
+from sweeps.ray_private import autoscaler_launching
 
 
 def say_stderr(line: str) -> None:
@@ -42,6 +50,8 @@ class CompactProgress(Callback):
         self.running: set[str] = set()
         self.done = self.failed = 0
         self.last_status = time.monotonic()
+        self.pending_since: dict[str, float] = {}  # trial id -> when it was first seen PENDING
+        self.last_pending = -float("inf")
 
     # Tune pickles its callbacks with the sweep and restores them on resume: keep only the
     # constructor's arguments, so a resumed sweep gets a fresh view built by the current code.
@@ -92,6 +102,18 @@ class CompactProgress(Callback):
         error = str(trial.error_file or "") and _last_line(trial)
         self._line(f"trial {self._name(trial)} failed" + (f": {error}" if error else ""))
 
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        pending = [t for t in trials if t.status == "PENDING"]
+        self.pending_since = {t.trial_id: self.pending_since.get(t.trial_id, now) for t in pending}
+        if not pending:
+            return
+        waited = now - min(self.pending_since.values())
+        if waited < self.every or now - self.last_pending < self.every:
+            return
+        self.last_pending = now
+        self._line(pending_line(pending, waited, len(self.running)))
+
     def _status(self) -> None:
         if time.monotonic() - self.last_status < self.every:
             return
@@ -107,3 +129,32 @@ def _last_line(trial: Any) -> str:
     except OSError:
         return ""
     return lines[-1][:200] if lines else ""
+
+
+def pending_line(pending: list, waited: float, running: int) -> str:
+    """'2 trials pending: waiting 45 s for {CPU: 1, GPU: 0.25} (why)'; the trials' requests are
+    Tune's placement-group sums (a sweep's trials all ask for the same)."""
+    requests = []
+    for trial in pending:
+        request = {k: v for k, v in trial.placement_group_factory.required_resources.items() if v}
+        if request not in requests:
+            requests.append(request)
+    asked = " or ".join("{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(r.items())) + "}" for r in requests)
+    count = f"{len(pending)} trial{'s' if len(pending) != 1 else ''}"
+    return f"{count} pending: waiting {waited:.0f} s for {asked} ({_why_pending(requests, running, len(pending))})"
+
+
+def _why_pending(requests: list[dict[str, float]], running: int, pending: int) -> str:
+    import ray
+
+    launching = autoscaler_launching()
+    if launching:
+        return f"autoscaler: {launching} node{'s' if launching != 1 else ''} launching"
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    fits = any(all(node.get(k, 0) >= v for k, v in r.items()) for r in requests for node in nodes)
+    if not fits:
+        return "no node has that much" + ("; the autoscaler is launching none" if launching == 0 else "")
+    free = ray.available_resources()
+    if running and not any(all(free.get(k, 0) >= v for k, v in r.items()) for r in requests):
+        return f"behind {running} running trial{'s' if running != 1 else ''}"
+    return f"Ray is starting {'them' if pending > 1 else 'it'}"  # free, or held by a trial whose actor is starting

@@ -33,7 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import latest_checkpoints, sweep_in_thread
+from helpers import latest_checkpoints, processes_with, sweep_in_thread
+from sweeps.ray_private import autoscaler_launching
 from sweeps.spec import validate
 
 pytestmark = pytest.mark.slow
@@ -83,23 +84,6 @@ def fake_cluster_config(source: dict, gcs_address: str) -> dict:
         "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of this user's processes whose command line or environment contains `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
-            text = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in text:
-            found.append(int(entry.name))
-    return found
 
 
 def kill(pids: list[int], sig: int = signal.SIGKILL) -> None:
@@ -247,10 +231,18 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
     watcher.start()
     thread.start()
 
-    # A GPU worker is started from zero, and all four trials run on it at once.
+    # A GPU worker is started from zero, and all four trials run on it at once. Meanwhile the
+    # autoscaler's report says a node is launching (what the live view names for pending trials).
     directory = storage / "autoscale"
-    first = wait_for("a GPU worker", gpu_workers, 120, thread, result)
+    launching: list[int | None] = []
+
+    def gpu_worker_up():
+        launching.append(autoscaler_launching())
+        return gpu_workers()
+
+    first = wait_for("a GPU worker", gpu_worker_up, 120, thread, result)
     assert len(first) == 1
+    assert max(n or 0 for n in launching) >= 1, launching
     victim = first[0]["NodeID"]
     # All four trials hold a quarter of that one GPU at once (none left for a fifth) while at
     # least one has checkpointed and none has finished: kill the worker under them.

@@ -37,3 +37,22 @@ def test_asha_state_round_trips_through_json():
 def test_result_grid_gives_its_trials():
     grid = ResultGrid(SimpleNamespace(trials=[]))
     assert result_trials(grid) == []
+
+
+def test_autoscaler_status_is_read_as_ray_status_writes_it():
+    """The v1 autoscaler's status JSON: `autoscaler_report` is asdict(AutoscalerSummary) (monitor.py)."""
+    from dataclasses import asdict
+
+    from ray.autoscaler._private.autoscaler import AutoscalerSummary
+
+    from sweeps.ray_private import parse_autoscaler_status
+
+    summary = AutoscalerSummary(active_nodes={"head": 1}, idle_nodes=None, pending_launches={"gpu_worker": 2},
+                                pending_nodes=[("10.0.0.3", "gpu_worker", "setting-up")], failed_nodes=[])
+    raw = json.dumps({"load_metrics_report": {}, "autoscaler_report": asdict(summary)}).encode()
+    assert parse_autoscaler_status(raw) == 3
+    idle = AutoscalerSummary(active_nodes={"head": 1}, idle_nodes=None, pending_launches={}, pending_nodes=[],
+                             failed_nodes=[])
+    assert parse_autoscaler_status(json.dumps({"autoscaler_report": asdict(idle)})) == 0
+    assert parse_autoscaler_status(json.dumps({"load_metrics_report": {}})) is None  # a head without an autoscaler
+    assert parse_autoscaler_status(None) is None
