@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from core.checkpoint import CheckpointError
 from core.data import load_task, make_batches
 from core.loading import load_tagger
 from core.stages.seq2seq import Seq2SeqStage, build_model
-from core.train import TrainConfig, TrainingError, run_epoch, train
+from core.train import TrainConfig, TrainingError, run_epoch, score_stopped, train
 
 pytestmark = pytest.mark.slow  # trains models for seconds each
 
@@ -54,6 +55,21 @@ class TestTrain:
         other = train(_config(tmp_path, "c", seed=4))
         assert _without_timings(first) == _without_timings(second)
         assert _without_timings(first) != _without_timings(other)
+
+    def test_score_stopped_scores_the_best_checkpoint_without_training(self, tmp_path):
+        """A run stopped after epoch 2 of 5 (as a sweep's scheduler stops a trial) is scored exactly
+        as a 2-epoch run ends: same final scores, nothing trained further."""
+        ended = train(_config(tmp_path, "ended", epochs=2, patience=0))
+        train(_config(tmp_path, "stopped", epochs=2, patience=0))
+        out = tmp_path / "stopped"
+        (out / "metrics.json").unlink()
+        last = (out / "last" / "checkpoint.json").read_bytes()
+        scored = score_stopped(_config(tmp_path, "stopped", epochs=5, patience=0, resume_from=str(out / "last")))
+        assert _without_timings(scored) == _without_timings(ended)
+        assert json.loads((out / "metrics.json").read_text()) == scored
+        assert (out / "last" / "checkpoint.json").read_bytes() == last  # no epoch was trained
+        with pytest.raises(CheckpointError, match="resume_from"):
+            score_stopped(_config(tmp_path, "stopped"))
 
     def test_resume_continues_exactly(self, tmp_path):
         whole = train(_config(tmp_path, "whole", epochs=4, patience=0))

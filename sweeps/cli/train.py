@@ -124,19 +124,24 @@ def train(
         arch=arch, energy=path_or_none(energy), lam=lam, layers=layers, plus=plus or None,
     ).items() if value is not None}
     given = {name: value.value if hasattr(value, "value") else value for name, value in given.items()}
-    objective_name = objective.value
-    ignored = [name for name in given if not applies(name, objective_name, plus, given.get("arch"))]
-    if ignored:
-        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-        fail(f"{flags}: not used by objective {objective_name!r}" + (" with these options" if objective_name in INFNETS else ""))
-    model = model_overrides(objective_name, given)
-    fields = {name: value for name, value in given.items() if name not in model and name not in (
-        "attention", "encoder_hidden", "decoder_hidden", "label_dim", "word_dim", "char_filters", "dropout")}
-    config = run_guarded(TrainConfig, task=task, out=str(out), data_root=path_or_none(data_root), objective=objective_name,
-                         progress=not quiet, model=model, **fields)
+    config = train_config(objective.value, given, plus, task=task, out=str(out), data_root=path_or_none(data_root),
+                          progress=not quiet)
     final = run_guarded(run_training, config)
     typer.echo(f"best epoch {final['best_epoch']}; checkpoint and metrics.json in {out}")
-    print_scores(final, objective_name, config.eval_beam_size)
+    print_scores(final, objective.value, config.eval_beam_size)
+
+
+def train_config(objective: str, given: dict[str, Any], plus: bool, **run: Any) -> TrainConfig:
+    """The TrainConfig of the options given (`run`: task, out, data_root, progress); an option the
+    objective would ignore is a one-line error."""
+    ignored = [name for name in given if not applies(name, objective, plus, given.get("arch"))]
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        fail(f"{flags}: not used by objective {objective!r}" + (" with these options" if objective in INFNETS else ""))
+    model = model_overrides(objective, given)
+    fields = {name: value for name, value in given.items() if name not in model and name not in (
+        "attention", "encoder_hidden", "decoder_hidden", "label_dim", "word_dim", "char_filters", "dropout")}
+    return run_guarded(TrainConfig, objective=objective, model=model, **run, **fields)
 
 
 def print_scores(final: dict[str, Any], objective: str, k: int) -> None:
