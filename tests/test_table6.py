@@ -131,6 +131,23 @@ class TestRows:
         test = score_decoder(task.test, vocabs, task.metric, "tailored", crf=crf, infnet=infnet, steps=2, lr=best, batch_size=32)
         assert row["score"] == pytest.approx(test["score"])
 
+    def test_warm_start_lr_is_the_best_on_dev(self, checkpoints, result):
+        # Through the infnet-gd decoder (one lr at a time), not the batched grid the stage runs.
+        _, _, infnet_dir = checkpoints
+        crf, infnet, vocabs, _ = load_for_decoding(infnet_dir, None)
+        task = load_task("synthetic")
+        dev = {lr: score_decoder(task.dev, vocabs, task.metric, "infnet-gd", crf=crf, infnet=infnet, steps=2, lr=lr)
+               for lr in SMALL["warm_lrs"]}
+        assert dev[100.0]["score"] != dev[1.0]["score"]  # the choice matters on this data
+        best = max(SMALL["warm_lrs"], key=lambda lr: (dev[lr]["score"], -dev[lr]["energy"]))
+        row = rows_of(result, "infnet warm-starts GD")[2]
+        assert row["lr"] == best
+        test = score_decoder(task.test, vocabs, task.metric, "infnet-gd", crf=crf, infnet=infnet, steps=2, lr=best)
+        assert row["score"] == pytest.approx(test["score"])
+        assert row["discrete_energy"] == pytest.approx(test["energy"], abs=1e-4)
+        oracle = rows_of(result, "infnet warm-starts GD (oracle lr per sentence)")[2]
+        assert oracle["score"] >= row["score"]  # the per-sentence choice includes the dev-tuned lr
+
 
 class TestOneLrPerStep:
     def test_best_score_then_lower_energy_then_earlier_lr(self):
