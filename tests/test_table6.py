@@ -161,6 +161,40 @@ class TestOneLrPerStep:
         assert {n: e["lr"] for n, e in chosen.items()} == {3: 1.0, 5: 1.0, 10: 10.0}
 
 
+class TestStudyStage:
+    def stages(self, source_stage: str) -> dict:
+        def spec(stage, **extra):
+            return {"task": "synthetic", "stage": stage, "epochs": 1, "scheduler": {"type": "fifo"}, **extra}
+
+        return {"crfplus": {"spec": spec("crf+")}, "localplus": {"spec": spec("local")},
+                "infnetplus": {"spec": spec("infnet"), "warm_start": {"stage": "crfplus"}},
+                "table6": {"spec": spec("table6", fixed={"tailor_steps": [3, 5, 10], "split": "test"}),
+                           "warm_start": {"stage": source_stage}}}
+
+    def test_after_an_infnet_stage(self, tmp_path):
+        import yaml
+
+        from sweeps.study import load_study
+
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "stages": self.stages("infnetplus")}))
+        study = load_study(path)
+        assert list(study.stages)[-1] == "table6" and study.stages["table6"].spec.warm_start.sweep == "s-infnetplus"
+
+    @pytest.mark.parametrize("source", ["crfplus", "localplus"])
+    def test_not_after_a_crf_or_a_local_baseline(self, tmp_path, source):
+        import yaml
+
+        from sweeps.study import StudyError, load_study
+
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "stages": self.stages(source)}))
+        with pytest.raises(StudyError) as error:
+            load_study(path)
+        assert error.value.problems == [f"stages.table6.warm_start.stage: stage 'table6' (table6) cannot start from stage "
+                                        f"{source!r} ({'crf+' if source == 'crfplus' else 'local'}): it starts from infnet"]
+
+
 class TestConfig:
     @pytest.mark.parametrize("field,value", [("split", "train"), ("gd_steps", (20, 5)), ("tailor_lrs", (0.0,)),
                                              ("warm_steps", ()), ("tailor_batch_size", 0)])
