@@ -157,16 +157,23 @@ def model_files(checkpoint: Path) -> list[Path]:
 def export_checkpoint(trial: TrialBest, directory: str | os.PathLike) -> Path:
     """Copy the model of `trial`'s best epoch into `directory` (a plain beamtune checkpoint that
     `beamtune decode --checkpoint` and warm starts read), with a provenance file beside it."""
+    provenance = {"trial_id": trial.trial_id, "trial_name": trial.trial_name, "epoch": trial.epoch,
+                  "value": trial.value, "mlflow_run_id": trial.mlflow_run_id, "source": str(trial.checkpoint),
+                  "params": trial.params, "metrics": trial.metrics}
+    return copy_model(trial.checkpoint, directory, {"beamtune_export.json": json.dumps(provenance, indent=2)})
+
+
+def copy_model(source: Path, directory: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+    """Replace `directory` with a copy of the model checkpoint at `source` (and `extra` text files),
+    written beside it first, so it is never half there."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for path in model_files(trial.checkpoint):
+    for path in model_files(source):
         shutil.copy2(path, tmp / path.name)
-    provenance = {"trial_id": trial.trial_id, "trial_name": trial.trial_name, "epoch": trial.epoch,
-                  "value": trial.value, "mlflow_run_id": trial.mlflow_run_id, "source": str(trial.checkpoint),
-                  "params": trial.params, "metrics": trial.metrics}
-    (tmp / "beamtune_export.json").write_text(json.dumps(provenance, indent=2))
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text)
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)
@@ -201,14 +208,4 @@ def find_energy(infnet_checkpoint: str | os.PathLike, root: str | os.PathLike) -
 def export_energy(infnet_checkpoint: str | os.PathLike, root: str | os.PathLike, directory: str | os.PathLike) -> Path:
     """Copy the CRF energy of an "infnet" checkpoint (find_energy) into `directory`, as a warm start
     is copied, so a sweep that evaluates the network holds everything it reads."""
-    source = find_energy(infnet_checkpoint, root)
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for path in model_files(source):
-        shutil.copy2(path, tmp / path.name)
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
-    return directory
+    return copy_model(find_energy(infnet_checkpoint, root), directory)
