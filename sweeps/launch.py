@@ -419,7 +419,8 @@ def trial_context(spec: SweepSpec, state: dict[str, Any], directory: Path) -> di
             "data_root": None if not spec.data_root and spec.task == "synthetic" else data_root,
             "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": state["tracking_uri"],
             "experiment_id": state["experiment_id"], "parent_run_id": state["parent_run_id"],
-            "warm_start": state.get("warm_start"), "warm_start_energy": state.get("warm_start_energy"), "git_commit": state.get("git_commit"), "searched": sorted(spec.space),
+            "warm_start": state.get("warm_start"), "warm_start_energy": state.get("warm_start_energy"),
+            "git_commit": state.get("git_commit"), "searched": sorted(spec.space),
             "spool_dir": str(tracking.spool_dir(directory))}  # the trials' MLflow journals (storage.spool)
 
 
