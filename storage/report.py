@@ -60,7 +60,7 @@ def render_markdown(table: Table, refs: dict[str, dict[str, float]] | None = Non
     lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for title, cells in table.rows:
         lines.append("| " + " | ".join([title] + [format_cell(c, table.column_scale(i)) for i, c in enumerate(cells)]) + " |")
-        if title in refs:
+        if any(refs.get(title, {}).get(column_key(col)) is not None for col in table.columns):  # a paper value here
             lines.append("| " + " | ".join([f"{title} (paper, Δ)"] + [
                 _ref_text(refs[title].get(column_key(col)), cell, table.column_scale(i))
                 for i, (col, cell) in enumerate(zip(table.columns, cells))
