@@ -98,6 +98,19 @@ class TestRows:
         assert result["metrics"]["gold_energy"] == pytest.approx(sum(energies) / len(energies), abs=1e-4)
         assert result["metrics"]["gold_score"] == 1.0
 
+    def test_gold_energy_leaves_out_sentences_with_an_unseen_tag(self, checkpoints):
+        from core.data import Sentence
+        from core.table6 import gold_energy
+
+        _, _, infnet_dir = checkpoints
+        crf, _, vocabs, _ = load_for_decoding(infnet_dir, None)
+        known = load_task("synthetic").test[:3]
+        unseen = Sentence(known[0].words, (*known[0].tags[:-1], "NEVER-SEEN"))
+        alone, counted = gold_energy(crf, known, vocabs)
+        mixed, counted_mixed = gold_energy(crf, [unseen, *known], vocabs)
+        assert (counted, counted_mixed) == (3, 3) and mixed == pytest.approx(alone, abs=1e-5)
+        assert gold_energy(crf, [unseen], vocabs)[1] == 0
+
     def test_viterbi_energy_is_the_lowest_discrete_energy(self, result):
         viterbi = result["metrics"]["viterbi_energy"]
         for r in result["rows"]:
