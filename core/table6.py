@@ -34,10 +34,12 @@ import torch
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, raise_first, resolve_device
 from core.data import UNSEEN_LABEL, load_task, make_batches
-from core.decoding import score_decoder
+from core.decoding import scatter_tags, score_decoder
 from core.loading import load_for_decoding
+from core.metrics import evaluate
 from core.oracle import SPLITS, one_lr_per_step, run_oracle_grid
 from core.search.gradient import GRID_LRS, check_grid
+from core.tailoring import tailor_trace
 
 # Table 6's step counts: gradient descent (its rows), instance tailoring and warm starts.
 GD_STEPS = (10, 20, 30, 40, 50, 100, 500, 1000)
@@ -126,20 +128,45 @@ def infnet_rows(crf, infnet, sentences, vocabs, metric: str, config: Table6Confi
             row("discretized infnet", out["score"], out["energy"], out["energy"])]
 
 
+@torch.no_grad()
+def tailored_grid(crf, infnet, sentences, vocabs, metric: str, steps: Sequence[int], lrs: Sequence[float],
+                  momentum: float, batch_size: int) -> list[dict[str, Any]]:
+    """Instance tailoring at every (N, lr), one trajectory per lr recording every N
+    (core.tailoring.tailor_trace): entries as run_oracle_grid's "grid" (corpus metric, mean relaxed
+    and discrete energy)."""
+    device = next(crf.parameters()).device
+    n = len(sentences)
+    pred: dict[tuple[int, float], list[Any]] = {(k, lr): [None] * n for k in steps for lr in lrs}
+    relaxed = {key: 0.0 for key in pred}
+    discrete = {key: 0.0 for key in pred}
+    for batch in make_batches(sentences, vocabs, batch_size):
+        batch = batch.to(device)
+        unary = crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
+        for lr in lrs:
+            trace = tailor_trace(infnet, crf.crf, batch.words, batch.chars, batch.lengths, unary, steps, lr, momentum)
+            for k, out in zip(steps, trace):
+                scatter_tags(pred[(k, lr)], out.labels, batch, sentences, vocabs.labels.itos)
+                relaxed[(k, lr)] += float(crf.energy(unary, out.probs, batch.mask).sum())
+                discrete[(k, lr)] += float(crf.energy(unary, out.labels, batch.mask).sum())
+    gold = [s.tags for s in sentences]
+    return [{"steps": k, "lr": lr, "score": evaluate(gold, pred[(k, lr)], metric)["score"],
+             "energy": relaxed[(k, lr)] / n, "discrete_energy": discrete[(k, lr)] / n} for (k, lr) in pred]
+
+
 def tailored_rows(crf, infnet, dev, sentences, vocabs, metric: str, config: Table6Config) -> list[dict]:
-    """Instance tailoring at each N with the lr chosen on dev (every lr of the grid, every N)."""
+    """Instance tailoring at each N with the lr chosen on dev; on the split, one trajectory per
+    chosen lr."""
 
-    def decode(split_sentences, steps: int, lr: float) -> dict[str, Any]:
-        out = score_decoder(split_sentences, vocabs, metric, "tailored", crf=crf, infnet=infnet, steps=steps, lr=lr,
-                            momentum=config.momentum, batch_size=config.tailor_batch_size)
-        return {"steps": steps, "lr": lr, "score": out["score"], "energy": out["relaxed_energy"],
-                "discrete_energy": out["energy"]}
+    def grid(split_sentences, lrs) -> list[dict[str, Any]]:
+        return tailored_grid(crf, infnet, split_sentences, vocabs, metric, config.tailor_steps, lrs, config.momentum,
+                             config.tailor_batch_size)
 
-    tuning = [decode(dev, n, lr) for n in config.tailor_steps for lr in config.tailor_lrs]
+    chosen = one_lr_per_step(grid(dev, config.tailor_lrs))
+    at = {(e["steps"], e["lr"]): e for e in grid(sentences, sorted({e["lr"] for e in chosen.values()}))}
     rows = []
-    for n, best in sorted(one_lr_per_step(tuning).items()):
-        out = decode(sentences, n, best["lr"])
-        rows.append(row("instance-tailored infnet", out["score"], out["energy"], out["discrete_energy"], n, best["lr"]))
+    for n, best in sorted(chosen.items()):
+        e = at[(n, best["lr"])]
+        rows.append(row("instance-tailored infnet", e["score"], e["energy"], e["discrete_energy"], n, best["lr"]))
     return rows
 
 
