@@ -16,9 +16,9 @@ tuning picks, for each N, the lr with the best corpus metric (core.oracle.one_lr
 
     Table6Config, run_table6(config)   the `table6` sweep stage: an "infnet" checkpoint, its energy
 
-At N = 0 the tailored network is the trained one and warm-started GD is the discretized infnet
-output (tests/test_table6.py checks both); as N grows, GD's energy approaches Viterbi's from above
-for discrete outputs.
+Limits (tests/test_table6.py): at N = 0 the tailored network is the trained one and warm-started
+GD starts at the network's relaxed output (its argmax: the discretized row); every discrete energy
+is at least Viterbi's, sentence by sentence.
 
 Shapes: B sentences, T positions, L labels.
 """
@@ -111,14 +111,14 @@ def gold_energy(crf, sentences, vocabs, batch_size: int = 256) -> tuple[float, i
     return (total / counted if counted else math.nan), counted
 
 
-def gd_rows(crf, sentences, vocabs, metric: str, config: Table6Config) -> tuple[list[dict], dict[str, Any]]:
+def gd_rows(crf, sentences, vocabs, metric: str, config: Table6Config) -> list[dict]:
     """Viterbi and GD at every N with the lr tuned per sentence (core.oracle's Table-6 summary)."""
     grid = run_oracle_grid(crf, sentences, vocabs, metric, config.gd_steps, config.gd_lrs, config.momentum,
                            config.batch_size, config.seed, progress=config.progress)
     viterbi = grid["viterbi"]
     rows = [row("Viterbi", viterbi["score"], viterbi["energy"], viterbi["energy"])]
     rows += [row("gradient descent", r["score"], r["energy"], r["discrete_energy"], r["steps"]) for r in grid["table6"]]
-    return rows, grid
+    return rows
 
 
 def infnet_rows(crf, infnet, sentences, vocabs, metric: str, config: Table6Config) -> list[dict]:
@@ -146,8 +146,8 @@ def tailored_grid(crf, infnet, sentences, vocabs, metric: str, steps: Sequence[i
             trace = tailor_trace(infnet, crf.crf, batch.words, batch.chars, batch.lengths, unary, steps, lr, momentum)
             for k, out in zip(steps, trace):
                 scatter_tags(pred[(k, lr)], out.labels, batch, sentences, vocabs.labels.itos)
-                relaxed[(k, lr)] += float(crf.energy(unary, out.probs, batch.mask).sum())
-                discrete[(k, lr)] += float(crf.energy(unary, out.labels, batch.mask).sum())
+                relaxed[(k, lr)] += float(crf.energy(unary, out.probs, batch.mask).sum())  # probs (B, T, L)
+                discrete[(k, lr)] += float(crf.energy(unary, out.labels, batch.mask).sum())  # labels (B, T)
     gold = [s.tags for s in sentences]
     return [{"steps": k, "lr": lr, "score": evaluate(gold, pred[(k, lr)], metric)["score"],
              "energy": relaxed[(k, lr)] / n, "discrete_energy": discrete[(k, lr)] / n} for (k, lr) in pred]
@@ -237,7 +237,7 @@ def run_table6(config: Table6Config) -> dict[str, Any]:
 
     energy, counted = timed("gold", gold_energy(crf, sentences, vocabs, config.batch_size))
     rows = [row("gold standard", 1.0, energy, energy)]
-    rows += timed("gd", gd_rows(crf, sentences, vocabs, task.metric, config)[0])
+    rows += timed("gd", gd_rows(crf, sentences, vocabs, task.metric, config))
     rows += timed("infnet", infnet_rows(crf, infnet, sentences, vocabs, task.metric, config))
     rows += timed("tailored", tailored_rows(crf, infnet, task.dev, sentences, vocabs, task.metric, config))
     rows += timed("warmgd", warm_rows(crf, infnet, task.dev, sentences, vocabs, task.metric, config))
