@@ -360,62 +360,64 @@ def gd_steps_logged(stage: str, metrics: dict[str, float], prefix: str = "gd") -
     return sorted(int(m.group(1)) for key in metrics if (m := pattern.match(key)))
 
 
-def table6_sources(sweeps: list[Sweep], crf_stage_of: dict[str, str]) -> tuple[dict[str, list[Sweep]], list[str]]:
-    """Per task, the sweeps its Table 6 comes from: its table6 sweeps, else its gd-oracle sweeps
-    against a CRF+ (GD and Viterbi rows only), else against any CRF (said in a note)."""
+def table6_sources(sweeps: list[Sweep], crf_stage_of: dict[str, str]) -> tuple[dict[str, Sweep], list[str]]:
+    """The sweeps Table 6 comes from, each under its column label: per task, its table6 sweeps, else
+    its gd-oracle sweeps against a CRF+ (GD and Viterbi rows only), else against any CRF (said in a
+    note). The label is the task, or "task (sweep)" where a task has several: sweeps of different
+    networks or energies are never pooled as if they were seeds."""
     sources, notes = {}, []
     for task in sorted({s.task for s in sweeps if s.stage in ("table6", "gd-oracle")}):
         table6 = [s for s in sweeps if s.task == task and s.stage == "table6"]
         oracle = [s for s in sweeps if s.task == task and s.stage == "gd-oracle"]
         plus = [s for s in oracle if crf_stage_of.get(s.name) == "crf+"]
-        sources[task] = table6 or plus or oracle
+        chosen = table6 or plus or oracle
         if not table6 and not plus:
             notes.append(f"{task}: GD and Viterbi rows from gd-oracle sweep(s) "
                          f"{', '.join(s.name for s in oracle)} against a BLSTM-CRF, not a CRF+")
+        for sweep in chosen:
+            sources[task if len(chosen) == 1 else f"{task} ({sweep.name})"] = sweep
     return sources, notes
 
 
 def table6(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None, title: str = "") -> Table:
     """Tu & Gimpel's Table 6 from table6 (or gd-oracle) sweeps: rows as the paper's, columns
-    (task, score) and (task, energy); each cell the mean +- sd over the finished trials of the
-    setting (all parameters but the seed) with the best mean dev_score, as the other layouts select."""
+    (task, score) and (task, energy); each cell the mean +- sd over the finished trials of its
+    sweep's setting (all parameters but the seed) with the best mean dev_score, as the other
+    layouts select."""
     sources, notes = table6_sources(sweeps, crf_stage_of or {})
-    chosen: dict[str, list[tuple[Trial, str]]] = {}
-    for task, task_sweeps in sources.items():
-        entries = [(t, s.stage) for s in task_sweeps for t in s.trials if t.status == "FINISHED"]
-        chosen[task] = _best_setting(entries, task, notes)
-    columns = [(task, column) for task in sources for column in TABLE6_COLUMNS]
+    chosen = {label: _best_setting([t for t in sweep.trials if t.status == "FINISHED"], sweep.stage, label, notes)
+              for label, sweep in sources.items()}
+    stage_of = {label: sweep.stage for label, sweep in sources.items()}
+    columns = [(label, column) for label in sources for column in TABLE6_COLUMNS]
     table = Table(title=title or "Tu & Gimpel (2019) Table 6 layout: score (%) and mean energy", columns=columns,
                   rows=[], column_names=("task", "quantity"), row_header="method", notes=notes, refs_key="Table 6",
                   scales=[100.0 if column == "score" else 1.0 for _, column in columns])
     for title_pattern, prefix_pattern in TABLE6_ROWS:
         family = prefix_pattern.split("_n{n}")[0]
-        steps = sorted({n for entries in chosen.values() for t, stage in entries for n in gd_steps_logged(stage, t.metrics, family)})
+        steps = sorted({n for label, trials in chosen.items() for t in trials
+                        for n in gd_steps_logged(stage_of[label], t.metrics, family)})
         for n in steps if "{n}" in prefix_pattern else [None]:
             prefix = prefix_pattern.format(n=n)
-            cells = [_metric_cell(chosen[task], prefix, column) for task, column in columns]
+            cells = [_metric_cell(chosen[label], oracle_metric(stage_of[label], prefix, column)) for label, column in columns]
             if any(cell.values for cell in cells):
                 table.rows.append((title_pattern.format(n=n), cells))
     table.metric_keys = ["" for _ in columns]  # per row: each cell names its metric
     return table
 
 
-def _best_setting(entries: list[tuple[Trial, str]], task: str, notes: list[str]) -> list[tuple[Trial, str]]:
-    if not entries:
-        return []
-    groups: dict[tuple, list[tuple[Trial, str]]] = defaultdict(list)
-    for trial, stage in entries:
-        groups[(stage, *sorted((k, v) for k, v in trial.params.items() if k not in NOT_SELECTION_PARAMS))].append((trial, stage))
-    if len(groups) == 1:
-        return entries
-    best = max(groups.values(), key=lambda g: statistics.fmean(t.metrics.get("dev_score", float("-inf")) for t, _ in g))
-    notes.append(f"{task}: best of {len(groups)} settings by mean dev_score; {len(best)} trial(s)")
+def _best_setting(trials: list[Trial], stage: str, label: str, notes: list[str]) -> list[Trial]:
+    groups: dict[tuple, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        groups[tuple(sorted((k, v) for k, v in trial.params.items() if k not in NOT_SELECTION_PARAMS))].append(trial)
+    if len(groups) <= 1:
+        return trials
+    best = max(groups.values(), key=lambda g: statistics.fmean(t.metrics.get("dev_score", float("-inf")) for t in g))
+    what = "the network's score on the split" if stage == "table6" else "the oracle score on the split"
+    notes.append(f"{label}: best of {len(groups)} settings by mean dev_score ({what}); {len(best)} trial(s)")
     return best
 
 
-def _metric_cell(entries: list[tuple[Trial, str]], prefix: str, column: str) -> Cell:
-    keys = {stage: oracle_metric(stage, prefix, column) for _, stage in entries}
-    pairs = [(t.metrics.get(keys[stage]), t.run_id) for t, stage in entries if keys[stage]]
+def _metric_cell(trials: list[Trial], key: str | None) -> Cell:
+    pairs = [(t.metrics.get(key), t.run_id) for t in trials] if key else []
     pairs = [(v, r) for v, r in pairs if v is not None]
-    metric = " / ".join(sorted({k for k in keys.values() if k}))
-    return Cell([v for v, _ in pairs], [r for _, r in pairs], "" if pairs else "not run", metric)
+    return Cell([v for v, _ in pairs], [r for _, r in pairs], "" if pairs else "not run", key or "")

@@ -301,6 +301,7 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     add_eval_sweep(uri, "t6", "table6", [{"params": {"seed": 1}, "metrics": table6_metrics(0.0)},
                                          {"params": {"seed": 2}, "metrics": table6_metrics(0.02)}])
+    add_eval_sweep(uri, "t6b", "table6", [{"params": {"seed": 1}, "metrics": table6_metrics(0.05)}])  # another network
     add_eval_sweep(uri, "crfp", "crf+", [], task="pos")
     add_eval_sweep(uri, "gd", "gd-oracle", [{"params": {"split": "test"},
                                              "metrics": {"dev_score": 0.7, "best_dev_score": 0.7, "viterbi_score": 0.6,
@@ -355,6 +356,13 @@ class TestTable6Layout:
         assert rows["Viterbi"]["pos score"].values == [0.6]
         assert rows["infnet"]["pos score"].note == "not run"
         assert not any("not a CRF+" in n for n in t6.notes)  # the gd-oracle sweep's CRF is the crf+ stage's
+
+    def test_two_sweeps_of_one_task_are_not_pooled(self, store):
+        t6 = table6([load_sweep(store, "t6"), load_sweep(store, "t6b")])
+        assert [f"{a} {b}" for a, b in t6.columns] == ["synthetic (t6) score", "synthetic (t6) energy",
+                                                       "synthetic (t6b) score", "synthetic (t6b) energy"]
+        viterbi = dict(t6.rows)["Viterbi"]
+        assert [c.n for c in viterbi] == [2, 2, 1, 1] and viterbi[2].values == [pytest.approx(0.95)]
 
     def test_plot_of_gd_against_n(self, store, tmp_path):
         from storage import plots
