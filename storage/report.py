@@ -222,8 +222,9 @@ def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
     if structured:
         tables += paper_tables(structured, _crf_stages(uri, structured))
     inference = [s for s in sweeps if s.stage in ("table6", "gd-oracle")]
-    if inference:
-        tables.append(table6(inference, _crf_stages(uri, inference)))
+    six = table6(inference, _crf_stages(uri, inference)) if inference else None
+    if six is not None and six.rows:  # gd-oracle trials that logged no per-N metrics give no Table 6
+        tables.append(six)
     return tables
 
 
