@@ -50,12 +50,12 @@ def main() -> None:
     for batch in make_batches(sentences, vocabs, args.batch_size):
         with torch.no_grad():
             unary = crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
-        call = (infnet, crf.crf, batch.words, batch.chars, batch.lengths, unary, args.steps, args.lr, 0.9)
+        call = (infnet, crf.crf, batch.words, batch.chars, batch.lengths, unary, (args.steps,), args.lr, 0.9)
         start = time.perf_counter()
-        batched = _tailor_batched(*call)
+        [batched] = _tailor_batched(*call)
         seconds["batched"] += time.perf_counter() - start
         start = time.perf_counter()
-        looped = _tailor_one_by_one(*call)
+        [looped] = _tailor_one_by_one(*call)
         seconds["one_by_one"] += time.perf_counter() - start
         max_diff = max(max_diff, (batched.logits - looped.logits).abs().max().item())
         same_labels += int(((batched.labels == looped.labels) & batch.mask).sum())

@@ -204,6 +204,16 @@ def load_checkpoint(directory: str | os.PathLike, kind: str | None = None) -> Ch
     return Checkpoint(directory, manifest, weights, state)
 
 
+def weights_digest(directory: str | os.PathLike) -> str | None:
+    """The SHA-256 of a checkpoint's weights file, as its manifest records it (None if it has none):
+    names a model's weights wherever the checkpoint has been copied to."""
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST).read_bytes().decode("utf-8-sig"))
+        return manifest["files"]["weights"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
     """Load weights into a model built from the checkpoint's config, with a clear error on mismatch."""
     try:

@@ -3,6 +3,7 @@ over a grid of step counts N and learning rates, the best (N, lr) chosen per sen
 metric, and the Table-6 summaries.
 
     oracle_choice / per_step_choice    per-instance choice of (N, lr), or of lr for each fixed N
+    one_lr_per_step(grid)              one lr for all sentences per N, by the corpus metric (dev tuning)
     run_oracle_grid(model, sentences)  the whole grid over a split: one row per sentence + Table 6
     OracleConfig, run_oracle(config)   the `gd-oracle` command and sweep stage: a checkpoint, a split
 
@@ -53,6 +54,22 @@ def oracle_choice(scores: torch.Tensor, energies: torch.Tensor) -> tuple[torch.T
     return flat // R, flat % R
 
 
+def one_lr_per_step(grid: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """For each N, the `grid` entry ({"steps", "lr", "score", "discrete_energy", ...}, as
+    run_oracle_grid returns) with the best corpus metric: one learning rate for every sentence, as
+    Tu & Gimpel tune instance tailoring and warm starts on dev (ties: the lower mean discrete
+    energy, then the earlier learning rate)."""
+    by_steps: dict[int, list[dict[str, Any]]] = {}
+    for entry in grid:
+        by_steps.setdefault(int(entry["steps"]), []).append(entry)
+    chosen = {}
+    for n, entries in by_steps.items():
+        scores = torch.tensor([[e["score"]] for e in entries], dtype=torch.float64)  # (R, 1)
+        energies = torch.tensor([[e["discrete_energy"]] for e in entries], dtype=torch.float64)  # (R, 1)
+        chosen[n] = entries[int(_best_index(scores, energies)[0])]
+    return chosen
+
+
 def per_step_choice(scores: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
     """For each fixed N, the per-instance best learning rate (Table 6): (K, R, B) -> r (K, B)."""
     return torch.stack([_best_index(scores[k], energies[k]) for k in range(scores.shape[0])])
@@ -82,6 +99,7 @@ def run_oracle_grid(
 
       rows:    one dict per sentence (id, length, chosen N and lr, metric, energies, Viterbi energy)
       table6:  per N: corpus metric and mean energy with the per-instance best lr
+      grid:    per (N, lr): corpus metric and mean energies with that one lr for every sentence
       oracle:  corpus metric with the per-instance best (N, lr); viterbi: its corpus metric
       cost:    optimizer steps and wall seconds."""
     steps, lrs = check_grid(steps, lrs)
@@ -118,10 +136,13 @@ def run_oracle_grid(
         return [itos[y] for y in ids]
 
     scores = torch.zeros(K, R, n_sent)
+    grid = []  # per (N, lr), the same for every sentence: corpus metric and mean energies
     for k in range(K):
         for r in range(R):
             pred = [tags(all_labels[i][k, r].tolist()) for i in range(n_sent)]
             scores[k, r] = torch.tensor(instance_scores(gold, pred, metric))
+            grid.append({"steps": steps[k], "lr": lrs[r], "score": evaluate(gold, pred, metric)["score"],
+                         "energy": float(all_energy[k, r].mean()), "discrete_energy": float(all_discrete[k, r].mean())})
     best_k, best_r = oracle_choice(scores, all_discrete)  # (n,), (n,)
     per_n = per_step_choice(scores, all_discrete)  # (K, n)
     columns = torch.arange(n_sent)
@@ -151,6 +172,7 @@ def run_oracle_grid(
     return {
         "rows": rows,
         "table6": table6,
+        "grid": grid,
         "oracle": {"score": evaluate(gold, oracle_pred, metric)["score"], "energy": float(all_energy[best_k, best_r, columns].mean()),
                    "discrete_energy": float(chosen_discrete.mean())},
         "viterbi": {"score": evaluate(gold, viterbi_pred, metric)["score"], "energy": float(viterbi_energy.mean())},

@@ -157,17 +157,55 @@ def model_files(checkpoint: Path) -> list[Path]:
 def export_checkpoint(trial: TrialBest, directory: str | os.PathLike) -> Path:
     """Copy the model of `trial`'s best epoch into `directory` (a plain beamtune checkpoint that
     `beamtune decode --checkpoint` and warm starts read), with a provenance file beside it."""
+    provenance = {"trial_id": trial.trial_id, "trial_name": trial.trial_name, "epoch": trial.epoch,
+                  "value": trial.value, "mlflow_run_id": trial.mlflow_run_id, "source": str(trial.checkpoint),
+                  "params": trial.params, "metrics": trial.metrics}
+    return copy_model(trial.checkpoint, directory, {"beamtune_export.json": json.dumps(provenance, indent=2)})
+
+
+def copy_model(source: Path, directory: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+    """Replace `directory` with a copy of the model checkpoint at `source` (and `extra` text files),
+    written beside it first, so it is never half there."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for path in model_files(trial.checkpoint):
+    for path in model_files(source):
         shutil.copy2(path, tmp / path.name)
-    provenance = {"trial_id": trial.trial_id, "trial_name": trial.trial_name, "epoch": trial.epoch,
-                  "value": trial.value, "mlflow_run_id": trial.mlflow_run_id, "source": str(trial.checkpoint),
-                  "params": trial.params, "metrics": trial.metrics}
-    (tmp / "beamtune_export.json").write_text(json.dumps(provenance, indent=2))
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text)
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)
     return directory
+
+
+ENERGY_SUBDIR = "warm_start_energy"  # a sweep's copy of its warm start's CRF energy (export_energy)
+
+
+def find_energy(infnet_checkpoint: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """The CRF energy an "infnet" checkpoint was trained against. The checkpoint records the
+    energy's absolute path at training time (core.stages.infnet, meta "energy"); when the sweeps
+    have moved since (another machine or mount point, another --storage), that path is looked for
+    under `root` instead: its last two parts are the infnet sweep's folder and "warm_start", where
+    that sweep kept its copy of the CRF. A copy found there must have the recorded weights
+    (meta "energy_weights_sha256", when the checkpoint has it). Raises SweepNotFound naming both places."""
+    from core.checkpoint import load_checkpoint, weights_digest
+
+    meta = load_checkpoint(infnet_checkpoint, kind="infnet").meta
+    if not meta.get("energy"):
+        raise SweepNotFound(f"inference network {infnet_checkpoint} records no CRF energy (a local baseline?)")
+    recorded = Path(meta["energy"])
+    moved = resolve_storage(root) / recorded.parent.name / recorded.name
+    digest = meta.get("energy_weights_sha256")
+    for candidate in (recorded, moved):
+        if (candidate / MANIFEST).is_file() and (digest is None or weights_digest(candidate) == digest):
+            return candidate
+    raise SweepNotFound(f"the CRF energy of inference network {infnet_checkpoint} is neither at {recorded} (recorded "
+                        f"when it was trained) nor at {moved}" + (" with the recorded weights" if digest else ""))
+
+
+def export_energy(infnet_checkpoint: str | os.PathLike, root: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """Copy the CRF energy of an "infnet" checkpoint (find_energy) into `directory`, as a warm start
+    is copied, so a sweep that evaluates the network holds everything it reads."""
+    return copy_model(find_energy(infnet_checkpoint, root), directory)

@@ -3,6 +3,7 @@
     curves_plot(uri, sweep, path)        dev score per epoch, one line per trial; alpha or lambda
                                          (whichever the trials log) on a second axis, dashed
     param_plot(sweep, param, path)       final dev score against one searched parameter
+    gd_plot(sweep, path)                 gd-oracle / table6: GD score and energy against N (log x)
     sweep_plots(uri, sweeps, folder)     both kinds for every sweep -> the PNG paths written
     hidden_size_plot(task, lines, path)  Tu & Gimpel's Figure 1: dev score against H, one line per
                                          method (storage.tables_tu.figure1_points)
@@ -82,6 +83,38 @@ def param_plot(sweep: Sweep, param: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def gd_plot(sweep: Sweep, path: Path) -> Path | None:
+    """A gd-oracle or table6 sweep: gradient descent's score (%) and mean energy against its step
+    count N (log x; the lr tuned per sentence), one line per trial, Viterbi's dashed in the same
+    colour (Tu & Gimpel's Table 6 GD rows as curves)."""
+    from storage.tables_tu import gd_steps_logged, oracle_metric
+
+    series = []
+    for trial in sweep.trials:
+        steps = [n for n in gd_steps_logged(sweep.stage, trial.metrics) if n > 0]  # log x: N = 0 has no place
+        if steps:
+            series.append((trial, steps))
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for trial, steps in series:
+        color = None
+        for ax, column, scale in ((axes[0], "score", 100.0), (axes[1], "energy", 1.0)):
+            values = [trial.metrics[oracle_metric(sweep.stage, f"gd_n{n}", column)] * scale for n in steps]
+            line, = ax.plot(steps, values, marker="o", ms=3, color=color, label=trial.name)
+            color = line.get_color()
+            viterbi = trial.metrics.get(oracle_metric(sweep.stage, "viterbi", column))
+            if viterbi is not None:
+                ax.axhline(viterbi * scale, ls="--", lw=1, color=color)
+    for ax, label in zip(axes, ("score (%)", "mean energy")):
+        ax.set_xscale("log")
+        ax.set(xlabel="GD steps N", ylabel=label)
+    axes[0].legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{sweep.name}: gradient descent (oracle lr per sentence) by N; dashed: Viterbi", fontsize=9)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -93,7 +126,10 @@ def _save(fig, path: Path) -> Path:
 def sweep_plots(uri: str, sweeps: list[Sweep], folder: Path) -> list[Path]:
     written = []
     for sweep in sweeps:
-        written.append(curves_plot(uri, sweep, folder / f"{sweep.name}-curves.png"))
+        if sweep.stage in ("gd-oracle", "table6"):  # one report, no curves: GD against N instead
+            written.append(gd_plot(sweep, folder / f"{sweep.name}-gd.png"))
+        else:
+            written.append(curves_plot(uri, sweep, folder / f"{sweep.name}-curves.png"))
         written += [param_plot(sweep, p, folder / f"{sweep.name}-{p}.png") for p in searched_params(sweep)]
     return [p for p in written if p is not None]
 

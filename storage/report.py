@@ -56,14 +56,14 @@ def column_key(column: tuple[str, str]) -> str:
 
 def render_markdown(table: Table, refs: dict[str, dict[str, float]] | None = None) -> str:
     refs = refs or {}
-    head = ["training"] + [column_key(c) for c in table.columns]
+    head = [table.row_header] + [column_key(c) for c in table.columns]
     lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for title, cells in table.rows:
-        lines.append("| " + " | ".join([title] + [format_cell(c, table.scale) for c in cells]) + " |")
-        if title in refs:
-            ours = {column_key(col): cell for col, cell in zip(table.columns, cells)}
+        lines.append("| " + " | ".join([title] + [format_cell(c, table.column_scale(i)) for i, c in enumerate(cells)]) + " |")
+        if any(refs.get(title, {}).get(column_key(col)) is not None for col in table.columns):  # a paper value here
             lines.append("| " + " | ".join([f"{title} (paper, Δ)"] + [
-                _ref_text(refs[title].get(column_key(col)), ours[column_key(col)], table.scale) for col in table.columns
+                _ref_text(refs[title].get(column_key(col)), cell, table.column_scale(i))
+                for i, (col, cell) in enumerate(zip(table.columns, cells))
             ]) + " |")
     lines += [""] + [f"- {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
@@ -82,10 +82,11 @@ def render_csv(table: Table) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", "row", *table.column_names, "mean", "sd", "n", "note", "mlflow_metric", "run_ids"])
     for title, cells in table.rows:
-        for (decoder, split), key, cell in zip(table.columns, table.metric_keys, cells):
+        for i, ((decoder, split), key, cell) in enumerate(zip(table.columns, table.metric_keys, cells)):
+            scale = table.column_scale(i)
             writer.writerow([table.title, title, decoder, split,
-                             "" if cell.mean is None else f"{cell.mean * table.scale:.4f}",
-                             "" if cell.sd is None else f"{cell.sd * table.scale:.4f}", cell.n, cell.note, key,
+                             "" if cell.mean is None else f"{cell.mean * scale:.4f}",
+                             "" if cell.sd is None else f"{cell.sd * scale:.4f}", cell.n, cell.note, cell.metric or key,
                              " ".join(cell.run_ids)])
     return buffer.getvalue()
 
@@ -102,10 +103,10 @@ def render_html(report: Report) -> str:
              "img{max-width:48%;margin:4px}</style>", "<h1>beamtune report</h1>"]
     parts += [f"<p>{html.escape(line)}</p>" for line in report.header]
     for table in report.tables:
-        parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr><th>training</th>"
+        parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr><th>{html.escape(table.row_header)}</th>"
                      + "".join(f"<th>{html.escape(column_key(c))}</th>" for c in table.columns) + "</tr>")
         for title, cells in table.rows:
-            tds = [_html_cell(cell, table.scale, report.ui_url, experiments) for cell in cells]
+            tds = [_html_cell(cell, table.column_scale(i), report.ui_url, experiments) for i, cell in enumerate(cells)]
             parts.append(f"<tr><td>{html.escape(title)}</td>{''.join(tds)}</tr>")
         parts.append("</table><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes) + "</ul>")
     for plot in report.plots:
@@ -206,8 +207,9 @@ SEQ2SEQ_STAGES = ("ce", "dl", "hinge")
 
 def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
     """The tables a set of sweeps supports: Goyal et al.'s for the seq2seq stages (NER in macro F1,
-    as that paper reports, and micro F1), Tu & Gimpel's for the structured ones."""
-    from storage.tables_tu import paper_tables
+    as that paper reports, and micro F1), Tu & Gimpel's Tables 1, 2, 4, 5 for the structured ones,
+    and their Table 6 when there is a table6 or gd-oracle stage."""
+    from storage.tables_tu import paper_tables, table6
 
     tables = []
     seq2seq = [s for s in sweeps if s.stage in SEQ2SEQ_STAGES]
@@ -216,9 +218,13 @@ def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
         if any(t.final("dev", "greedy", "macro_f1") is not None for s in seq2seq for t in s.trials):
             metrics = ["macro_f1", "score"]
         tables += [goyal_table(seq2seq, metric, title=_title(seq2seq, metric)) for metric in metrics]
-    structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES]
+    structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES and s.stage != "table6"]
     if structured:
         tables += paper_tables(structured, _crf_stages(uri, structured))
+    inference = [s for s in sweeps if s.stage in ("table6", "gd-oracle")]
+    six = table6(inference, _crf_stages(uri, inference)) if inference else None
+    if six is not None and six.rows:  # gd-oracle trials that logged no per-N metrics give no Table 6
+        tables.append(six)
     return tables
 
 

@@ -1,6 +1,7 @@
 """Per-instance result tables as Parquet (pyarrow): one row per sentence, written atomically.
 
     write_rows(path, rows, metadata)   rows: list of flat dicts with the same keys
+    write_result_table(path, result)   a result's rows, its summary in the metadata and as JSON
     read_rows(path) -> (rows, metadata)
 """
 from __future__ import annotations
@@ -42,10 +43,11 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return table.to_pylist(), json.loads(meta) if meta else {}
 
 
-def write_oracle_table(path: str | Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Persist a GD oracle grid result (core.oracle.run_oracle): one Parquet row per sentence
-    at `path` with the summary (Table-6 rows, oracle, Viterbi, cost) in its metadata, and the same
-    summary as JSON beside it (`path` with suffix .json). Returns (Parquet path, summary)."""
+def write_result_table(path: str | Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Persist a result with "rows" (core.oracle.run_oracle: one per sentence; core.table6.run_table6:
+    one per Table 6 row) as Parquet at `path`, with the rest of the result (the summary: Table-6
+    rows, oracle, Viterbi, cost, ...) in its metadata and as JSON beside it (`path` with suffix
+    .json). Returns (Parquet path, summary)."""
     summary = {key: value for key, value in result.items() if key != "rows"}
     parquet = write_rows(path, result["rows"], summary)
     atomic_write(parquet.with_suffix(".json"), json.dumps(summary, indent=2).encode())

@@ -30,6 +30,7 @@ class Cell:
     values: list[float]
     run_ids: list[str]
     note: str = ""  # why a cell is empty: "not run", "failed", "no final scores"
+    metric: str = ""  # the MLflow metric of its values, where it is not the column's (Table.metric_keys)
 
     @property
     def n(self) -> int:
@@ -51,9 +52,14 @@ class Table:
     rows: list[tuple[str, list[Cell]]]
     metric_keys: list[str] = field(default_factory=list)  # per column: the MLflow metric its cells come from
     column_names: tuple[str, str] = ("decoder", "split")  # what the two parts of a column are (CSV header)
+    row_header: str = "training"  # what the rows are (the first column's heading)
     notes: list[str] = field(default_factory=list)
     scale: float = 100.0  # scores are fractions; tables show percent
     refs_key: str = ""  # its section of a references file that has one per table ("Table 4"); "": the whole file
+    scales: list[float] = field(default_factory=list)  # per column where they differ (Table 6: scores, energies)
+
+    def column_scale(self, i: int) -> float:
+        return self.scales[i] if self.scales else self.scale
 
 
 def alpha_row(stage: str, params: dict[str, str]) -> str:

@@ -1,4 +1,4 @@
-"""Tu & Gimpel (2019) Tables 1, 2, 4 and 5 and Figure 1 from a study's tracked sweeps.
+"""Tu & Gimpel (2019) Tables 1, 2, 4, 5 and 6 and Figure 1 from a study's tracked sweeps.
 
 What a finished trial is (`Place`) comes from its sweep's stage and its parameters:
 
@@ -19,6 +19,8 @@ What a finished trial is (`Place`) comes from its sweep's stage and its paramete
     word vectors  Viterbi with BLSTM-CRFs of other word-vector settings (an embeddings ablation:
               none, GloVe fixed, GloVe fine-tuned), dev and test; those CRFs stay out of Tables 1
               and 4 when the paper's setting (fixed for the CRF, fine-tuned for the CRF+) ran.
+    Table 6   approximate inference by method and N (table6 sweeps; else gd-oracle ones: GD and
+              Viterbi only): score and mean energy x task (the `table6` function below).
     Figure 1  dev score against the hidden size H of local baselines and inference networks
               (BLSTM-CRF energy), per task, one line per method and architecture; shown when the
               trials have more than one H.
@@ -31,12 +33,14 @@ of a references file (benchmarks/references/tu2019_*.yaml).
 """
 from __future__ import annotations
 
+import re
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
 from storage.runs import FINAL_PREFIX, Sweep, Trial
-from storage.tables_goyal import Cell, Table, select_group
+from storage.tables_goyal import NOT_SELECTION_PARAMS, Cell, Table, select_group
 
 CRF_COLUMN = "CRF"
 TRUE = ("true", "1", "yes")
@@ -320,3 +324,100 @@ def _cell(entries: list[tuple[Trial, str]], notes: list[str], row: str, col: tup
     pairs = [(_scores(t, stage_of[t.run_id])[index], t.run_id) for t in chosen]
     pairs = [(v, r) for v, r in pairs if v is not None]
     return Cell([v for v, _ in pairs], [r for _, r in pairs], "" if pairs else f"no {split} score")
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 6: approximate inference by method and N, score and mean energy (table6 / gd-oracle sweeps)
+# ---------------------------------------------------------------------------------------------
+
+TABLE6_COLUMNS = ("score", "energy")
+# Metric prefixes of a table6 trial (core.table6.flat_metrics), in the paper's row order; the
+# rows with an N ({n}) get one row per N the trials logged.
+TABLE6_ROWS = (("gold standard", "gold"), ("Viterbi", "viterbi"), ("gradient descent (N = {n})", "gd_n{n}"),
+               ("infnet", "infnet"), ("discretized infnet output", "infnet_discrete"),
+               ("instance-tailored infnet (N = {n})", "tailored_n{n}"), ("infnet warm start for GD (N = {n})", "warmgd_n{n}"),
+               ("infnet warm start for GD (N = {n}, oracle lr per sentence)", "warmgd_oracle_n{n}"))
+
+
+def oracle_metric(stage: str, prefix: str, column: str) -> str | None:
+    """The MLflow metric of a table6 row prefix and column, for a trial of `stage`: table6 logs
+    core.table6.flat_metrics; gd-oracle (sweeps.trainables._oracle) logs score_nN / energy_nN and
+    viterbi_score / viterbi_energy, and has no other rows (None)."""
+    if stage == "table6":
+        return f"{prefix}_{column}"
+    if prefix == "viterbi":
+        return f"viterbi_{column}"
+    if prefix.startswith("gd_n"):
+        return f"{column}_n{prefix[4:]}"
+    return None
+
+
+def gd_steps_logged(stage: str, metrics: dict[str, float], prefix: str = "gd") -> list[int]:
+    """The N of every `prefix` row (gd, tailored, warmgd, warmgd_oracle) a trial logged, increasing."""
+    if stage != "table6" and prefix != "gd":
+        return []
+    pattern = re.compile(rf"^{prefix}_n(\d+)_score$" if stage == "table6" else r"^score_n(\d+)$")
+    return sorted(int(m.group(1)) for key in metrics if (m := pattern.match(key)))
+
+
+def table6_sources(sweeps: list[Sweep], crf_stage_of: dict[str, str]) -> tuple[dict[str, Sweep], list[str]]:
+    """The sweeps Table 6 comes from, each under its column label: per task, its table6 sweeps, else
+    its gd-oracle sweeps against a CRF+ (GD and Viterbi rows only), else against any CRF (said in a
+    note). The label is the task, or "task (sweep)" where a task has several: sweeps of different
+    networks or energies are never pooled as if they were seeds."""
+    sources, notes = {}, []
+    for task in sorted({s.task for s in sweeps if s.stage in ("table6", "gd-oracle")}):
+        table6 = [s for s in sweeps if s.task == task and s.stage == "table6"]
+        oracle = [s for s in sweeps if s.task == task and s.stage == "gd-oracle"]
+        plus = [s for s in oracle if crf_stage_of.get(s.name) == "crf+"]
+        chosen = table6 or plus or oracle
+        if not table6 and not plus:
+            notes.append(f"{task}: GD and Viterbi rows from gd-oracle sweep(s) "
+                         f"{', '.join(s.name for s in oracle)} against a BLSTM-CRF, not a CRF+")
+        for sweep in chosen:
+            sources[task if len(chosen) == 1 else f"{task} ({sweep.name})"] = sweep
+    return sources, notes
+
+
+def table6(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None, title: str = "") -> Table:
+    """Tu & Gimpel's Table 6 from table6 (or gd-oracle) sweeps: rows as the paper's, columns
+    (task, score) and (task, energy); each cell the mean +- sd over the finished trials of its
+    sweep's setting (all parameters but the seed) with the best mean dev_score, as the other
+    layouts select."""
+    sources, notes = table6_sources(sweeps, crf_stage_of or {})
+    chosen = {label: _best_setting([t for t in sweep.trials if t.status == "FINISHED"], sweep.stage, label, notes)
+              for label, sweep in sources.items()}
+    stage_of = {label: sweep.stage for label, sweep in sources.items()}
+    columns = [(label, column) for label in sources for column in TABLE6_COLUMNS]
+    table = Table(title=title or "Tu & Gimpel (2019) Table 6 layout: score (%) and mean energy", columns=columns,
+                  rows=[], column_names=("task", "quantity"), row_header="method", notes=notes, refs_key="Table 6",
+                  scales=[100.0 if column == "score" else 1.0 for _, column in columns])
+    for title_pattern, prefix_pattern in TABLE6_ROWS:
+        family = prefix_pattern.split("_n{n}")[0]
+        steps = sorted({n for label, trials in chosen.items() for t in trials
+                        for n in gd_steps_logged(stage_of[label], t.metrics, family)})
+        for n in steps if "{n}" in prefix_pattern else [None]:
+            prefix = prefix_pattern.format(n=n)
+            cells = [_metric_cell(chosen[label], oracle_metric(stage_of[label], prefix, column)) for label, column in columns]
+            if any(cell.values for cell in cells):
+                table.rows.append((title_pattern.format(n=n), cells))
+    table.metric_keys = ["" for _ in columns]  # per row: each cell names its metric
+    return table
+
+
+def _best_setting(trials: list[Trial], stage: str, label: str, notes: list[str]) -> list[Trial]:
+    groups: dict[tuple, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        groups[tuple(sorted((k, v) for k, v in trial.params.items() if k not in NOT_SELECTION_PARAMS))].append(trial)
+    if len(groups) <= 1:
+        return trials
+    best = max(groups.values(), key=lambda g: statistics.fmean(t.metrics.get("dev_score", float("-inf")) for t in g))
+    what = "the network's score on the split" if stage == "table6" else "the oracle score on the split"
+    notes.append(f"{label}: best of {len(groups)} settings by mean dev_score ({what}); {len(best)} trial(s)")
+    return best
+
+
+def _metric_cell(trials: list[Trial], key: str | None) -> Cell:
+    pairs = [(t.metrics.get(key), t.run_id) for t in trials] if key else []
+    pairs = [(v, r) for v, r in pairs if v is not None]
+    return Cell([v for v, _ in pairs], [r for _, r in pairs], "" if pairs else "not run", key or "")

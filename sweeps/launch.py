@@ -26,10 +26,10 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from core.checkpoint import MANIFEST
+from core.checkpoint import MANIFEST, CheckpointError
 from storage import tracking
-from storage.best import DRIVER_LOCK, SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, export_checkpoint, \
-    resolve_storage, sweep_dir
+from storage.best import DRIVER_LOCK, ENERGY_SUBDIR, SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, \
+    export_checkpoint, export_energy, resolve_storage, sweep_dir
 from sweeps.progress import CompactProgress, say_stderr
 from sweeps.ray_private import asha_state, knows_trial, restore_asha_state, result_trials
 from sweeps.spec import SpecError, SweepSpec
@@ -376,6 +376,7 @@ def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: s
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
     warm_start = resolve_warm_start(spec, root, directory)
+    warm_energy = resolve_warm_energy(spec, root, directory, warm_start)
     commit = tracking.git_commit()
     parent_run_id = tracking.start_parent(
         uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
@@ -383,7 +384,8 @@ def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: s
                                         **({tracking.PARENT_TAG: study_run_id} if study_run_id else {})}, spec.to_yaml())
     tracking.log_sweep_params(uri, parent_run_id, spec.fixed, {k: d.describe() for k, d in spec.space.items()})
     state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
-             "parent_run_id": parent_run_id, "warm_start": warm_start, "git_commit": commit}
+             "parent_run_id": parent_run_id, "warm_start": warm_start, "warm_start_energy": warm_energy,
+             "git_commit": commit}
     (directory / SPEC_FILE).write_text(spec.to_yaml())
     (directory / SWEEP_FILE).write_text(json.dumps(state, indent=2))
     return state
@@ -403,6 +405,17 @@ def resolve_warm_start(spec: SweepSpec, root: Path, directory: Path) -> str | No
     return str(export_checkpoint(best, directory / "warm_start"))
 
 
+def resolve_warm_energy(spec: SweepSpec, root: Path, directory: Path, warm_start: str | None) -> str | None:
+    """For a stage that evaluates an inference network (SweepStage.warm_energy): the CRF energy it
+    was trained against, copied into this sweep's folder (found under `root` if the sweeps moved)."""
+    if warm_start is None or not spec.stage_info.warm_energy:
+        return None
+    try:
+        return str(export_energy(warm_start, root, directory / ENERGY_SUBDIR))
+    except (SweepNotFound, CheckpointError) as error:
+        raise SpecError([f"warm_start: {error}"]) from None
+
+
 def trial_context(spec: SweepSpec, state: dict[str, Any], directory: Path) -> dict[str, Any]:
     """What every trial of the sweep shares (sweeps.trainables): stage, task, MLflow ids, warm start."""
     data_root = str(Path(spec.data_root).absolute()) if spec.data_root else os.environ.get("BEAMTUNE_DATA")
@@ -410,7 +423,8 @@ def trial_context(spec: SweepSpec, state: dict[str, Any], directory: Path) -> di
             "data_root": None if not spec.data_root and spec.task == "synthetic" else data_root,
             "epochs": spec.epochs, "threads": max(1, int(spec.resources.cpu)), "tracking_uri": state["tracking_uri"],
             "experiment_id": state["experiment_id"], "parent_run_id": state["parent_run_id"],
-            "warm_start": state.get("warm_start"), "git_commit": state.get("git_commit"), "searched": sorted(spec.space),
+            "warm_start": state.get("warm_start"), "warm_start_energy": state.get("warm_start_energy"),
+            "git_commit": state.get("git_commit"), "searched": sorted(spec.space),
             "spool_dir": str(tracking.spool_dir(directory))}  # the trials' MLflow journals (storage.spool)
 
 
@@ -471,7 +485,7 @@ def score_stopped(spec: SweepSpec, state: dict[str, Any], directory: Path, trial
     is still up (sweeps.stopped_scores), so every trial that ended well has final scores."""
     from sweeps.stopped_scores import score_stopped_trials
 
-    if spec.stage_info.family != "train":  # the gd-oracle stage reports once: never stopped early
+    if spec.stage_info.family != "train":  # evaluation stages (gd-oracle, table6) report once: never stopped early
         return
     score_stopped_trials(trials, spec.resources.to_ray(), trial_context(spec, state, directory),
                          tracking.spool_dir(directory), lambda line: say_stderr(f"[{spec.name}] {line}"))

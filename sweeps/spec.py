@@ -2,7 +2,7 @@
 
     name: quickstart                 # folder under the sweep storage, and the MLflow parent run name
     task: synthetic                  # a core.data task; data_root (or $BEAMTUNE_DATA) for real ones
-    stage: ce                        # a sweep stage (STAGES): a core.stages objective, or gd-oracle
+    stage: ce                        # a sweep stage (STAGES): a core.stages objective, gd-oracle or table6
     epochs: 3                        # per trial; ASHA's max_t
     fixed: {batch_size: 32, encoder_hidden: 16}
     space:                           # one distribution per parameter
@@ -55,14 +55,15 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class SweepStage:
     name: str
-    objective: str  # a key of core.stages.STAGES, or "gd-oracle"
+    objective: str  # a key of core.stages.STAGES, or an evaluation (EVALUATIONS)
     family: str  # key of sweeps.trainables.FAMILIES
     warm_start: str  # "never" | "optional" | "required"
     warm_from: tuple[str, ...] = ()  # stages whose best checkpoint it usually starts from
     warm_field: str = "init"  # the config field the warm-start checkpoint goes into
+    warm_energy: bool = False  # the warm start is an infnet: its CRF energy is copied too (storage.best.export_energy)
 
 
-# Every stage the papers' sweeps need: each training objective of core.stages, and the GD oracle.
+# Every stage the papers' sweeps need: each training objective of core.stages, the GD oracle and Table 6.
 STAGES: dict[str, SweepStage] = {s.name: s for s in (
     SweepStage("ce", "ce", "train", "optional"),
     SweepStage("dl", "dl", "train", "required", ("ce",)),
@@ -73,7 +74,11 @@ STAGES: dict[str, SweepStage] = {s.name: s for s in (
     SweepStage("infnet", "infnet", "train", "required", ("crf", "crf+"), warm_field="energy"),  # the fixed CRF energy
     # Not training: the GD oracle grid over a split with a trained CRF (core.oracle.run_oracle).
     SweepStage("gd-oracle", "gd-oracle", "gd-oracle", "required", ("crf", "crf+"), warm_field="checkpoint"),
+    # Not training: Tu & Gimpel's Table 6 with a trained inference network and its energy (core.table6).
+    SweepStage("table6", "table6", "table6", "required", ("infnet",), warm_field="checkpoint", warm_energy=True),
 )}
+# Stages that evaluate a checkpoint instead of training (their configs: top_config_class).
+EVALUATIONS = ("gd-oracle", "table6")
 
 # Config fields that a warm-start checkpoint path goes into (SweepStage.warm_field).
 WARM_START_FIELDS = ("init", "energy", "checkpoint")
@@ -86,12 +91,13 @@ REPORTED_METRICS = ("dev_score", "best_dev_score", "train_loss", "train_sentence
 
 
 def top_config_class(objective: str) -> type:
-    """The core config a trial of this objective is built from: TrainConfig, or OracleConfig for
-    the gd-oracle stage."""
+    """The core config a trial of this objective is built from: TrainConfig, or an evaluation
+    stage's own: OracleConfig for gd-oracle, Table6Config for table6."""
     from core.oracle import OracleConfig
     from core.stages import TrainConfig
+    from core.table6 import Table6Config
 
-    return OracleConfig if objective == "gd-oracle" else TrainConfig
+    return {"gd-oracle": OracleConfig, "table6": Table6Config}.get(objective, TrainConfig)
 
 
 def _train_fields(objective: str = "ce") -> dict[str, Any]:
@@ -108,7 +114,7 @@ def model_config_class(objective: str) -> type:
 
 
 def _model_fields(objective: str) -> dict[str, Any]:
-    if objective == "gd-oracle":
+    if objective in EVALUATIONS:
         return {}
     fields = dataclasses.fields(model_config_class(objective))
     return {f.name: f for f in fields if f.name not in DATA_DERIVED and f.name != "arch"}
@@ -391,7 +397,7 @@ def name_problems(spec: SweepSpec, objective: str) -> list[str]:
     """Parameter names: fields of the stage's configs, not set by the sweep itself, fixed or searched."""
     problems = []
     known = {**_train_fields(objective), **_model_fields(objective)}
-    owners = (f"{top_config_class(objective).__name__} fields" if objective == "gd-oracle"
+    owners = (f"{top_config_class(objective).__name__} fields" if objective in EVALUATIONS
               else f"TrainConfig or {model_config_class(objective).__name__} fields")
     for section, names in (("fixed", spec.fixed), ("space", spec.space)):
         for name in names:
@@ -448,7 +454,7 @@ def config_error(spec: SweepSpec, objective: str, params: dict[str, Any]) -> str
     top, model = split_params(params, objective)
     model_class = model_config_class(objective)
     try:
-        if objective == "gd-oracle":
+        if objective in EVALUATIONS:
             top_config_class(objective)(**top, **placeholder)
             return None
         top_config_class(objective)(task=spec.task, out="-", objective=objective, epochs=spec.epochs, **top, **placeholder)
@@ -501,7 +507,7 @@ def value_type_problems(spec: SweepSpec, objective: str) -> list[str]:
     """One problem per fixed value, or searched value (each choice; the bounds of a range), whose
     type does not fit its config field."""
     hints: dict[str, Any] = {}
-    classes = [top_config_class(objective)] + ([model_config_class(objective)] if objective != "gd-oracle" else [])
+    classes = [top_config_class(objective)] + ([model_config_class(objective)] if objective not in EVALUATIONS else [])
     for cls in classes:
         hints.update(typing.get_type_hints(cls))
     problems = []

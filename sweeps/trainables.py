@@ -1,7 +1,7 @@
 """Ray Tune function trainables: one per stage family, importable by every worker.
 
 `train_trial(config, context)` runs one trial of any stage that `core.train.train` implements
-(`oracle_trial` runs the gd-oracle stage, which trains nothing):
+(`oracle_trial` and `table6_trial` run the gd-oracle and table6 stages, which train nothing):
 `config` is the trial's flat parameters (the spec's fixed values plus what the searcher sampled),
 `context` is what the driver resolved once for the whole sweep (MLflow ids, the journal folder,
 stage, task, warm start). Each epoch it logs to the trial's MLflow child run (through its journal,
@@ -87,38 +87,74 @@ def open_trial_run(config: dict[str, Any], context: dict[str, Any], trial_id: st
     return run
 
 
-def oracle_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """The trainable of the gd-oracle stage: the GD oracle grid (Tu & Gimpel 2019, Table 6) over a
-    split with the warm-start CRF. Nothing is trained, so there is one report (step 1): the oracle
-    score as dev_score, Viterbi's score and the score at every N; the per-sentence Parquet table
-    and its JSON summary go to the trial's MLflow run (artifacts under "tables")."""
+def evaluation_trial(config: dict[str, Any], context: dict[str, Any],
+                     evaluate: Callable[[dict[str, Any], dict[str, Any], Path], tuple[dict[str, float], list[Path]]]) -> None:
+    """A trial of a stage that evaluates a checkpoint instead of training (gd-oracle, table6): one
+    report (step 1). `evaluate(config, context, folder)` runs it and returns its metrics and the
+    table files it wrote into `folder`; those go to the trial's MLflow run (artifacts under
+    "tables"), and the folder, with the sidecar `beamtune best` reads, is the trial's checkpoint."""
     from ray import tune
 
-    from core.oracle import OracleConfig, run_oracle
     from storage.best import TRIAL_SIDECAR
-    from storage.tables import write_oracle_table
 
     tune_context = tune.get_context()
     run = open_trial_run(config, context, tune_context.get_trial_id(), tune_context.get_trial_name(), None)
     try:
-        oracle = OracleConfig(checkpoint=context["warm_start"], data_root=context.get("data_root"), **config)
-        summary = run_oracle(oracle)
-        metrics = {"dev_score": summary["oracle"]["score"], "best_dev_score": summary["oracle"]["score"],
-                   "viterbi_score": summary["viterbi"]["score"], "optimizer_steps": summary["cost"]["optimizer_steps"],
-                   **{f"score_n{row['steps']}": row["score"] for row in summary["table6"]},
-                   **{f"energy_n{row['steps']}": row["energy"] for row in summary["table6"]}}
-        run.log_metrics(metrics, step=1)
-        with tempfile.TemporaryDirectory(prefix="beamtune-oracle-") as tmp:
-            parquet, _ = write_oracle_table(Path(tmp) / f"oracle_{oracle.split}.parquet", summary)
-            run.log_files([parquet, parquet.with_suffix(".json")], "tables")
+        with tempfile.TemporaryDirectory(prefix="beamtune-eval-") as tmp:
+            metrics, tables = evaluate(config, context, Path(tmp))
+            run.log_metrics(metrics, step=1)
+            run.log_files(tables, "tables")
             sidecar = {"trial_id": tune_context.get_trial_id(), "trial_name": tune_context.get_trial_name(),
                        "mlflow_run_id": run.run_id, "epoch": 1, "metrics": metrics, "params": config}
-            (Path(tmp) / TRIAL_SIDECAR).write_text(json.dumps(sidecar, indent=1, default=str))  # for `beamtune best`
+            (Path(tmp) / TRIAL_SIDECAR).write_text(json.dumps(sidecar, indent=1, default=str))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
     except BaseException as error:
         run.finish("FAILED", f"{type(error).__name__}: {error}")
         raise
     run.finish("FINISHED")
+
+
+def oracle_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The gd-oracle stage: the GD oracle grid (Tu & Gimpel 2019, Table 6) over a split with the
+    warm-start CRF. Metrics: the oracle score as dev_score, Viterbi's score, the score and energy at
+    every N; tables: the per-sentence Parquet table and its JSON summary."""
+    evaluation_trial(config, context, _oracle)
+
+
+def _oracle(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tuple[dict[str, float], list[Path]]:
+    from core.oracle import OracleConfig, run_oracle
+    from storage.tables import write_result_table
+
+    oracle = OracleConfig(checkpoint=context["warm_start"], data_root=context.get("data_root"), **config)
+    summary = run_oracle(oracle)
+    metrics = {"dev_score": summary["oracle"]["score"], "best_dev_score": summary["oracle"]["score"],
+               "viterbi_score": summary["viterbi"]["score"], "viterbi_energy": summary["viterbi"]["energy"],
+               "optimizer_steps": summary["cost"]["optimizer_steps"],
+               **{f"score_n{row['steps']}": row["score"] for row in summary["table6"]},
+               **{f"energy_n{row['steps']}": row["energy"] for row in summary["table6"]}}
+    parquet, _ = write_result_table(folder / f"oracle_{oracle.split}.parquet", summary)
+    return metrics, [parquet, parquet.with_suffix(".json")]
+
+
+def table6_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The table6 stage: every row of Tu & Gimpel's Table 6 (core.table6) with the warm-start
+    inference network and its CRF energy (the sweep's copy, sweeps.launch.resolve_warm_energy).
+    Metrics: core.table6.flat_metrics (gd_n10_score, infnet_energy, tailored_n3_lr, ...), and the
+    network's own score on the split as dev_score; tables: one Parquet row per Table 6 row + JSON."""
+    evaluation_trial(config, context, _table6)
+
+
+def _table6(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tuple[dict[str, float], list[Path]]:
+    from core.table6 import Table6Config, run_table6
+    from storage.tables import write_result_table
+
+    table6 = Table6Config(checkpoint=context["warm_start"], data_root=context.get("data_root"),
+                          energy=context.get("warm_start_energy"), **{"threads": context.get("threads", 1), **config})
+    summary = run_table6(table6)
+    score = summary["metrics"]["infnet_score"]
+    metrics = {"dev_score": score, "best_dev_score": score, **summary["metrics"], "seconds": summary["cost"]["seconds"]}
+    parquet, _ = write_result_table(folder / f"table6_{table6.split}.parquet", summary)
+    return metrics, [parquet, parquet.with_suffix(".json")]
 
 
 @dataclass
@@ -261,4 +297,5 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
 
 # Stage family -> trainable (sweeps.spec.SweepStage.family).
-FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {"train": train_trial, "gd-oracle": oracle_trial}
+FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    "train": train_trial, "gd-oracle": oracle_trial, "table6": table6_trial}

@@ -182,10 +182,42 @@ class TestInstanceTailoring:
 
         crf, words, chars, lengths, mask, unary = self.setup_case()
         net = tiny_infnet(arch)
-        batched = _tailor_batched(net, crf, words, chars, lengths, unary, 7, 0.05, 0.9)
-        looped = _tailor_one_by_one(net, crf, words, chars, lengths, unary, 7, 0.05, 0.9)
-        torch.testing.assert_close(batched.logits, looped.logits, atol=1e-5, rtol=1e-4)
-        assert torch.equal(batched.labels, looped.labels)
+        batched = _tailor_batched(net, crf, words, chars, lengths, unary, (0, 3, 7), 0.05, 0.9)
+        looped = _tailor_one_by_one(net, crf, words, chars, lengths, unary, (0, 3, 7), 0.05, 0.9)
+        for b, l in zip(batched, looped):
+            torch.testing.assert_close(b.logits, l.logits, atol=1e-5, rtol=1e-4)
+            assert torch.equal(b.labels, l.labels)
+
+    @pytest.mark.parametrize("arch", ["cnn13", "blstm"])
+    def test_trace_records_every_n_of_one_trajectory(self, arch):
+        # The outputs after N = 0, 2, 5 steps of one trajectory are those of three separate runs.
+        from core.tailoring import tailor_trace
+
+        crf, words, chars, lengths, mask, unary = self.setup_case()
+        net = tiny_infnet(arch)
+        trace = tailor_trace(net, crf, words, chars, lengths, unary, (0, 2, 5), lr=0.05)
+        assert len(trace) == 3
+        for n, out in zip((0, 2, 5), trace):
+            alone = instance_tailor(net, crf, words, chars, lengths, unary, steps=n, lr=0.05)
+            torch.testing.assert_close(out.logits, alone.logits)
+            assert torch.equal(out.labels, alone.labels)
+            # ... and the paper's procedure written out for sentence 1: a fresh copy, n SGD steps.
+            import copy
+
+            from core.objectives import infnet_loss
+
+            own = copy.deepcopy(net)
+            optimizer = torch.optim.SGD([p for p in own.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+            args = (words[1:2, :3], chars[1:2, :3], lengths[1:2])
+            for _ in range(n):
+                optimizer.zero_grad()
+                logits = own(*args).logits  # (1, 3, L)
+                infnet_loss(crf, unary[1:2, :3], logits, logits.argmax(-1), mask[1:2, :3], lam=0.0).sum().backward()
+                optimizer.step()
+            torch.testing.assert_close(out.logits[1, :3], own(*args).logits[0].detach(), atol=1e-5, rtol=1e-4)
+        assert not torch.equal(trace[0].logits, trace[2].logits)  # the steps moved the network
+        with pytest.raises(ValueError, match="increasing steps"):
+            tailor_trace(net, crf, words, chars, lengths, unary, (5, 2), lr=0.05)
 
     def test_zero_steps_is_the_network(self):
         crf, words, chars, lengths, mask, unary = self.setup_case()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from core.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError, weights_digest
 from core.config import Check, ConfigError, build_vocabs_and_vectors, task_meta
 from core.crf import BLSTMCRF
 from core.data import Batch, TaskData
@@ -129,7 +129,10 @@ class InfnetStage:
     def meta(self) -> dict[str, Any]:
         return {"kind": self.kind, "objective": self.config.objective, "model_config": self.model.config.to_dict(),
                 "vocabs": self.vocabs.to_dict(), "task": task_meta(self.task), "train_config": asdict(self.config),
-                "energy": str(Path(self.config.energy).resolve()) if self.config.energy else None}
+                "energy": str(Path(self.config.energy).resolve()) if self.config.energy else None,
+                # The energy's weights by content, so a copy of it can be recognised after the
+                # path above has moved (storage.best.export_energy).
+                "energy_weights_sha256": weights_digest(self.config.energy) if self.config.energy else None}
 
     def final_scores(self, best: Path, epochs_trained: int) -> dict[str, Any]:
         """Inference-network scores, with energies against the CRF when there is one, of the

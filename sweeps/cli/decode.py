@@ -122,7 +122,7 @@ def gd_oracle(
     """Per-instance oracle-tuned gradient-descent inference (Tu & Gimpel 2019, Table 6): writes the
     per-sentence table to OUT and prints the per-N averages (OUT with .json: the summary)."""
     from core.oracle import run_oracle
-    from storage.tables import write_oracle_table
+    from storage.tables import write_result_table
 
     check_output_file(out, "--out")  # before the oracle grid it would lose
     try:
@@ -134,7 +134,7 @@ def gd_oracle(
                          energy=path_or_none(energy), infnet_start=infnet_start, steps=step_list, lrs=lr_list,
                          batch_size=batch_size, device=device, threads=threads, progress=not quiet)
     result = run_guarded(run_oracle, config)
-    write_oracle_table(out, result)
+    write_result_table(out, result)
     typer.echo(f"{'N':>6s} {'score':>8s} {'energy':>10s}   ({result['metric']}, {result['task']} {split.value})")
     for row in result["table6"]:
         typer.echo(f"{row['steps']:6d} {row['score']:8.4f} {row['energy']:10.3f}")
