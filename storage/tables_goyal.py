@@ -53,6 +53,7 @@ class Table:
     column_names: tuple[str, str] = ("decoder", "split")  # what the two parts of a column are (CSV header)
     notes: list[str] = field(default_factory=list)
     scale: float = 100.0  # scores are fractions; tables show percent
+    metric: str = "score"  # the metric of every cell (e.g. macro_f1), so paper values go beside the right table
 
 
 def alpha_row(stage: str, params: dict[str, str]) -> str:
@@ -148,7 +149,8 @@ def goyal_table(sweeps: list[Sweep], metric: str = "score", title: str = "") -> 
     decoders = decoders_of(every)
     columns = [(label, split) for label, _ in decoders for split in SPLITS]
     table = Table(title=title or "Goyal et al. (2018), Tables 1-2 layout", columns=columns, rows=[],
-                  metric_keys=[f"{FINAL_PREFIX}.{split}.{decoder}.{metric}" for _, decoder in decoders for split in SPLITS])
+                  metric_keys=[f"{FINAL_PREFIX}.{split}.{decoder}.{metric}" for _, decoder in decoders for split in SPLITS],
+                  metric=metric)
     for key in paper_row_order(list(rows_trials) + list(problems)):
         table.rows.append((row_title(key), _row_cells(key, rows_trials.get(key, []), problems.get(key, []),
                                                       decoders, metric, table.notes)))

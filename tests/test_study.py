@@ -195,3 +195,33 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "stage ce: finished before, skipped" in again.stderr and "stage dl: resuming" in again.stderr
     assert table_rows((tmp_path / "b" / "report" / "report.md").read_text()) == table_rows(md)
+
+
+def about_command(path: Path) -> list[str]:
+    """The `--set` overrides of the reduced command a study's header gives (its `about`)."""
+    import shlex
+
+    about = yaml.safe_load(path.read_text())["about"]
+    command = about[about.index("beamtune study run"):].replace("\\\n", " ")
+    return [value for flag, value in zip(*[iter(shlex.split(command)[4:])] * 2) if flag == "--set"]
+
+
+def test_goyal_ner_study_is_the_papers_setting_and_its_reduced_command_validates():
+    """Goyal et al. §3.1: the files' IOB1 labels, hidden 64, label embeddings 8, k = 3, the
+    O-doubled Hamming cost, the four search-aware rows; the header's reduced command is valid."""
+    if not os.environ.get("BEAMTUNE_DATA"):
+        pytest.skip("needs the data root (BEAMTUNE_DATA)")
+    path = ROOT / "sweeps" / "studies" / "goyal_ner.yaml"
+    study = load_study(path)
+    assert {s.spec.task for s in study.stages.values()} == {"conll2003_en_iob1"}
+    ce = study.stages["ce"].spec.fixed
+    assert (ce["encoder_hidden"], ce["decoder_hidden"], ce["label_dim"]) == (64, 64, 8) and "embeddings" not in ce
+    for stage in ("dl", "hinge"):
+        spec = study.stages[stage].spec
+        assert spec.fixed["cost"] == "hamming-o2" and spec.fixed["beam_size"] == 3
+        assert study.stages[stage].after == "ce" and spec.space["alpha"].grid == ["1", "exp:1:100:10"]
+    assert study.references.name == "goyal2018_ner.yaml"
+    overrides = about_command(path)
+    reduced = load_study(path, overrides)
+    assert reduced.reduced and len(overrides) == 16
+    assert reduced.stages["ce"].spec.epochs == 10 and reduced.stages["dl"].spec.max_concurrent == 1

@@ -89,14 +89,15 @@ def check_output_file(path: Path, option: str) -> None:
 def prediction_lines(task, sentences, pred) -> str:
     """`token gold predicted` lines, a blank line after each sentence: conlleval input. NER tags go
     back into the data's own scheme (IOB1 for CoNLL-2003), since conlleval cannot read BIOES: it
-    would merge adjacent same-type entities. Both columns keep exactly the chunks span F1 counts."""
+    would merge adjacent same-type entities. Both columns keep exactly the chunks span F1 counts
+    (for an IOB1 task too: an invalid predicted `B-X` after `O` is rewritten `I-X`, the same chunk)."""
     from core.data import FILE_SCHEMES
     from core.metrics import file_tags
 
     lines = []
     for sentence, tags in zip(sentences, pred):
         gold = sentence.tags
-        if task.scheme == "bioes":
+        if task.scheme in ("bioes", "iob1"):
             scheme = FILE_SCHEMES.get(task.name, "iob2")
             gold, tags = file_tags(gold, scheme), file_tags(tags, scheme)
         lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, gold, tags)] + [""]
