@@ -50,12 +50,15 @@ def span_f1(gold: Tags, pred: Tags) -> dict[str, float]:
     with warnings.catch_warnings():
         # seqeval warns on types with no predicted/gold chunks; those count as 0, which we want.
         warnings.simplefilter("ignore")
-        return {
+        result = {
             "precision": float(precision_score(gold_l, pred_l)),
             "recall": float(recall_score(gold_l, pred_l)),
             "f1": float(f1_score(gold_l, pred_l)),
-            "macro_f1": float(f1_score(gold_l, pred_l, average="macro")),
         }
+        # seqeval's macro average over no entity type at all is NaN; like the micro F1 it is 0 there.
+        has_chunks = any(get_entities(tags) for tags in (*gold_l, *pred_l))
+        result["macro_f1"] = float(f1_score(gold_l, pred_l, average="macro")) if has_chunks else 0.0
+        return result
 
 
 def evaluate(gold: Tags, pred: Tags, metric: str) -> dict[str, float]:
