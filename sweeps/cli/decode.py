@@ -32,6 +32,9 @@ def decode(
     data_root: Optional[Path] = data_root_option(),
     predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input; NER tags "
                                                "in the data's own scheme, IOB1 for CoNLL-2003)."),
+    search_error: bool = typer.Option(False, "--search-error", help="seq2seq checkpoints: also the model scores of the "
+                                      "greedy, beam (--beam-size) and gold sequences: mean beam - greedy, and the shares "
+                                      "where gold outscores the beam's output (search error) or not (model error)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     steps: int = typer.Option(20, min=0, help="gd / infnet-gd / tailored: number of gradient steps N."),
@@ -54,6 +57,8 @@ def decode(
         torch.set_num_threads(threads)
     if predictions:
         check_output_file(predictions, "--predictions")  # before the decoding it would lose
+    if search_error and decoder.value not in DECODERS:
+        fail(f"--search-error needs a seq2seq checkpoint and decoder ({', '.join(DECODERS)}), not {decoder.value}")
     k = 1 if decoder.value == "greedy" else beam_size
     if decoder.value in DECODERS:
         model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
@@ -73,6 +78,14 @@ def decode(
     result = {"task": task.name, "split": split.value, "decoder": decoder.value, "beam_size": k, **metrics}
     if decoder.value == "soft-beam":
         result["alpha"] = alpha
+    if search_error:
+        from core.decoding import sequence_scores
+        from core.metrics import beam_search_errors
+
+        scores = run_guarded(sequence_scores, model, sentences, vocabs, beam_size, progress=not quiet)
+        errors = beam_search_errors(scores["greedy"], scores["beam"], scores["gold"])
+        result["search.beam_size"] = beam_size
+        result.update({f"search.{key}": value for key, value in errors.items()})
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
