@@ -124,7 +124,7 @@ def sequence_scores(
         stacked = torch.cat([greedy, beam, gold.clamp(min=0)])  # (3B, T)
         tripled = Memory(memory.states.repeat(3, 1, 1), memory.mask.repeat(3, 1))  # (3B, T, S)
         scores = model.sequence_score(tripled, stacked).view(3, B)  # (3, B)
-        same = lambda a, b: (a == b).all(dim=1)  # noqa: E731  (B,): equal sequences (padding is 0 in all)
+        same = lambda a, b: ((a == b) | ~batch.mask).all(dim=1)  # noqa: E731  (B,): equal on the real tokens
         greedy_s = scores[0]  # (B,)
         beam_s = torch.where(same(beam, greedy), greedy_s, scores[1])  # (B,)
         gold_s = torch.where(same(gold, beam), beam_s, torch.where(same(gold, greedy), greedy_s, scores[2]))  # (B,)

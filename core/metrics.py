@@ -139,8 +139,10 @@ def beam_search_errors(greedy: Sequence[float], beam: Sequence[float], gold: Seq
     - model_error: share with s(gold) < s(y_beam) > -inf: the model prefers a wrong sequence, which
       no better search would fix;
     - beam_is_gold: share with s(gold) == s(y_beam) (beam found gold, or an equally scored sequence);
-    - gold_unreachable: share whose gold has a tag never seen in training (s(gold) = -inf).
-    The last four shares sum to 1. With exact search (argmax over all sequences) search_error is 0.
+    - gold_unreachable: share whose gold has a tag never seen in training (s(gold) = -inf);
+    - mean_gold_minus_beam: mean of s(gold) - s(y_beam) over the sentences with a reachable gold.
+    The four shares from search_error on sum to 1. With exact search (the argmax over all
+    sequences) search_error is 0.
     """
     if not len(greedy) == len(beam) == len(gold):
         raise ValueError(f"beam_search_errors: {len(greedy)} greedy, {len(beam)} beam and {len(gold)} gold scores")
