@@ -223,5 +223,5 @@ def test_goyal_ner_study_is_the_papers_setting_and_its_reduced_command_validates
     assert study.references.name == "goyal2018_ner.yaml"
     overrides = about_command(path)
     reduced = load_study(path, overrides)
-    assert reduced.reduced and len(overrides) == 16
-    assert reduced.stages["ce"].spec.epochs == 10 and reduced.stages["dl"].spec.max_concurrent == 1
+    assert reduced.reduced and len(overrides) == 14
+    assert reduced.stages["ce"].spec.epochs == 20 and reduced.stages["dl"].spec.max_concurrent == 1
