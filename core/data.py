@@ -486,28 +486,37 @@ class TaskData:
     train: list[Sentence]
     dev: list[Sentence]
     test: list[Sentence]
-    metric: str  # "accuracy" or "span_f1" (NER tasks: span_f1, tags in BIOES)
-    scheme: str  # "pos" (plain tags) or "bioes"
+    metric: str  # "accuracy" or "span_f1" (NER tasks)
+    scheme: str  # "pos" (plain tags), "bioes" (NER, converted) or "iob1" (NER, the files' own tags)
 
 
 TASKS: tuple[str, ...] = (
-    "synthetic", "twitter_pos", "conll2003_en", "conll2003_de", "ccgbank", "ccgbank400", "ud_en_ewt",
+    "synthetic", "twitter_pos", "conll2003_en", "conll2003_de", "conll2003_en_iob1", "conll2003_de_iob1",
+    "ccgbank", "ccgbank400", "ud_en_ewt",
 )
+# The tag scheme each NER task trains and predicts in. BIOES by default (a tagger then knows where
+# every entity ends); the `_iob1` variants keep the files' own IOB1 tags, as Goyal et al. (2018,
+# §3.1: "no preprocessing", a label space of 10 = 9 IOB1 tags + the decoder's start symbol) do.
+# The task name is the one source of truth: checkpoints record it, and decode/eval reload it.
+NER_SCHEMES: dict[str, str] = {"conll2003_en": "bioes", "conll2003_de": "bioes",
+                               "conll2003_en_iob1": "iob1", "conll2003_de_iob1": "iob1"}
 
 # Files of each real task relative to the data root, in (train, dev, test) order.
 _TASK_FILES: dict[str, tuple[str, str, str]] = {
     "twitter_pos": ("twitter_pos/oct27.traindev", "twitter_pos/oct27.test", "twitter_pos/daily547.conll"),
     "conll2003_en": ("conll2003_en/eng.train", "conll2003_en/eng.testa", "conll2003_en/eng.testb"),
     "conll2003_de": ("conll2003_de/deu.train", "conll2003_de/deu.testa", "conll2003_de/deu.testb"),
+    "conll2003_en_iob1": ("conll2003_en/eng.train", "conll2003_en/eng.testa", "conll2003_en/eng.testb"),
+    "conll2003_de_iob1": ("conll2003_de/deu.train", "conll2003_de/deu.testa", "conll2003_de/deu.testb"),
     "ccgbank": ("ccgbank/supertags/train.tsv.gz", "ccgbank/supertags/dev.tsv", "ccgbank/supertags/test.tsv"),
     "ccgbank400": ("ccgbank/supertags/train.tsv.gz", "ccgbank/supertags/dev.tsv", "ccgbank/supertags/test.tsv"),
     "ud_en_ewt": ("ud_english_ewt/en_ewt-ud-train.conllu.gz", "ud_english_ewt/en_ewt-ud-dev.conllu",
                   "ud_english_ewt/en_ewt-ud-test.conllu"),
 }
 _CCG_TOP400 = "ccgbank/supertags/top400_tags.txt"
-# The tag scheme of each NER task's files (tasks use BIOES inside): `decode --predictions` writes
-# tags back in it, so the file is input for the original conlleval script, which cannot read BIOES.
-FILE_SCHEMES: dict[str, str] = {"conll2003_en": "iob1", "conll2003_de": "iob1"}
+# The tag scheme of each NER task's files (NER_SCHEMES: what tasks use inside): `decode --predictions`
+# writes tags back in it, so the file is input for the original conlleval script, which cannot read BIOES.
+FILE_SCHEMES: dict[str, str] = {name: "iob1" for name in NER_SCHEMES}
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -528,7 +537,8 @@ def load_task(name: str, data_root: str | os.PathLike | None = None, *, seed: in
     """Load the train/dev/test splits of task ``name`` (one of ``TASKS``).
 
     ``seed`` only affects the synthetic task; real tasks are read from
-    ``data_root`` (see ``data_root()``). NER tags are converted IOB1 -> BIOES.
+    ``data_root`` (see ``data_root()``). NER tags are converted IOB1 -> BIOES, except for the
+    ``_iob1`` tasks, which keep the files' IOB1 tags (``NER_SCHEMES``).
     A missing file raises ``DataError`` naming it before anything is read.
     """
     if name not in TASKS:
@@ -557,8 +567,10 @@ def load_task(name: str, data_root: str | os.PathLike | None = None, *, seed: in
     def read(path: Path) -> list[Sentence]:
         if name == "twitter_pos":
             return read_word_tag(path)
-        if name in ("conll2003_en", "conll2003_de"):
-            sentences = read_conll2003(path, lang=name[-2:])
+        if name in NER_SCHEMES:
+            sentences = read_conll2003(path, lang=name.split("_")[1])
+            if NER_SCHEMES[name] == "iob1":
+                return sentences
             return [Sentence(s.words, tuple(bio_to_bioes(iob1_to_bio(s.tags)))) for s in sentences]
         if name == "ccgbank":
             return read_supertags(path)
@@ -566,11 +578,11 @@ def load_task(name: str, data_root: str | os.PathLike | None = None, *, seed: in
             return read_supertags(path, top_tags=top_tags)
         return read_conllu(path, column="upos")
 
-    is_ner = name.startswith("conll2003")
+    is_ner = name in NER_SCHEMES
     return TaskData(
         name, read(train_path), read(dev_path), read(test_path),
         metric="span_f1" if is_ner else "accuracy",
-        scheme="bioes" if is_ner else "pos",
+        scheme=NER_SCHEMES.get(name, "pos"),
     )
 
 

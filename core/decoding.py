@@ -1,6 +1,7 @@
 """Decoding a split with a trained model and scoring it against its gold tags.
 
     predict / score_split          the seq2seq tagger: greedy | beam | soft-beam (Goyal et al. 2018)
+    sequence_scores                its model scores of the greedy, beam and gold sequences (search error)
     decode_batches / score_decoder the structured models: viterbi | infnet | gd | tailored | infnet-gd
                                    (Tu & Gimpel 2019), with energies and search error
     scatter_tags                   label ids of a (length-sorted) batch -> tag strings in input order
@@ -17,14 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from core.crf import BLSTMCRF
-from core.data import Batch, Sentence, Vocabs, make_batches
+from core.data import UNSEEN_LABEL, Batch, Sentence, Vocabs, make_batches
 from core.infnet_gd import infnet_started_gd
 from core.infnets import InferenceNetwork
 from core.metrics import evaluate, search_errors
 from core.search.beam import beam_search, greedy_decode
 from core.search.gradient import gradient_descent
 from core.search.soft_beam import soft_beam_search
-from core.seq2seq import Seq2SeqTagger
+from core.seq2seq import Memory, Seq2SeqTagger
 from core.tailoring import instance_tailor
 
 DECODERS = ("greedy", "beam", "soft-beam")  # the seq2seq tagger's
@@ -94,6 +95,45 @@ def score_split(
     result = evaluate([s.tags for s in sentences], pred, metric)
     result["sentences_per_second"] = len(sentences) / seconds
     return result
+
+
+@torch.no_grad()
+def sequence_scores(
+    model: Seq2SeqTagger, sentences: Sequence[Sentence], vocabs: Vocabs, beam_size: int = 3, batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, list[float]]:
+    """Per sentence, in input order, the model score s(y) = sum_t log p(y_t | y_<t, x) of the greedy
+    output, the hard beam's (k = `beam_size`) output and the gold sequence: {"greedy", "beam", "gold"}.
+
+    All three are scored by one teacher-forced pass (`Seq2SeqTagger.sequence_score`), and a sequence
+    equal to another gets that one's score exactly, so "beam found gold" is an equality, not a
+    float tolerance. A gold sequence with a tag never seen in training (UNSEEN_LABEL) scores -inf:
+    the model cannot produce it.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, list[float]] = {name: [math.nan] * len(sentences) for name in ("greedy", "beam", "gold")}
+    for batch in tqdm(make_batches(sentences, vocabs, batch_size), desc="search error", disable=not progress, leave=False):
+        batch = batch.to(device)
+        memory = model.encode(batch.words, batch.chars, batch.lengths)
+        greedy = greedy_decode(model, memory).labels  # (B, T)
+        beam = beam_search(model, memory, beam_size).labels  # (B, T)
+        gold = batch.labels.masked_fill(~batch.mask, 0)  # (B, T), UNSEEN_LABEL kept on real tokens
+        B = gold.shape[0]
+        stacked = torch.cat([greedy, beam, gold.clamp(min=0)])  # (3B, T)
+        tripled = Memory(memory.states.repeat(3, 1, 1), memory.mask.repeat(3, 1))  # (3B, T, S)
+        scores = model.sequence_score(tripled, stacked).view(3, B)  # (3, B)
+        same = lambda a, b: ((a == b) | ~batch.mask).all(dim=1)  # noqa: E731  (B,): equal on the real tokens
+        greedy_s = scores[0]  # (B,)
+        beam_s = torch.where(same(beam, greedy), greedy_s, scores[1])  # (B,)
+        gold_s = torch.where(same(gold, beam), beam_s, torch.where(same(gold, greedy), greedy_s, scores[2]))  # (B,)
+        gold_s = gold_s.masked_fill((gold == UNSEEN_LABEL).any(dim=1), -math.inf)  # (B,)
+        rows = zip(batch.index.tolist(), greedy_s.tolist(), beam_s.tolist(), gold_s.tolist())
+        for i, *values in rows:
+            out["greedy"][i], out["beam"][i], out["gold"][i] = values
+    model.train(was_training)
+    return out
 
 
 def _check_structured(decoder: str, crf, infnet) -> None:

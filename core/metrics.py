@@ -6,7 +6,9 @@
   macro average over entity types that Goyal et al. (2018) report in Table 2;
 - per-sentence scores (`instance_scores`, what the GD oracle maximises per instance) and search
   error E(x, y_method) - E(x, y_Viterbi) with its Spearman correlation against sentence length
-  (`search_errors`, Tu & Gimpel 2019, §6.2).
+  (`search_errors`, Tu & Gimpel 2019, §6.2);
+- the seq2seq tagger's search error from model scores (`beam_search_errors`, Goyal et al. 2018:
+  how much CE leaves for beam search, and whether beam misses a gold sequence the model prefers).
 
 Metrics work on strings, not label ids, so a dev/test tag never seen in training counts as wrong
 without special handling.
@@ -50,12 +52,15 @@ def span_f1(gold: Tags, pred: Tags) -> dict[str, float]:
     with warnings.catch_warnings():
         # seqeval warns on types with no predicted/gold chunks; those count as 0, which we want.
         warnings.simplefilter("ignore")
-        return {
+        result = {
             "precision": float(precision_score(gold_l, pred_l)),
             "recall": float(recall_score(gold_l, pred_l)),
             "f1": float(f1_score(gold_l, pred_l)),
-            "macro_f1": float(f1_score(gold_l, pred_l, average="macro")),
         }
+        # seqeval's macro average over no entity type at all is NaN; like the micro F1 it is 0 there.
+        has_chunks = any(get_entities(tags) for tags in (*gold_l, *pred_l))
+        result["macro_f1"] = float(f1_score(gold_l, pred_l, average="macro")) if has_chunks else 0.0
+        return result
 
 
 def evaluate(gold: Tags, pred: Tags, metric: str) -> dict[str, float]:
@@ -120,6 +125,48 @@ def search_errors(energy: torch.Tensor, viterbi_energy: torch.Tensor, lengths: t
     if likelihood is not None:
         result["rho_likelihood"] = spearman(list(likelihood), errors)
     return result
+
+
+def beam_search_errors(greedy: Sequence[float], beam: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
+    """Search error vs model error of a locally normalised tagger from per-sentence model scores
+    s(y) = sum_t log p(y_t | y_<t, x) of the greedy output, the beam's output and the gold sequence
+    (core.decoding.sequence_scores: equal sequences have equal scores exactly).
+
+    - beam_minus_greedy: mean of s(y_beam) - s(y_greedy) (what search adds to the model score);
+    - beam_better / beam_worse: shares with s(y_beam) > / < s(y_greedy) (beam search is not
+      guaranteed to contain the greedy path, so it can lose);
+    - search_error: share with s(gold) > s(y_beam): the model prefers gold, the beam missed it;
+    - model_error: share with s(gold) < s(y_beam) > -inf: the model prefers a wrong sequence, which
+      no better search would fix;
+    - beam_is_gold: share with s(gold) == s(y_beam) (beam found gold, or an equally scored sequence);
+    - gold_unreachable: share whose gold has a tag never seen in training (s(gold) = -inf);
+    - mean_gold_minus_beam: mean of s(gold) - s(y_beam) over the sentences with a reachable gold.
+    The four shares from search_error on sum to 1. With exact search (the argmax over all
+    sequences) search_error is 0.
+    """
+    if not len(greedy) == len(beam) == len(gold):
+        raise ValueError(f"beam_search_errors: {len(greedy)} greedy, {len(beam)} beam and {len(gold)} gold scores")
+    n = len(gold)
+    if n == 0:
+        raise ValueError("beam_search_errors: no sentences")
+    unreachable = [g == float("-inf") for g in gold]
+    share = lambda flags: sum(flags) / n  # noqa: E731
+    return {
+        "sentences": n,
+        "beam_minus_greedy": sum(b - g for b, g in zip(beam, greedy)) / n,
+        "beam_better": share(b > g for b, g in zip(beam, greedy)),
+        "beam_worse": share(b < g for b, g in zip(beam, greedy)),
+        "search_error": share(y > b for y, b in zip(gold, beam)),
+        "model_error": share(y < b and not u for y, b, u in zip(gold, beam, unreachable)),
+        "beam_is_gold": share(y == b for y, b in zip(gold, beam)),
+        "gold_unreachable": share(unreachable),
+        "mean_gold_minus_beam": _mean_finite(y - b for y, b, u in zip(gold, beam, unreachable) if not u),
+    }
+
+
+def _mean_finite(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
 
 
 def file_tags(tags: Sequence[str], scheme: str = "iob1") -> list[str]:

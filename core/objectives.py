@@ -36,7 +36,11 @@ def hamming_cost(gold: torch.Tensor, n_labels: int) -> torch.Tensor:
 
 def hamming_o2_cost(outside_label: int) -> Cost:
     """Goyal et al. §3.1's NER cost: as Hamming, but wrongly predicting `O` (the label id given)
-    costs 2, since missing an entity is the error the skewed data invites."""
+    costs 2, since missing an entity is the error the skewed data invites.
+
+    "incorrect prediction of 'O' is doubly penalized": read as predicting O where gold is an entity
+    tag (d_t(O) = 2 if y*_t != O), not as mispredicting a gold O (that d_t(w) stays 1): the paper's
+    reason is the skew toward O, and its §4 finds beam search "predicting more 'O's"."""
 
     def cost(gold: torch.Tensor, n_labels: int) -> torch.Tensor:
         base = hamming_cost(gold, n_labels)  # (B, T, V)

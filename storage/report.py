@@ -7,7 +7,9 @@ self-contained HTML page, and logged to the sweeps' MLflow runs.
 Cells are "mean ± sd (n)" over seeds in percent; a cell with one seed is the bare number. An
 empty cell says why ("not run", "failed", "stopped early"). Paper reference values (a YAML file
 `{row title: {"<column>": value}}`, or one such mapping per table, `{"Table 1": {...}}`, for
-tables whose `refs_key` names a section) are shown beside ours with the difference.
+tables whose `refs_key` names a section) are shown beside ours with the difference; a top-level
+`metric: NAME` in that file (e.g. `macro_f1`, Goyal et al.'s NER metric) puts them beside that
+metric's tables only, not beside every table.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Report:
     header: list[str]  # reduced settings, provenance
     plots: list[Path] = field(default_factory=list)
     refs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # load_refs
+    refs_metric: str | None = None  # the table metric the refs are in; None: every table
     ui_url: str = ""
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -124,18 +127,22 @@ def _html_cell(cell: Cell, scale: float, ui_url: str, experiments: dict[str, str
     return f"<td>{text} <small>{links}</small></td>"
 
 
-def load_refs(path: str | Path | None) -> dict[str, dict[str, dict[str, float]]]:
-    """{table key: {row: {column: value}}}; a file of rows only (one table's) is under the key ""."""
+def load_refs(path: str | Path | None) -> tuple[dict[str, dict[str, dict[str, float]]], str | None]:
+    """({table key: {row: {column: value}}}, the metric they are in or None). A file of rows only
+    (one table's) is under the key ""."""
     if path is None:
-        return {}
+        return {}, None
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+    metric = data.pop("metric", None) if isinstance(data, dict) else None
+    if metric is not None and not isinstance(metric, str):
+        raise ValueError(f"{path}: metric: expected a metric name such as macro_f1, got {metric!r}")
     if isinstance(data, dict) and data and all(_ref_rows(v) is not None for v in data.values()):
-        return {str(key): _ref_rows(section) for key, section in data.items()}
+        return {str(key): _ref_rows(section) for key, section in data.items()}, metric
     rows = _ref_rows(data)
     if rows is None:
         raise ValueError(f"{path}: paper references must map a row title to {{column: value}}, "
                          "or a table key to such a mapping")
-    return {"": rows}
+    return {"": rows}, metric
 
 
 def _ref_rows(section: Any) -> dict[str, dict[str, float]] | None:
@@ -148,15 +155,18 @@ def _ref_rows(section: Any) -> dict[str, dict[str, float]] | None:
         return None
 
 
-def refs_for(table: Table, refs: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """A table's references: its own section (`table.refs_key`), else a file of rows only."""
-    return refs.get(table.refs_key) or refs.get("", {})
+def refs_for(report: Report, table: Table) -> dict[str, dict[str, float]]:
+    """The paper values to show beside `table`: its own section (`table.refs_key`), else a file of
+    rows only; none when they are in another metric than the table's."""
+    if report.refs_metric not in (None, table.metric):
+        return {}
+    return report.refs.get(table.refs_key) or report.refs.get("", {})
 
 
 def write_report(report: Report, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     header = "\n".join(f"> {line}" for line in report.header)
-    markdown = header + "\n\n" + "\n".join(render_markdown(t, refs_for(t, report.refs)) for t in report.tables)
+    markdown = header + "\n\n" + "\n".join(render_markdown(t, refs_for(report, t)) for t in report.tables)
     files = {"md": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}
     atomic_write(files["md"], markdown.encode())
     atomic_write(files["csv"], "".join(render_csv(t) for t in report.tables).encode())
@@ -193,7 +203,9 @@ def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path |
     tables = layouts(uri, sweeps)
     provenance = [f"sweeps: {', '.join(f'{s.name} ({s.stage}, {len(s.trials)} trials, {s.status})' for s in sweeps)}"
                   + (f"; not started yet: {', '.join(not_started)}" if not_started else ""), f"tracking: {uri}"]
-    report = Report(tables=tables, sweeps=sweeps, header=(header or []) + provenance, refs=load_refs(refs), ui_url=ui_url)
+    paper, paper_metric = load_refs(refs)
+    report = Report(tables=tables, sweeps=sweeps, header=(header or []) + provenance, refs=paper,
+                    refs_metric=paper_metric, ui_url=ui_url)
     if plots:
         report.plots = sweep_plots(uri, sweeps, out / "plots") + _figure1(sweeps, out / "plots")
     write_report(report, out)

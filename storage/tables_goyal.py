@@ -57,6 +57,7 @@ class Table:
     scale: float = 100.0  # scores are fractions; tables show percent
     refs_key: str = ""  # its section of a references file that has one per table ("Table 4"); "": the whole file
     scales: list[float] = field(default_factory=list)  # per column where they differ (Table 6: scores, energies)
+    metric: str = "score"  # the metric of every cell (e.g. macro_f1), so paper values go beside the right table
 
     def column_scale(self, i: int) -> float:
         return self.scales[i] if self.scales else self.scale
@@ -155,7 +156,8 @@ def goyal_table(sweeps: list[Sweep], metric: str = "score", title: str = "") -> 
     decoders = decoders_of(every)
     columns = [(label, split) for label, _ in decoders for split in SPLITS]
     table = Table(title=title or "Goyal et al. (2018), Tables 1-2 layout", columns=columns, rows=[],
-                  metric_keys=[f"{FINAL_PREFIX}.{split}.{decoder}.{metric}" for _, decoder in decoders for split in SPLITS])
+                  metric_keys=[f"{FINAL_PREFIX}.{split}.{decoder}.{metric}" for _, decoder in decoders for split in SPLITS],
+                  metric=metric)
     for key in paper_row_order(list(rows_trials) + list(problems)):
         table.rows.append((row_title(key), _row_cells(key, rows_trials.get(key, []), problems.get(key, []),
                                                       decoders, metric, table.notes)))

@@ -418,24 +418,28 @@ def _conll_root(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def ner_model(tmp_path_factory):
-    """A tiny NER tagger trained on a CoNLL-2003-format root with adjacent same-type entities."""
-    base = tmp_path_factory.mktemp("ner")
+def _train_ner(base: Path, task: str) -> tuple[Path, Path]:
     root = _conll_root(base / "data")
     out = base / "model"
-    result = beamtune("train", "--task", "conll2003_en", "--data-root", root, "--epochs", "2", "--out", out, *SMALL)
+    result = beamtune("train", "--task", task, "--data-root", root, "--epochs", "2", "--out", out, *SMALL)
     assert result.returncode == 0, result.stderr[-2000:]
     return root, out
 
 
+@pytest.fixture(scope="module")
+def ner_model(tmp_path_factory):
+    """A tiny NER tagger trained on a CoNLL-2003-format root with adjacent same-type entities."""
+    return _train_ner(tmp_path_factory.mktemp("ner"), "conll2003_en")
+
+
 @pytest.mark.slow  # a subprocess that trains, or imports Ray
-def test_decode_predictions_are_conlleval_input(ner_model, tmp_path):
+@pytest.mark.parametrize("task", ["conll2003_en", "conll2003_en_iob1"])  # trained in BIOES / in the files' IOB1
+def test_decode_predictions_are_conlleval_input(task, ner_model, tmp_path):
     """The predictions file is in the data's own scheme (IOB1), so the original conlleval reads it
     to the F1 `decode` reports, and its gold column is the file's own tags."""
     from tests.conlleval import conlleval
 
-    root, model = ner_model
+    root, model = ner_model if task == "conll2003_en" else _train_ner(tmp_path, task)
     file = tmp_path / "pred.txt"
     result = beamtune("decode", "--checkpoint", model, "--data-root", root, "--split", "test", "--predictions", file,
                       "--json", "--quiet", "--threads", "1")

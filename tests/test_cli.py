@@ -70,6 +70,20 @@ class TestTrainCommand:
 
 
 class TestDecodeCommand:
+    def test_search_error(self, trained):
+        """The synthetic task is built so that greedy locks into the wrong mode and beam search
+        finds higher-scoring sequences: the table shows beam above greedy, and its shares add up."""
+        result = beamtune("decode", "--checkpoint", trained, "--split", "dev", "--beam-size", "3", "--search-error",
+                          "--json", "--quiet", "--threads", "1")
+        assert result.returncode == 0, result.stderr
+        printed = json.loads(result.stdout)
+        assert printed["search.sentences"] == 300 and printed["search.beam_size"] == 3
+        assert printed["search.beam_minus_greedy"] > 0 and printed["search.beam_better"] > 0
+        shares = ("search_error", "model_error", "beam_is_gold", "gold_unreachable")
+        assert sum(printed[f"search.{k}"] for k in shares) == pytest.approx(1.0)
+        refused = beamtune("decode", "--checkpoint", trained, "--decoder", "viterbi", "--search-error", "--quiet")
+        assert refused.returncode == 2 and refused.stderr.startswith("error: --search-error needs a seq2seq")
+
     @pytest.mark.parametrize("decoder", ["greedy", "beam"])
     def test_json_metrics_match_training(self, trained, decoder):
         result = beamtune("decode", "--checkpoint", trained, "--decoder", decoder, "--beam-size", "3", "--split", "test", "--json", "--quiet", "--threads", "1")

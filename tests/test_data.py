@@ -503,6 +503,19 @@ class TestRealData:
         raw = read_conll2003(real_root / "conll2003_en" / "eng.testa")
         assert len({t for s in raw for t in s.tags}) == 6  # IOB1 as in the file: no B-LOC, B-ORG
 
+    def test_conll2003_en_iob1_keeps_the_files_tags(self, real_root):
+        """Goyal et al.'s label space: the files' IOB1 tags (9 possible; eng.train has no B-PER),
+        with exactly the entities of the BIOES task."""
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        iob1, bioes = load_task("conll2003_en_iob1", real_root), load_task("conll2003_en", real_root)
+        assert (iob1.metric, iob1.scheme) == ("span_f1", "iob1")
+        assert iob1.dev == read_conll2003(real_root / "conll2003_en" / "eng.testa")
+        assert build_vocabs(iob1.train).labels.itos == ["B-LOC", "B-MISC", "B-ORG", "I-LOC", "I-MISC", "I-ORG",
+                                                        "I-PER", "O"]
+        for a, b in zip(iob1.train + iob1.dev + iob1.test, bioes.train + bioes.dev + bioes.test):
+            assert a.words == b.words and get_entities(list(a.tags)) == get_entities(list(b.tags))
+
     def test_conll2003_de_dev_and_test_latin1(self, real_root):
         dev = read_conll2003(real_root / "conll2003_de" / "deu.testa", lang="de")
         test = read_conll2003(real_root / "conll2003_de" / "deu.testb", lang="de")

@@ -109,3 +109,59 @@ class TestSpanF1:
         assert evaluate([["N", "V"]], [["N", "N"]], "accuracy")["score"] == 0.5
         with pytest.raises(ValueError, match="unknown metric"):
             evaluate(gold, gold, "bleu")
+
+
+# -- IOB1 (the CoNLL-2003 files' own scheme, Goyal et al.'s label space) against tests/conlleval.py --
+def _lines(gold, pred) -> list[str]:
+    out = []
+    for g_sent, p_sent in zip(gold, pred):
+        out += [f"w {g} {p}" for g, p in zip(g_sent, p_sent)] + [""]
+    return out
+
+
+def _only(tags, kind: str) -> list[str]:
+    return ["O" if t == "O" or t.split("-", 1)[1] != kind else t for t in tags]
+
+
+def conlleval_macro_f1(gold, pred) -> float:
+    """Mean over entity types (gold or predicted) of conlleval's F1 on that type alone (the other
+    types' tags read as O, which leaves this type's chunk boundaries as conlleval sees them)."""
+    from tests.conlleval import conlleval
+
+    kinds = sorted({t.split("-", 1)[1] for sents in (gold, pred) for s in sents for t in s if t != "O"})
+    scores = [conlleval(_lines([_only(s, k) for s in gold], [_only(s, k) for s in pred]))["f1"] for k in kinds]
+    return sum(scores) / len(scores) if scores else 0.0  # no entity anywhere: seqeval's 0
+
+
+class TestSpanF1IOB1:
+    def test_adjacent_same_type_and_single_token_entities(self):
+        from tests.conlleval import conlleval
+
+        # gold: PER "John", PER "Mary" (B- marks the second of two adjacent PERs), LOC "Paris"
+        gold = [["I-PER", "B-PER", "O", "I-LOC"]]
+        pred = [["I-PER", "I-PER", "O", "I-LOC"]]  # the two PERs merged into one
+        result = span_f1(gold, pred)
+        assert result["precision"] == pytest.approx(1 / 2) and result["recall"] == pytest.approx(1 / 3)
+        assert result["f1"] == pytest.approx(0.4) == conlleval(_lines(gold, pred))["f1"]
+        assert result["macro_f1"] == pytest.approx(0.5) == conlleval_macro_f1(gold, pred)  # PER 0, LOC 1
+        assert span_f1(gold, gold)["f1"] == 1.0 and conlleval(_lines(gold, gold))["found_correct"] == 3
+
+    def test_iob1_and_bioes_give_the_same_chunks(self):
+        from core.data import bio_to_bioes, iob1_to_bio
+
+        gold = [["I-PER", "B-PER", "I-PER", "O", "I-LOC", "I-ORG", "B-ORG"]]
+        pred = [["I-PER", "I-PER", "I-PER", "O", "I-LOC", "I-ORG", "I-ORG"]]
+        bioes = lambda tags: [bio_to_bioes(iob1_to_bio(s)) for s in tags]  # noqa: E731
+        assert span_f1(gold, pred) == span_f1(bioes(gold), bioes(pred))
+
+    def test_micro_and_macro_equal_conlleval_on_random_iob1(self):
+        from tests.conlleval import conlleval
+
+        rng = random.Random(13)
+        for _ in range(300):
+            lengths = [rng.randint(1, 8) for _ in range(rng.randint(1, 5))]
+            gold = [_random_tags(rng, n, "IIB") for n in lengths]  # IOB1: mostly I-, B- between same types
+            pred = [_random_tags(rng, n, "IIB") for n in lengths]
+            result = span_f1(gold, pred)
+            assert result["f1"] == pytest.approx(conlleval(_lines(gold, pred))["f1"], abs=1e-12)
+            assert result["macro_f1"] == pytest.approx(conlleval_macro_f1(gold, pred), abs=1e-12)

@@ -302,3 +302,20 @@ class TestNotStarted:
         assert "not started yet: later" in report.files["md"].read_text()
         with pytest.raises(SweepNotTracked, match="no sweep named 'later'"):
             build_report(store, ["ce", "later"], tmp_path / "out2", plots=False, log=False)
+
+
+def test_refs_in_one_metric_go_beside_that_table_only(tmp_path):
+    """Goyal et al. report NER in macro F1: paper values marked `metric: macro_f1` sit beside the
+    macro F1 table, not beside the micro F1 one that the same sweeps also give."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    scores = {split: {d: {"score": 0.60, "macro_f1": 0.50} for d in DECODERS} for split in ("dev", "test")}
+    add_sweep(uri, "ner-ce", "ce", [{"params": {"seed": 1}, "final": scores}], space={"seed": {"grid": [1]}})
+    refs = tmp_path / "refs.yaml"
+    refs.write_text("metric: macro_f1\nBaseline CE:\n  greedy dev: 50.21\n", encoding="utf-8")
+    report = build_report(uri, ["ner-ce"], tmp_path / "out", refs=refs, plots=False, log=False)
+    assert [t.metric for t in report.tables] == ["macro_f1", "score"]
+    macro, micro = report.files["md"].read_text().split("**Goyal")[1:]
+    assert "| Baseline CE (paper, Δ) | 50.21 (-0.21) |" in macro and "paper" not in micro
+    refs.write_text("metric: [macro_f1]\nBaseline CE:\n  greedy dev: 50.21\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="metric: expected a metric name"):
+        build_report(uri, ["ner-ce"], tmp_path / "out2", refs=refs, plots=False, log=False)

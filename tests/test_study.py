@@ -206,11 +206,12 @@ def command_options(words: list[str]) -> tuple[str, list[str], list[str] | None]
     path, overrides, stages = words[3], [], None
     rest = iter(words[4:])
     for word in rest:
-        assert word in ("--set", "--stages"), f"unexpected {word!r} in the documented command"
+        # options that say where and how it runs change nothing a study validates
+        assert word in ("--set", "--stages", "--num-cpus"), f"unexpected {word!r} in the documented command"
         value = next(rest)
         if word == "--set":
             overrides.append(value)
-        else:
+        elif word == "--stages":
             stages = value.split(",")
     return path, overrides, stages
 
@@ -335,3 +336,24 @@ def test_a_study_run_again_with_other_overrides_says_so(tmp_path):
     assert "edited" in Path(local).read_text()
     tracking.update_study(uri, run_id, "name: s\n", ["epochs=30", "stages.a.lr=0.01"])  # same again: nothing to add
     assert tracking.client(uri).get_run(run_id).data.tags["beamtune.overrides.previous"] == "epochs=30 stages.a.lr=0.1"
+
+
+def test_goyal_ner_study_is_the_papers_setting_and_its_reduced_command_validates(tmp_path, monkeypatch):
+    """Goyal et al. §3.1: the files' IOB1 labels, hidden 64, label embeddings 8, k = 3, the
+    O-doubled Hamming cost, the four search-aware rows; the header's reduced command is valid."""
+    if not os.environ.get("BEAMTUNE_DATA"):  # validation needs a data-root folder, not its files
+        monkeypatch.setenv("BEAMTUNE_DATA", str(tmp_path))
+    path = ROOT / "sweeps" / "studies" / "goyal_ner.yaml"
+    study = load_study(path)
+    assert {s.spec.task for s in study.stages.values()} == {"conll2003_en_iob1"}
+    ce = study.stages["ce"].spec.fixed
+    assert (ce["encoder_hidden"], ce["decoder_hidden"], ce["label_dim"]) == (64, 64, 8) and "embeddings" not in ce
+    for stage in ("dl", "hinge"):
+        spec = study.stages[stage].spec
+        assert spec.fixed["cost"] == "hamming-o2" and spec.fixed["beam_size"] == 3
+        assert study.stages[stage].after == "ce" and spec.space["alpha"].grid == ["1", "exp:1:100:10"]
+    assert study.references.name == "goyal2018_ner.yaml"
+    _, overrides, _ = command_options(documented_command(study.about))
+    reduced = load_study(path, overrides)
+    assert reduced.reduced and len(overrides) == 14
+    assert reduced.stages["ce"].spec.epochs == 20 and reduced.stages["dl"].spec.max_concurrent == 1

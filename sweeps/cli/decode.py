@@ -34,6 +34,9 @@ def decode(
     data_root: Optional[Path] = data_root_option(),
     predictions: Optional[Path] = typer.Option(None, help="Write `token gold predicted` lines (conlleval input; NER tags "
                                                "in the data's own scheme, IOB1 for CoNLL-2003)."),
+    search_error: bool = typer.Option(False, "--search-error", help="seq2seq checkpoints: also the model scores of the "
+                                      "greedy, beam (--beam-size) and gold sequences: mean beam - greedy, and the shares "
+                                      "where gold outscores the beam's output (search error) or not (model error)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     steps: int = typer.Option(20, min=0, help="gd / infnet-gd / tailored: number of gradient steps N."),
@@ -56,6 +59,8 @@ def decode(
         torch.set_num_threads(threads)
     if predictions:
         check_output_file(predictions, "--predictions")  # before the decoding it would lose
+    if search_error and decoder.value not in DECODERS:
+        fail(f"--search-error needs a seq2seq checkpoint and decoder ({', '.join(DECODERS)}), not {decoder.value}")
     k = 1 if decoder.value == "greedy" else beam_size
     if decoder.value in DECODERS:
         model, vocabs, meta = run_guarded(load_tagger, checkpoint, device)
@@ -75,6 +80,14 @@ def decode(
     result = {"task": task.name, "split": split.value, "decoder": decoder.value, "beam_size": k, **metrics}
     if decoder.value == "soft-beam":
         result["alpha"] = alpha
+    if search_error:
+        from core.decoding import sequence_scores
+        from core.metrics import beam_search_errors
+
+        scores = run_guarded(sequence_scores, model, sentences, vocabs, beam_size, progress=not quiet)
+        errors = beam_search_errors(scores["greedy"], scores["beam"], scores["gold"])
+        result["search.beam_size"] = beam_size
+        result.update({f"search.{key}": value for key, value in errors.items()})
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -91,14 +104,15 @@ def check_output_file(path: Path, option: str) -> None:
 def prediction_lines(task, sentences, pred) -> str:
     """`token gold predicted` lines, a blank line after each sentence: conlleval input. NER tags go
     back into the data's own scheme (IOB1 for CoNLL-2003), since conlleval cannot read BIOES: it
-    would merge adjacent same-type entities. Both columns keep exactly the chunks span F1 counts."""
+    would merge adjacent same-type entities. Both columns keep exactly the chunks span F1 counts
+    (for an IOB1 task too: an invalid predicted `B-X` after `O` is rewritten `I-X`, the same chunk)."""
     from core.data import FILE_SCHEMES
     from core.metrics import file_tags
 
     lines = []
     for sentence, tags in zip(sentences, pred):
         gold = sentence.tags
-        if task.scheme == "bioes":
+        if task.scheme in ("bioes", "iob1"):
             scheme = FILE_SCHEMES.get(task.name, "iob2")
             gold, tags = file_tags(gold, scheme), file_tags(tags, scheme)
         lines += [f"{w} {g} {p}" for w, g, p in zip(sentence.words, gold, tags)] + [""]
