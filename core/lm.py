@@ -37,7 +37,7 @@ class LMConfig:
     batch_size: int = 32
     lr: float = 1e-3  # Adam
     dropout: float = 0.2
-    min_count: int = 1  # rarer training tokens become <unk>, so <unk> has a trained row
+    min_count: int = 2  # rarer training tokens become <unk>: a trained row for the unseen words of a test split
     lowercase: bool = True
     seed: int = 0
 

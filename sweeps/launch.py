@@ -373,6 +373,7 @@ def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: s
     """A new sweep's experiment, parent run (nested under the study's run, if any; with the search
     space as parameters) and warm start; its state in beamtune_sweep.json."""
     directory.mkdir(parents=True, exist_ok=True)
+    retire_journals(directory)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
     warm_start = resolve_warm_start(spec, root, directory)
@@ -389,6 +390,18 @@ def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: s
     (directory / SPEC_FILE).write_text(spec.to_yaml())
     (directory / SWEEP_FILE).write_text(json.dumps(state, indent=2))
     return state
+
+
+def retire_journals(directory: Path) -> None:
+    """A new sweep under the name of one whose folder was removed (as a failed study stage is
+    restarted): that sweep's journals, kept beside the folder (tracking.spool_dir), would still be
+    found, and its parent's would write to the old parent run. Moved aside, not deleted: they may
+    hold operations not yet in MLflow (`beamtune sync` of the old sweep can still replay them)."""
+    journals = tracking.spool_dir(directory)
+    if journals.exists():
+        aside = journals.with_name(f"spool.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        journals.rename(aside)
+        say_stderr(f"[{directory.name}] journals of an earlier sweep of this name moved to {aside}")
 
 
 def resolve_warm_start(spec: SweepSpec, root: Path, directory: Path) -> str | None:
@@ -458,7 +471,8 @@ def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, An
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], directory,
                                            spec.name)] + (
-                [CompactProgress(spec.name, spec.stage, spec.epochs, spec.metric, spec.mode, sorted(spec.space))]
+                [CompactProgress(spec.name, spec.stage, spec.epochs if spec.stage_info.family == "train" else 1,  # evaluation: one report
+                                  spec.metric, spec.mode, sorted(spec.space))]
                 if compact else [])))
 
 

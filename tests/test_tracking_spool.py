@@ -150,3 +150,29 @@ def test_nothing_raises_while_the_server_is_down(tmp_path):
     assert time.monotonic() - began < 60
     assert run.run_id is None and [op["op"] for op in run.spool.pending()] == ["open", "params", "metrics", "finish"]
     assert "Connection refused" in run.spool.last_error() or "Max retries" in run.spool.last_error()
+
+
+def test_a_new_sweep_does_not_inherit_the_journals_of_a_removed_one(database, tmp_path):
+    # A failed study stage is restarted by removing its sweep folder; the journals live beside it
+    # (tracking.spool_dir), and the parent's journal of the old sweep used to keep its run id, so the
+    # new sweep's parent-run writes went to the old (or a deleted) run and the new one stayed RUNNING.
+    import shutil
+
+    from sweeps.launch import start_tracking
+    from sweeps.spec import parse_spec
+
+    uri, _ = database
+    spec = parse_spec({"name": "again", "task": "synthetic", "stage": "ce", "epochs": 1})
+    root = tmp_path / "sweeps"
+    directory = root / spec.name
+    first = start_tracking(spec, root, directory, uri)
+    tracking.parent_run(uri, tracking.spool_dir(directory), first["parent_run_id"]).write("tags", tags={"x": "1"})
+    shutil.rmtree(directory)
+    second = start_tracking(spec, root, directory, uri)
+    tracking.parent_run(uri, tracking.spool_dir(directory), second["parent_run_id"]).write("tags", tags={"y": "2"})
+    client = tracking.client(uri)
+    assert second["parent_run_id"] != first["parent_run_id"]
+    assert client.get_run(second["parent_run_id"]).data.tags.get("y") == "2"
+    assert "y" not in client.get_run(first["parent_run_id"]).data.tags
+    kept = list(tracking.spool_dir(directory).parent.glob("spool.replaced-*"))
+    assert len(kept) == 1 and any(kept[0].rglob("*"))  # the old journals kept, not deleted
