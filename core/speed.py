@@ -39,6 +39,9 @@ from core.search.gradient import gradient_descent
 
 METHODS = ("infnet", "viterbi", "gd")  # metric prefixes, in Table 3's column order (networks first)
 BATCH_SIZES = (10, 256)  # the paper's minibatch (10) and one large batch
+# The parameter a speed trial logs its network's architecture under (not a SpeedConfig field: it is
+# read from the checkpoint), so a report puts the network in its Table 3 column.
+ARCH_PARAM = "infnet_arch"
 
 
 def sync(device: torch.device) -> None:
