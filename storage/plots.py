@@ -159,4 +159,5 @@ def speed_plot(task: str, points: dict[str, tuple[float, float]], path: Path, ba
     batch = f", batch {batch_size}" if batch_size else ""
     ax.set(xlabel=f"seconds per sentence (log{batch})", ylabel="score (%)",
            title=f"{task}: score vs inference time (Tu & Gimpel Fig. 2)")
+    ax.title.set_fontsize(9)
     return _save(fig, path)
