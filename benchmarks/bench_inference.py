@@ -12,7 +12,9 @@ length, as `beamtune decode` does) so corpus reading and vocab lookup are exclud
   - Viterbi: BLSTM features (unary) + batched Viterbi;
   - GD: BLSTM features + N momentum steps on E(x, softmax(y)) at one lr (one trajectory, random
     start), then argmax.
-Per cell: the median of --repeats runs after one warm-up, as examples (sentences) per second.
+Per cell: the median of --repeats runs after one warm-up, as examples (sentences) per second; the
+cells are timed round-robin (each round runs every method and batch size once), so load changes
+on a shared machine fall on all of them alike.
 The timing is core.speed's, which the `speed` sweep stage (Table 3 and Fig. 2 in reports) also uses.
 The GD cost of the oracle grid (9 lrs, N up to 1000) is measured by `beamtune gd-oracle`.
 """
@@ -67,11 +69,10 @@ def main() -> None:
     print(f"# {task.name} {args.split}: {len(sentences)} sentences, L = {len(vocabs.labels)}, "
           f"threads {args.threads}, device {device}, torch {torch.__version__}")
     print("method," + ",".join(f"b{b}" for b in sizes))
-    rows = []
-    for name, fn in methods.items():  # one method at a time, so each line prints as it is measured
-        measured, _ = time_methods({name: fn}, sentences, vocabs, sizes, args.repeats, device)
-        rows += [{k: r[k] for k in ("method", "batch_size", "seconds", "examples_per_second")} for r in measured]
-        print(name + "," + ",".join(f"{r['examples_per_second']:.0f}" for r in measured), flush=True)
+    measured, _ = time_methods(methods, sentences, vocabs, sizes, args.repeats, device)  # round-robin
+    rows = [{k: r[k] for k in ("method", "batch_size", "seconds", "examples_per_second")} for r in measured]
+    for name in methods:
+        print(name + "," + ",".join(f"{r['examples_per_second']:.0f}" for r in rows if r["method"] == name))
     if args.json:
         args.json.write_text(json.dumps({"task": task.name, "split": args.split, "threads": args.threads,
                                          "device": str(device), "rows": rows}, indent=2))

@@ -1,9 +1,9 @@
 """Tu & Gimpel (2019) Table 3 and Fig. 2: test-time inference speed (examples/s) of an inference
 network, Viterbi and gradient descent on the network's CRF energy, and each method's score.
 
-    timed(fn, repeats, device)          median wall seconds of `fn` over `repeats` runs after a warm-up
+    round_robin(fns, repeats, device)   median wall seconds of each fn, rounds in turn after a warm-up
     structured_methods(crf, infnet,...) method name -> one batch -> labels (B, T): the timed work
-    time_methods(methods, ...)          examples/s per method and batch size, and each method's tags
+    time_methods(methods, ...)          examples/s per method and batch size (round-robin), and tags
     SpeedConfig, run_speed(config)      the `speed` sweep stage: an "infnet" checkpoint and its energy
 
 What is timed is the model's forward work for the whole split, batches pre-built (bucketed by length,
@@ -49,17 +49,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Median wall seconds of `fn()` over `repeats` runs, after one untimed warm-up run."""
-    fn()  # warm-up: allocator, lazy initialisation, caches
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def round_robin(fns: dict[Any, Callable[[], Any]], repeats: int, device: torch.device) -> dict[Any, float]:
+    """Median wall seconds of each `fn()` over `repeats` rounds, after one untimed warm-up round;
+    each round runs every fn once, in turn, so a change in the machine's load falls on all of them
+    alike (the shared-machine rule of benchmarks/)."""
+    for fn in fns.values():  # warm-up: allocator, lazy initialisation, caches
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[Any, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def structured_methods(crf, infnet, gd_steps: int, gd_lr: float, momentum: float = 0.9,
@@ -85,29 +89,33 @@ def structured_methods(crf, infnet, gd_steps: int, gd_lr: float, momentum: float
 
 def time_methods(methods: dict[str, Callable[[Batch], torch.Tensor]], sentences, vocabs, batch_sizes: Sequence[int],
                  repeats: int, device: torch.device) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    """Each method at each batch size: rows {"method", "batch_size", "seconds" (median for the
-    split), "examples_per_second", "seconds_per_sentence"}, and each method's tags (input order)
-    from its last timed run at the first batch size."""
-    rows, tags = [], {}
-    for name, fn in methods.items():
-        for i, size in enumerate(batch_sizes):
-            batches = [batch.to(device) for batch in make_batches(sentences, vocabs, size)]
-            outputs: list[torch.Tensor] = []
+    """Each method at each batch size, timed round-robin: rows {"method", "batch_size", "seconds"
+    (median for the split), "examples_per_second", "seconds_per_sentence"}, and each method's tags
+    (input order) from its last timed run at the first batch size."""
+    batches = {size: [batch.to(device) for batch in make_batches(sentences, vocabs, size)] for size in batch_sizes}
+    outputs: dict[tuple[str, int], list[torch.Tensor]] = {(name, size): [] for name in methods for size in batch_sizes}
 
-            def run(fn=fn, batches=batches, outputs=outputs):
-                outputs.clear()
-                with torch.no_grad():
-                    for batch in batches:
-                        outputs.append(fn(batch))  # (B, T) each; kept on the device until after timing
+    def cell(name: str, size: int) -> Callable[[], None]:
+        fn, out = methods[name], outputs[(name, size)]
 
-            seconds = timed(run, repeats, device)
-            rows.append({"method": name, "batch_size": size, "seconds": seconds,
-                         "examples_per_second": len(sentences) / seconds, "seconds_per_sentence": seconds / len(sentences)})
-            if i == 0:
-                pred: list[Any] = [None] * len(sentences)
-                for batch, labels in zip(batches, outputs):
-                    scatter_tags(pred, labels, batch, sentences, vocabs.labels.itos)
-                tags[name] = pred
+        def run() -> None:
+            out.clear()
+            with torch.no_grad():
+                for batch in batches[size]:
+                    out.append(fn(batch))  # (B, T) each; kept on the device until after timing
+        return run
+
+    seconds = round_robin({key: cell(*key) for key in outputs}, repeats, device)
+    n = len(sentences)
+    rows = [{"method": name, "batch_size": size, "seconds": seconds[(name, size)],
+             "examples_per_second": n / seconds[(name, size)], "seconds_per_sentence": seconds[(name, size)] / n}
+            for name, size in outputs]
+    tags = {}
+    for name in methods:
+        pred: list[Any] = [None] * n
+        for batch, labels in zip(batches[batch_sizes[0]], outputs[(name, batch_sizes[0])]):
+            scatter_tags(pred, labels, batch, sentences, vocabs.labels.itos)
+        tags[name] = pred
     return rows, tags
 
 
