@@ -12,42 +12,26 @@ length, as `beamtune decode` does) so corpus reading and vocab lookup are exclud
   - Viterbi: BLSTM features (unary) + batched Viterbi;
   - GD: BLSTM features + N momentum steps on E(x, softmax(y)) at one lr (one trajectory, random
     start), then argmax.
-Per cell: the median of --repeats runs after one warm-up, as examples (sentences) per second.
+Per cell: the median of --repeats runs after one warm-up, as examples (sentences) per second; the
+cells are timed round-robin (each round runs every method and batch size once), so load changes
+on a shared machine fall on all of them alike.
+The timing is core.speed's, which the `speed` sweep stage (Table 3 and Fig. 2 in reports) also uses.
 The GD cost of the oracle grid (9 lrs, N up to 1000) is measured by `beamtune gd-oracle`.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core.data import load_task, make_batches  # noqa: E402
-from core.search.gradient import gradient_descent  # noqa: E402
+from core.data import load_task  # noqa: E402
 from core.loading import load_crf, load_infnet  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from core.speed import structured_methods, time_methods  # noqa: E402
 
 
 def main() -> None:
@@ -70,48 +54,25 @@ def main() -> None:
     crf, vocabs, meta = load_crf(args.crf, args.device)
     task = load_task(meta["task"]["name"], args.data_root)
     sentences = task.dev if args.split == "dev" else task.test
-    nets = {}
+    methods = {}
     for spec in args.infnet:
         name, _, directory = spec.partition("=")
         net, net_vocabs, _ = load_infnet(directory, args.device)
         if net_vocabs.labels.itos != vocabs.labels.itos or net_vocabs.words.itos != vocabs.words.itos:
             raise SystemExit(f"{directory}: vocabularies differ from the CRF's {args.crf}")
-        nets[name] = net
+        methods[name] = structured_methods(crf, net, args.gd_steps, args.gd_lr)["infnet"]
+    crf_methods = structured_methods(crf, None, args.gd_steps, args.gd_lr)
+    methods["viterbi"] = crf_methods["viterbi"]
+    methods[f"gd(N={args.gd_steps})"] = crf_methods["gd"]
     sizes = [int(s) for s in args.batch_sizes.split(",")]
 
-    methods = {}
-    for name, net in nets.items():
-        methods[name] = lambda batch, net=net: net(batch.words, batch.chars, batch.lengths).labels
-
-    def viterbi(batch):
-        unary = crf.unary(batch.words, batch.chars, batch.lengths)
-        return crf.viterbi(unary, batch.mask).labels
-
-    def gd(batch):
-        unary = crf.unary(batch.words, batch.chars, batch.lengths)
-        return gradient_descent(crf.crf, unary, batch.mask, steps=(args.gd_steps,), lrs=(args.gd_lr,)).labels
-
-    methods["viterbi"] = viterbi
-    methods[f"gd(N={args.gd_steps})"] = gd
-
-    rows = []
     print(f"# {task.name} {args.split}: {len(sentences)} sentences, L = {len(vocabs.labels)}, "
           f"threads {args.threads}, device {device}, torch {torch.__version__}")
     print("method," + ",".join(f"b{b}" for b in sizes))
-    for name, fn in methods.items():
-        cells = []
-        for b in sizes:
-            batches = [batch.to(device) for batch in make_batches(sentences, vocabs, b)]
-
-            def run(fn=fn, batches=batches):
-                with torch.no_grad():
-                    for batch in batches:
-                        fn(batch)
-
-            seconds = timed(run, args.repeats, device)
-            cells.append(len(sentences) / seconds)
-            rows.append({"method": name, "batch_size": b, "seconds": seconds, "examples_per_second": len(sentences) / seconds})
-        print(name + "," + ",".join(f"{c:.0f}" for c in cells), flush=True)
+    measured, _ = time_methods(methods, sentences, vocabs, sizes, args.repeats, device)  # round-robin
+    rows = [{k: r[k] for k in ("method", "batch_size", "seconds", "examples_per_second")} for r in measured]
+    for name in methods:
+        print(name + "," + ",".join(f"{r['examples_per_second']:.0f}" for r in rows if r["method"] == name))
     if args.json:
         args.json.write_text(json.dumps({"task": task.name, "split": args.split, "threads": args.threads,
                                          "device": str(device), "rows": rows}, indent=2))

@@ -7,6 +7,8 @@
     sweep_plots(uri, sweeps, folder)     both kinds for every sweep -> the PNG paths written
     hidden_size_plot(task, lines, path)  Tu & Gimpel's Figure 1: dev score against H, one line per
                                          method (storage.tables_tu.figure1_points)
+    speed_plot(task, points, path)       Tu & Gimpel's Figure 2: score against seconds per sentence
+                                         (log x), one labelled point per method (figure2_points)
 """
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def sweep_plots(uri: str, sweeps: list[Sweep], folder: Path) -> list[Path]:
     for sweep in sweeps:
         if sweep.stage in ("gd-oracle", "table6"):  # one report, no curves: GD against N instead
             written.append(gd_plot(sweep, folder / f"{sweep.name}-gd.png"))
-        else:
+        elif sweep.stage != "speed":  # a speed sweep has no curves: the report's Figure 2 draws it
             written.append(curves_plot(uri, sweep, folder / f"{sweep.name}-curves.png"))
         written += [param_plot(sweep, p, folder / f"{sweep.name}-{p}.png") for p in searched_params(sweep)]
     return [p for p in written if p is not None]
@@ -143,4 +145,19 @@ def hidden_size_plot(task: str, lines: dict[str, list[tuple[int, float]]], path:
         ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, ls="--" if label.startswith("local") else "-", label=label)
     ax.set(xlabel="hidden size H", ylabel="dev score (%)", title=f"{task}: dev score vs H (Tu & Gimpel Fig. 1)")
     ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def speed_plot(task: str, points: dict[str, tuple[float, float]], path: Path, batch_size: int | None = None) -> Path:
+    """Score (%) against seconds per sentence (log x), one labelled point per inference method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, (seconds, score) in sorted(points.items()):
+        ax.scatter([seconds], [100 * score], label=label)
+        ax.annotate(label, (seconds, 100 * score), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    batch = f", batch {batch_size}" if batch_size else ""
+    ax.set(xlabel=f"seconds per sentence (log{batch})", ylabel="score (%)",
+           title=f"{task}: score vs inference time (Tu & Gimpel Fig. 2)")
+    ax.title.set_fontsize(9)
     return _save(fig, path)

@@ -207,7 +207,7 @@ def build_report(uri: str, sweep_names: list[str], out: Path, refs: str | Path |
     report = Report(tables=tables, sweeps=sweeps, header=(header or []) + provenance, refs=paper,
                     refs_metric=paper_metric, ui_url=ui_url)
     if plots:
-        report.plots = sweep_plots(uri, sweeps, out / "plots") + _figure1(sweeps, out / "plots")
+        report.plots = sweep_plots(uri, sweeps, out / "plots") + _figure1(sweeps, out / "plots") + _figure2(sweeps, out / "plots")
     write_report(report, out)
     if log:
         log_report(uri, report, also_log_to)
@@ -220,8 +220,8 @@ SEQ2SEQ_STAGES = ("ce", "dl", "hinge")
 def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
     """The tables a set of sweeps supports: Goyal et al.'s for the seq2seq stages (NER in macro F1,
     as that paper reports, and micro F1), Tu & Gimpel's Tables 1, 2, 4, 5 for the structured ones,
-    and their Table 6 when there is a table6 or gd-oracle stage."""
-    from storage.tables_tu import paper_tables, table6
+    and their Table 6 when there is a table6 or gd-oracle stage, Table 3 when there is a speed stage."""
+    from storage.tables_tu import paper_tables, table3, table6
 
     tables = []
     seq2seq = [s for s in sweeps if s.stage in SEQ2SEQ_STAGES]
@@ -230,13 +230,14 @@ def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
         if any(t.final("dev", "greedy", "macro_f1") is not None for s in seq2seq for t in s.trials):
             metrics = ["macro_f1", "score"]
         tables += [goyal_table(seq2seq, metric, title=_title(seq2seq, metric)) for metric in metrics]
-    structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES and s.stage != "table6"]
+    structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES and s.stage not in ("table6", "speed")]
     if structured:
         tables += paper_tables(structured, _crf_stages(uri, structured))
     inference = [s for s in sweeps if s.stage in ("table6", "gd-oracle")]
     six = table6(inference, _crf_stages(uri, inference)) if inference else None
     if six is not None and six.rows:  # gd-oracle trials that logged no per-N metrics give no Table 6
         tables.append(six)
+    tables += table3([s for s in sweeps if s.stage == "speed"])
     return tables
 
 
@@ -246,6 +247,16 @@ def _figure1(sweeps: list[Sweep], folder: Path) -> list[Path]:
     from storage.tables_tu import figure1_points
 
     return [hidden_size_plot(task, lines, folder / f"figure1-{task}.png") for task, lines in figure1_points(sweeps).items()]
+
+
+def _figure2(sweeps: list[Sweep], folder: Path) -> list[Path]:
+    """Tu & Gimpel's Figure 2 (score against inference time) for each task with speed trials."""
+    from storage.plots import speed_plot
+    from storage.tables_tu import figure2_points, speed_batch_size
+
+    size = speed_batch_size(sweeps)
+    return [speed_plot(task, points, folder / f"figure2-{task}.png", size)
+            for task, points in sorted(figure2_points(sweeps).items())]
 
 
 def _crf_stages(uri: str, sweeps: list[Sweep]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Tu & Gimpel (2019) Tables 1, 2, 4, 5 and 6 and Figure 1 from a study's tracked sweeps.
+"""Tu & Gimpel (2019) Tables 1-6 and Figures 1 and 2 from a study's tracked sweeps.
 
 What a finished trial is (`Place`) comes from its sweep's stage and its parameters:
 
@@ -21,6 +21,10 @@ What a finished trial is (`Place`) comes from its sweep's stage and its paramete
               and 4 when the paper's setting (fixed for the CRF, fine-tuned for the CRF+) ran.
     Table 6   approximate inference by method and N (table6 sweeps; else gd-oracle ones: GD and
               Viterbi only): score and mean energy x task (the `table6` function below).
+    Table 3   inference speed (examples/s) x (task; CNN | BLSTM | seq2seq infnet, Viterbi, GD), one
+              table per batch size (speed sweeps, core.speed; the `table3` function below).
+    Figure 2  score against seconds per sentence (log x), one point per method and task (speed
+              sweeps, at batch 10 where logged; `figure2_points`).
     Figure 1  dev score against the hidden size H of local baselines and inference networks
               (BLSTM-CRF energy), per task, one line per method and architecture; shown when the
               trials have more than one H.
@@ -421,3 +425,99 @@ def _metric_cell(trials: list[Trial], key: str | None) -> Cell:
     pairs = [(t.metrics.get(key), t.run_id) for t in trials] if key else []
     pairs = [(v, r) for v, r in pairs if v is not None]
     return Cell([v for v, _ in pairs], [r for _, r in pairs], "" if pairs else "not run", key or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 3 and Figure 2: inference speed and the speed/accuracy trade-off (speed sweeps, core.speed)
+# ---------------------------------------------------------------------------------------------
+
+TABLE3_BATCH = 10  # the paper's minibatch size: the batch Figure 2 is drawn at when the trials have it
+# Table 3's columns: (label, the metric prefix of core.speed.flat_metrics, the architectures it takes).
+TABLE3_COLUMNS = tuple((label, "infnet", archs) for label, archs in ARCH_COLUMNS) + (
+    ("Viterbi", "viterbi", None), ("GD", "gd", None))
+
+
+def _speed_default(field: str):
+    from core.speed import SpeedConfig
+
+    return SpeedConfig.__dataclass_fields__[field].default
+
+
+def _speed_trials(sweeps: list[Sweep]) -> list[tuple[Sweep, Trial]]:
+    return [(s, t) for s in sweeps if s.stage == "speed" for t in s.trials if t.status == "FINISHED"]
+
+
+def speed_batch_sizes(trials: list[Trial]) -> list[int]:
+    """Every batch size a speed trial logged examples/s for, increasing."""
+    pattern = re.compile(r"^infnet_b(\d+)_eps$")
+    return sorted({int(m.group(1)) for t in trials for key in t.metrics if (m := pattern.match(key))})
+
+
+def _speed_rows(sweeps: list[Sweep]) -> dict[str, dict[str, list[Trial]]]:
+    """{task: {column label: trials}}: a trial's network goes in its architecture's column, its
+    Viterbi and GD (on the network's CRF energy) in theirs."""
+    from core.speed import ARCH_PARAM
+
+    found: dict[str, dict[str, list[Trial]]] = defaultdict(lambda: defaultdict(list))
+    for sweep, trial in _speed_trials(sweeps):
+        arch = trial.params.get(ARCH_PARAM, "")
+        for label, prefix, archs in TABLE3_COLUMNS:
+            if archs is None or arch in archs:
+                found[sweep.task][label].append(trial)
+    return found
+
+
+def table3(sweeps: list[Sweep]) -> list[Table]:
+    """Tu & Gimpel's Table 3 from speed sweeps: examples/s, rows task, columns CNN | BLSTM |
+    seq2seq inference network, Viterbi, GD; one table per batch size the trials logged (the paper's
+    is 10). A cell is the mean +- sd over its trials (several networks of a task each time Viterbi
+    and GD on their own energy: those cells pool them, said in a note)."""
+    found = _speed_rows(sweeps)
+    trials = [t for _, t in _speed_trials(sweeps)]
+    tasks = [t for t in PAPER_TASKS if t in found] + sorted(set(found) - set(PAPER_TASKS))
+    setting = sorted({tuple(str(t.params.get(name, _speed_default(name))) for name in ("split", "threads", "device"))
+                      for t in trials})
+    tables = []
+    for size in speed_batch_sizes(trials):
+        columns = [(label, f"b{size}") for label, _, _ in TABLE3_COLUMNS]
+        table = Table(title=f"Tu & Gimpel (2019) Table 3 layout: inference speed (examples/s), batch size {size}",
+                      columns=columns, rows=[], column_names=("method", "batch"), row_header="task", scale=1.0,
+                      refs_key="Table 3", metric="examples_per_second")
+        table.metric_keys = [f"{prefix}_b{size}_eps" for _, prefix, _ in TABLE3_COLUMNS]
+        for task in tasks:
+            cells = [_metric_cell(found[task].get(label, []), key) for (label, _), key in zip(columns, table.metric_keys)]
+            table.rows.append((task, cells))
+            pooled = len(found[task].get("Viterbi", []))
+            if pooled > 1:
+                table.notes.append(f"{task}: Viterbi and GD over {pooled} speed trials (one per network and its energy)")
+        table.notes.append("split, threads, device: " + "; ".join(", ".join(s) for s in setting)
+                           + " (the paper: test, a GPU, batch 10)")
+        tables.append(table)
+    return tables
+
+
+def speed_batch_size(sweeps: list[Sweep], wanted: int = TABLE3_BATCH) -> int | None:
+    """The batch size Figure 2 is drawn at: `wanted` if the speed trials logged it, else their smallest."""
+    sizes = speed_batch_sizes([t for _, t in _speed_trials(sweeps)])
+    return (wanted if wanted in sizes else sizes[0]) if sizes else None
+
+
+def figure2_points(sweeps: list[Sweep], batch_size: int = TABLE3_BATCH) -> dict[str, dict[str, tuple[float, float]]]:
+    """{task: {method label: (seconds per sentence, score)}} at `batch_size` (else the smallest the
+    trials logged): each the mean over the trials of its Table 3 column. Tu & Gimpel's Figure 2
+    puts total test-set time on x; per sentence is that divided by the split's size (same shape on
+    a log axis)."""
+    found = _speed_rows(sweeps)
+    size = speed_batch_size(sweeps, batch_size)
+    if size is None:
+        return {}
+    points: dict[str, dict[str, tuple[float, float]]] = {}
+    for task, columns in found.items():
+        for label, prefix, archs in TABLE3_COLUMNS:
+            pairs = [(t.metrics.get(f"{prefix}_b{size}_sps"), t.metrics.get(f"{prefix}_score")) for t in columns.get(label, [])]
+            pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+            if pairs:
+                name = f"infnet {label}" if archs is not None else label
+                points.setdefault(task, {})[name] = (statistics.fmean(x for x, _ in pairs),
+                                                     statistics.fmean(y for _, y in pairs))
+    return points

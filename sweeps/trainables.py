@@ -1,7 +1,8 @@
 """Ray Tune function trainables: one per stage family, importable by every worker.
 
 `train_trial(config, context)` runs one trial of any stage that `core.train.train` implements
-(`oracle_trial` and `table6_trial` run the gd-oracle and table6 stages, which train nothing):
+(`oracle_trial`, `table6_trial` and `speed_trial` run the gd-oracle, table6 and speed stages,
+which train nothing):
 `config` is the trial's flat parameters (the spec's fixed values plus what the searcher sampled),
 `context` is what the driver resolved once for the whole sweep (MLflow ids, the journal folder,
 stage, task, warm start). Each epoch it logs to the trial's MLflow child run (through its journal,
@@ -157,6 +158,34 @@ def _table6(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tu
     return metrics, [parquet, parquet.with_suffix(".json")]
 
 
+def speed_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The speed stage: Tu & Gimpel's Table 3 (examples/s of the warm-start inference network,
+    Viterbi and GD on its CRF energy, per batch size) and each method's score (core.speed).
+    Metrics: core.speed.flat_metrics (infnet_b10_eps, gd_b256_sps, viterbi_score, ...), the
+    network's score as dev_score; the network's architecture is logged as the parameter
+    core.speed.ARCH_PARAM (the report's Table 3 column); tables: one Parquet row per method and batch size + JSON."""
+    from core.speed import ARCH_PARAM
+
+    manifest = json.loads((Path(context["warm_start"]) / MANIFEST).read_text(encoding="utf-8"))
+    arch = manifest.get("model_config", {}).get("arch", "")
+    # The threads are logged with the parameters: examples/s mean little without them.
+    evaluation_trial({"threads": context.get("threads", 1), **config, ARCH_PARAM: arch}, context, _speed)
+
+
+def _speed(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tuple[dict[str, float], list[Path]]:
+    from core.speed import ARCH_PARAM, SpeedConfig, run_speed
+    from storage.tables import write_result_table
+
+    fields = {k: v for k, v in config.items() if k != ARCH_PARAM}
+    speed = SpeedConfig(checkpoint=context["warm_start"], data_root=context.get("data_root"),
+                        energy=context.get("warm_start_energy"), **fields)
+    summary = run_speed(speed)
+    score = summary["scores"]["infnet"]
+    metrics = {"dev_score": score, "best_dev_score": score, **summary["metrics"]}
+    parquet, _ = write_result_table(folder / f"speed_{speed.split}.parquet", summary)
+    return metrics, [parquet, parquet.with_suffix(".json")]
+
+
 @dataclass
 class TrialAttempt:
     """One start of a trial on a worker: its scratch folders, the checkpoint Ray restored (if any)
@@ -298,4 +327,4 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
 # Stage family -> trainable (sweeps.spec.SweepStage.family).
 FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
-    "train": train_trial, "gd-oracle": oracle_trial, "table6": table6_trial}
+    "train": train_trial, "gd-oracle": oracle_trial, "table6": table6_trial, "speed": speed_trial}
