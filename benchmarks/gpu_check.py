@@ -16,7 +16,7 @@ the others still run):
      and under bf16 autocast, with peak memory per batch (benchmarks/bench_soft_beam.py).
   3. CRF log Z and Viterbi against pytorch-crf on the device (benchmarks/bench_crf.py's timing).
   4. inference examples/s per method at batch 10 and 256, Tu & Gimpel's Table 3 layout
-     (random-weight models: speed does not depend on the weights; bench_inference.py's timing).
+     (random-weight models: speed does not depend on the weights; core.speed's timing, as bench_inference.py and the speed stage).
   5. a 4-trial sweep with `gpu: 0.25` on one local Ray node: the trials run at once and share the
      GPU (processes seen on it by nvidia-smi while the sweep runs). On the CPU Ray is told of one
      fake GPU, and the trials fall back to the CPU with one logged line each.
@@ -308,12 +308,12 @@ def crf_against_pytorch_crf(device: torch.device, sizes: Sizes) -> list[str]:
 
 
 def inference_speed(device: torch.device, sizes: Sizes) -> list[str]:
-    from bench_inference import timed
-
+    """Table 3's methods timed by core.speed (round-robin over methods and batch sizes, medians),
+    the same timing as the `speed` stage and benchmarks/bench_inference.py."""
     from core.crf import BLSTMCRF, CRFConfig
-    from core.data import build_vocabs, load_task, make_batches
+    from core.data import build_vocabs, load_task
     from core.infnets import InferenceNetwork, InfnetConfig
-    from core.search.gradient import gradient_descent
+    from core.speed import structured_methods, time_methods
 
     task = load_task("synthetic")
     vocabs = build_vocabs(task.train)
@@ -325,30 +325,14 @@ def inference_speed(device: torch.device, sizes: Sizes) -> list[str]:
     for arch in ("cnn13", "blstm", "seq2seq"):
         net = InferenceNetwork(InfnetConfig(arch=arch, **shape, hidden=sizes.infer_hidden)).to(device).eval()
         methods[f"infnet {arch}"] = lambda batch, net=net: net(batch.words, batch.chars, batch.lengths).labels
-
-    def viterbi(batch):
-        return crf.viterbi(crf.unary(batch.words, batch.chars, batch.lengths), batch.mask).labels
-
-    def gd(batch):
-        unary = crf.unary(batch.words, batch.chars, batch.lengths)
-        return gradient_descent(crf.crf, unary, batch.mask, steps=(sizes.gd_steps,), lrs=(100.0,)).labels
-
-    methods["Viterbi"], methods[f"GD (N={sizes.gd_steps})"] = viterbi, gd
-    rows = []
-    for name, fn in methods.items():
-        cells = [name]
-        for b in (10, 256):
-            batches = [batch.to(device) for batch in make_batches(sentences, vocabs, b)]
-
-            def run(fn=fn, batches=batches):
-                with torch.no_grad():
-                    for batch in batches:
-                        fn(batch)
-
-            cells.append(f"{len(sentences) / timed(run, sizes.infer_repeats, device):,.0f}")
-        rows.append(cells)
+    structured = structured_methods(crf, None, sizes.gd_steps, 100.0)
+    methods["Viterbi"], methods[f"GD (N={sizes.gd_steps})"] = structured["viterbi"], structured["gd"]
+    timings, _ = time_methods(methods, sentences, vocabs, (10, 256), sizes.infer_repeats, device)
+    speed = {(row["method"], row["batch_size"]): row["examples_per_second"] for row in timings}
+    rows = [[name] + [f"{speed[(name, b)]:,.0f}" for b in (10, 256)] for name in methods]
     lines = [f"examples/s, synthetic test split ({len(sentences)} sentences, L = {len(vocabs.labels)}), random-weight "
-             f"BLSTM-CRF and inference networks (H = {sizes.infer_hidden}), median of {sizes.infer_repeats}:", ""]
+             f"BLSTM-CRF and inference networks (H = {sizes.infer_hidden}), median of {sizes.infer_repeats}, "
+             "timed round-robin:", ""]
     return lines + table(["method", "batch 10", "batch 256"], rows)
 
 
