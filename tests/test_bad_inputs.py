@@ -468,12 +468,14 @@ def test_decode_predictions_path_is_a_directory(ner_model, tmp_path):
     assert_cli_error(result, str(tmp_path))
 
 
+@pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
 def test_gd_oracle_out_in_missing_folder_fails_before_the_grid(tmp_path):
     target = tmp_path / "no" / "oracle.parquet"
     result = beamtune("gd-oracle", "--checkpoint", tmp_path / "any", "--out", target, "--quiet")
     assert_cli_error(result, str(target.parent))
 
 
+@pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
 def test_train_out_is_an_existing_file(tmp_path):
     out = tmp_path / "model"
     out.write_text("keep me")
@@ -482,12 +484,14 @@ def test_train_out_is_an_existing_file(tmp_path):
     assert out.read_text() == "keep me"
 
 
+@pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
 def test_train_lr_that_overflows_float32(tmp_path):
     result = beamtune("train", "--task", "synthetic", "--epochs", "1", "--lr", "1e40", "--out", tmp_path / "m", *SMALL)
     assert_cli_error(result, "lr")
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
 @pytest.mark.parametrize("name, damage, words", CHECKPOINT_CASES[:3], ids=[c[0] for c in CHECKPOINT_CASES[:3]])
 def test_decode_bad_checkpoint(tmp_path, name, damage, words):
     directory = _checkpoint(tmp_path / "ckpt")
@@ -585,6 +589,7 @@ def test_sweep_whose_every_trial_fails_exits_nonzero(tmp_path):
     assert "error: all 1 trials failed: " in result.stderr and "loss is" in result.stderr  # the cause, in one line
 
 
+@pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
 def test_sweep_spec_syntax_error_one_line(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_bytes(b"name: t\ntask: synthetic\nstage: [ce\nepochs: 1\n")
@@ -592,6 +597,7 @@ def test_sweep_spec_syntax_error_one_line(tmp_path):
     assert_cli_error(result, str(path), "line")
 
 
+@pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
 def test_sweep_spec_not_utf8_one_line(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_bytes("name: t  # caf\xe9\ntask: synthetic\nstage: ce\nepochs: 1\n".encode("latin-1"))

@@ -118,6 +118,7 @@ class TestLoadStudy:
                                                    "stages.dl.spec.epochs: Input should be greater than or equal to 1"]
         assert problems_of(path, ["epochs"]) == ["--set epochs: expected KEY=VALUE"]
 
+    @pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
     def test_cli_invalid_study_exits_2_and_starts_nothing(self, tmp_path):
         path = write_study(tmp_path, {"dl": {"spec": dl_spec(), "warm_start": {"stage": "cee"}}})
         result = subprocess.run([str(BEAMTUNE), "study", "run", str(path), "--storage", str(tmp_path / "sweeps"),
@@ -145,6 +146,7 @@ class TestSelectStages:
             select_stages(study, ["dl", "dll"])
         assert info.value.problems == ["--stages dl,dll: unknown stage 'dll'; stages: ce, dl, hinge, ce2"]
 
+    @pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
     def test_cli_missing_embeddings_exits_2_before_ray(self, tmp_path):
         """Checked for the stages to run only (here ce and dl, not ce2), before Ray starts."""
         missing = {**TINY, "embeddings": "embeddings/nope.txt.gz"}
@@ -158,6 +160,7 @@ class TestSelectStages:
             f"error: stages.ce.spec.fixed.embeddings: embeddings/nope.txt.gz: no such file (as given, or under the data root {tmp_path})"]
         assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
 
+    @pytest.mark.slow  # a CLI subprocess: importing torch and the CLI takes seconds
     def test_cli_unknown_stage_exits_2_and_starts_nothing(self, tmp_path):
         path = write_study(tmp_path, {"ce": {"spec": ce_spec()}})
         result = subprocess.run([str(BEAMTUNE), "study", "run", str(path), "--stages", "c", "--storage", str(tmp_path / "sweeps"),
