@@ -268,11 +268,14 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
     # checkpoint resumed from it (not from scratch), the others restarted from epoch 0.
     final = latest_checkpoints(directory)
     assert len(final) == 4 and {i["epoch"] for i in final.values()} == {EPOCHS}
+    # A checkpoint seen on disk may still have been in flight to Ray when the worker died (written,
+    # not yet registered): Ray then restores the one before it, so a trial may repeat one epoch.
     for tid, info in final.items():
         nodes = [a["node_id"] for a in info["attempts"]]
         assert head_id not in nodes and nodes[-1] != victim, info["attempts"]
         if tid in seen:
-            assert nodes[0] == victim and seen[tid]["epoch"] <= info["attempts"][-1]["start_epoch"] < EPOCHS
+            start = info["attempts"][-1]["start_epoch"]  # >= 1 (from a checkpoint) when 2 were written
+            assert nodes[0] == victim and seen[tid]["epoch"] - 1 <= start < EPOCHS, info["attempts"]
         else:  # died before its first checkpoint: only MLflow counts that attempt
             assert nodes == [nodes[-1]] and info["attempts"][0]["start_epoch"] == 0
     replacements = {info["attempts"][-1]["node_id"] for info in final.values()}
