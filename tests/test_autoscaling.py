@@ -265,7 +265,7 @@ def test_cluster_yaml_autoscales_gpu_workers(cluster, tmp_path):
     assert outcome.trials == 4 and outcome.errors == 0 and set(outcome.statuses.values()) == {"TERMINATED"}
 
     # Every trial finished on a replacement GPU worker, never on the head; those that had a
-    # checkpoint resumed from it (not from scratch), the others restarted from epoch 0.
+    # checkpoint resumed from it (or the one before, see below), the others restarted from epoch 0.
     final = latest_checkpoints(directory)
     assert len(final) == 4 and {i["epoch"] for i in final.values()} == {EPOCHS}
     # A checkpoint seen on disk may still have been in flight to Ray when the worker died (written,
