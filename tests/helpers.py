@@ -174,3 +174,15 @@ def processes_with(marker: str) -> list[int]:
         if marker.encode() in text:
             found.append(int(entry.name))
     return found
+
+
+TINY_STRUCTURED = {"hidden": 8, "word_dim": 8}
+
+
+def train_tiny(out, objective: str, **extra):
+    """A one-epoch structured model (crf, infnet, ...) on 200 synthetic sentences, saved at `out`."""
+    from core.train import TrainConfig, train
+
+    train(TrainConfig(task="synthetic", out=str(out), objective=objective, epochs=1, progress=False,
+                      model=dict(TINY_STRUCTURED), batch_size=64, threads=1, train_limit=200, **extra))
+    return out

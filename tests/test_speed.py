@@ -16,20 +16,13 @@ from core.data import load_task
 from core.decoding import score_decoder
 from core.loading import load_for_decoding
 from core.speed import ARCH_PARAM, METHODS, SpeedConfig, flat_metrics, run_speed
-from core.train import TrainConfig, train
+from helpers import train_tiny
 from storage import tracking
 from storage.report import render_csv, render_markdown
 from storage.runs import load_sweep
 from storage.tables_tu import figure2_points, table3
 
-TINY = {"hidden": 8, "word_dim": 8}
 SMALL = dict(batch_sizes=(10, 64), gd_steps=5, repeats=1, threads=1, device="cpu")
-
-
-def train_tiny(out: Path, objective: str, **extra) -> Path:
-    train(TrainConfig(task="synthetic", out=str(out), objective=objective, epochs=1, progress=False, model=dict(TINY),
-                      batch_size=64, threads=1, train_limit=200, **extra))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,15 @@ from core.decoding import score_decoder
 from core.loading import load_for_decoding
 from core.oracle import one_lr_per_step, run_oracle_grid
 from core.table6 import Table6Config, flat_metrics, run_table6
-from core.train import TrainConfig, train
+from helpers import train_tiny
 from storage import tracking
 from storage.best import SweepNotFound, export_energy, find_energy
 from storage.report import render_csv, render_markdown
 from storage.runs import load_sweep
 from storage.tables_tu import table6
 
-TINY = {"hidden": 8, "word_dim": 8}
 SMALL = dict(gd_steps=(5, 20), gd_lrs=(100.0, 1.0), tailor_steps=(0, 2), tailor_lrs=(1e-2, 1e-1), warm_steps=(0, 2),
              warm_lrs=(100.0, 1.0), threads=1, device="cpu")
-
-
-def train_tiny(out: Path, objective: str, **extra) -> Path:
-    train(TrainConfig(task="synthetic", out=str(out), objective=objective, epochs=1, progress=False, model=dict(TINY),
-                      batch_size=64, threads=1, train_limit=200, **extra))
-    return out
 
 
 @pytest.fixture(scope="module")
