@@ -147,7 +147,7 @@ def _check_structured(decoder: str, crf, infnet) -> None:
         raise ValueError(f"decoder {decoder!r} needs the CRF energy (--energy)")
 
 
-def _structured_labels(decoder: str, batch: Batch, unary, crf, infnet, steps, lr, momentum, seed):
+def structured_labels(decoder: str, batch: Batch, unary, crf, infnet, steps, lr, momentum, seed):
     """One batch -> (labels (B, T), relaxed output (B, T, L) or None)."""
     if decoder == "viterbi":
         return crf.viterbi(unary, batch.mask).labels, None
@@ -182,7 +182,7 @@ def decode_batches(
     for batch in tqdm(make_batches(sentences, vocabs, batch_size), desc=decoder, disable=not progress, leave=False):
         batch = batch.to(device)
         unary = crf.unary(batch.words, batch.chars, batch.lengths) if crf is not None else None  # (B, T, L)
-        labels, probs = _structured_labels(decoder, batch, unary, crf, infnet, steps, lr, momentum, seed)
+        labels, probs = structured_labels(decoder, batch, unary, crf, infnet, steps, lr, momentum, seed)
         scatter_tags(pred, labels, batch, sentences, vocabs.labels.itos)
         if crf is not None:
             rows = batch.index.tolist()

@@ -31,11 +31,10 @@ import torch
 from core.checkpoint import CheckpointError
 from core.config import raise_first, resolve_device
 from core.data import Batch, load_task, make_batches
-from core.decoding import DEFAULT_LR, scatter_tags
+from core.decoding import DEFAULT_LR, scatter_tags, structured_labels
 from core.loading import load_for_decoding
 from core.metrics import evaluate
 from core.oracle import SPLITS
-from core.search.gradient import gradient_descent
 
 METHODS = ("infnet", "viterbi", "gd")  # metric prefixes, in Table 3's column order (networks first)
 BATCH_SIZES = (10, 256)  # the paper's minibatch (10) and one large batch
@@ -68,23 +67,16 @@ def round_robin(fns: dict[Any, Callable[[], Any]], repeats: int, device: torch.d
 
 def structured_methods(crf, infnet, gd_steps: int, gd_lr: float, momentum: float = 0.9,
                        seed: int = 0) -> dict[str, Callable[[Batch], torch.Tensor]]:
-    """Method name -> (batch -> labels (B, T)), the forward work Table 3 times. `infnet` is left out
-    when None (a CRF alone times Viterbi and GD)."""
-    methods: dict[str, Callable[[Batch], torch.Tensor]] = {}
-    if infnet is not None:
-        methods["infnet"] = lambda batch: infnet(batch.words, batch.chars, batch.lengths).labels  # (B, T)
+    """Method name -> (batch -> labels (B, T)), the forward work Table 3 times: the decoders of
+    `beamtune decode` (core.decoding.structured_labels), with the BLSTM feature pass for Viterbi and
+    GD. `infnet` is left out when None (a CRF alone times Viterbi and GD)."""
+    def method(decoder: str) -> Callable[[Batch], torch.Tensor]:
+        def labels(batch: Batch) -> torch.Tensor:
+            unary = None if decoder == "infnet" else crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
+            return structured_labels(decoder, batch, unary, crf, infnet, gd_steps, gd_lr, momentum, seed)[0]  # (B, T)
+        return labels
 
-    def viterbi(batch: Batch) -> torch.Tensor:
-        unary = crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
-        return crf.viterbi(unary, batch.mask).labels  # (B, T)
-
-    def gd(batch: Batch) -> torch.Tensor:
-        unary = crf.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
-        trace = gradient_descent(crf.crf, unary, batch.mask, steps=(gd_steps,), lrs=(gd_lr,), momentum=momentum, seed=seed)
-        return trace.labels[0, 0]  # (B, T): the one (N, lr) of the trace
-
-    methods["viterbi"], methods["gd"] = viterbi, gd
-    return methods
+    return {name: method(name) for name in (["infnet"] if infnet is not None else []) + ["viterbi", "gd"]}
 
 
 def time_methods(methods: dict[str, Callable[[Batch], torch.Tensor]], sentences, vocabs, batch_sizes: Sequence[int],
