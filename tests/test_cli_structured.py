@@ -36,6 +36,19 @@ def test_decode(checkpoints, decoder):
     assert f"decoder={decoder}" in result.output and "viterbi_energy=" in result.output
 
 
+def test_decode_by_coverage_splits_the_accuracy(checkpoints):
+    """The classes' shares weight their accuracies back to the split's token accuracy; the synthetic
+    task has no pretrained vectors, so both vector classes are empty."""
+    result = CliRunner().invoke(app, ["decode", "--checkpoint", str(checkpoints / "crf"), "--decoder", "viterbi",
+                                      "--by-coverage", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    shares = {name: out[f"coverage.{name}.share"] for name in ("vectors_and_training", "vectors_only", "training_only", "neither")}
+    assert shares["vectors_and_training"] == shares["vectors_only"] == 0.0 and sum(shares.values()) == pytest.approx(1.0)
+    weighted = sum(share * out[f"coverage.{name}.accuracy"] for name, share in shares.items() if share)
+    assert weighted == pytest.approx(out["accuracy"])
+
+
 def test_gd_oracle_writes_parquet(checkpoints, tmp_path):
     out = tmp_path / "gd.parquet"
     result = CliRunner().invoke(app, ["gd-oracle", "--checkpoint", str(checkpoints / "crf"), "--out", str(out),

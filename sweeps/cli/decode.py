@@ -37,6 +37,8 @@ def decode(
     search_error: bool = typer.Option(False, "--search-error", help="seq2seq checkpoints: also the model scores of the "
                                       "greedy, beam (--beam-size) and gold sequences: mean beam - greedy, and the shares "
                                       "where gold outscores the beam's output (search error) or not (model error)."),
+    by_coverage: bool = typer.Option(False, "--by-coverage", help="Also token accuracy by what the word table knew: "
+                                     "in the pretrained vectors and/or the training split (core.coverage)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     steps: int = typer.Option(20, min=0, help="gd / infnet-gd / tailored: number of gradient steps N."),
@@ -88,10 +90,21 @@ def decode(
         errors = beam_search_errors(scores["greedy"], scores["beam"], scores["gold"])
         result["search.beam_size"] = beam_size
         result.update({f"search.{key}": value for key, value in errors.items()})
+    if by_coverage:
+        result.update(run_guarded(coverage_metrics, task, sentences, pred, vocabs, meta, data_root))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo("  ".join(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in result.items()))
+
+
+def coverage_metrics(task, sentences, pred, vocabs, meta: dict, data_root: Optional[Path]) -> dict[str, float]:
+    from core.config import embeddings_path
+    from core.coverage import flat_metrics, split_coverage
+
+    embeddings = meta.get("train_config", {}).get("embeddings")
+    path = embeddings_path(embeddings, path_or_none(data_root)) if embeddings else None
+    return flat_metrics(split_coverage(sentences, pred, task.train, vocabs.words, path))
 
 
 def check_output_file(path: Path, option: str) -> None:
