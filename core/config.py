@@ -49,6 +49,7 @@ def raise_first(owner: str, checks: Iterable[Check]) -> None:
 # A bound far above any useful rate that keeps torch's optimizers clear of float32's 3.4e38 (Adam
 # divides lr by 1 - beta1): past it they fail with a raw "cannot be converted to type float without
 # overflow". A rate this large still diverges, as a diverging trial should (tests/test_sweep_local.py).
+LOSS_PER = ("token", "sentence")  # SharedConfig.loss_per
 MAX_LR = 3e37  # Adam: 3e37 / (1 - 0.9) = 3e38 < 3.4e38
 
 @dataclass
@@ -66,6 +67,12 @@ class SharedConfig:
     lr: float | None = None  # None: core.stages.default_lr(objective, optimizer)
     momentum: float = 0.9  # SGD only
     clip: float = 5.0  # max gradient norm; 0 turns clipping off
+    # "token": the stage's loss averaged over the batch's tokens; "sentence": summed over each
+    # sentence's tokens and averaged over the batch's sentences, as Tu & Gimpel's code does (its
+    # gradients are ~mean-length times larger, so the appendix's SGD rates mean there what they
+    # meant in the paper; RESULTS, session 7).
+    loss_per: str = "token"
+    weight_decay: float = 0.0  # L2: the optimizer adds weight_decay * w to every trained weight's gradient
     patience: int = 5  # epochs without dev improvement before stopping; 0 never stops early
     seed: int = 0
     min_count: int = 1
@@ -87,6 +94,8 @@ class SharedConfig:
             ("lr", 0 < self.lr <= MAX_LR, f"lr must be in (0, {MAX_LR:g}], got {self.lr}"),
             ("momentum", 0 <= self.momentum <= 1, f"momentum must be in [0, 1], got {self.momentum}"),
             ("clip", self.clip >= 0, "clip must be >= 0"),
+            ("loss_per", self.loss_per in LOSS_PER, f"loss_per must be one of {LOSS_PER}, got {self.loss_per!r}"),
+            ("weight_decay", self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             ("patience", self.patience >= 0, "patience must be >= 0"),
             ("threads", self.threads >= 0, "threads must be >= 0"),
             ("train_limit", self.train_limit >= 0, "train_limit must be >= 0"),

@@ -44,22 +44,23 @@ def run_epoch(
     device: torch.device,
 ) -> float:
     """One pass of training on the stage's objective over `batches`; returns the mean loss per
-    token. Raises TrainingError, naming the epoch and batch, as soon as a loss is not finite."""
+    token (whatever `config.loss_per` the gradient steps on). Raises TrainingError, naming the epoch and batch, as soon as a loss is not finite."""
     stage.model.train()
     params = [p for p in stage.model.parameters() if p.requires_grad]
     total_loss, total_tokens = 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
     for step, batch in enumerate(bar):
         batch = batch.to(device)
-        loss = stage.loss(batch, epoch)
+        loss = stage.loss(batch, epoch)  # () per token
         if not torch.isfinite(loss):
             raise TrainingError(f"epoch {epoch}, batch {step}: loss is {loss.item()} (try a lower --lr or clipping)")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        tokens = int(batch.lengths.sum())
+        scale = tokens / len(batch.lengths) if config.loss_per == "sentence" else 1.0  # per sentence: sum / B
+        (loss * scale).backward()
         if config.clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.clip)
         optimizer.step()
-        tokens = int(batch.lengths.sum())
         total_loss += loss.item() * tokens
         total_tokens += tokens
         bar.set_postfix(loss=f"{total_loss / total_tokens:.4f}")
@@ -69,8 +70,8 @@ def run_epoch(
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]  # a fixed CRF energy has none
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:

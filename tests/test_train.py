@@ -11,7 +11,7 @@ from core.checkpoint import CheckpointError
 from core.data import load_task, make_batches
 from core.loading import load_tagger
 from core.stages.seq2seq import Seq2SeqStage, build_model
-from core.train import TrainConfig, TrainingError, run_epoch, score_stopped, train
+from core.train import TrainConfig, TrainingError, make_optimizer, run_epoch, score_stopped, train
 
 pytestmark = pytest.mark.slow  # trains models for seconds each
 
@@ -122,13 +122,47 @@ class TestTrain:
         assert final["best_epoch"] == 1
 
     @pytest.mark.parametrize("field,value", [("objective", "mle"), ("optimizer", "rmsprop"), ("feed", "x"),
-                                             ("epochs", 0), ("lr", 0.0), ("lr", math.nan)])
+                                             ("epochs", 0), ("lr", 0.0), ("lr", math.nan), ("loss_per", "batch"),
+                                             ("weight_decay", -1e-5)])
     def test_rejects_bad_config(self, tmp_path, field, value):
         with pytest.raises(ValueError, match=field):
             _config(tmp_path, **{field: value})
 
 
 class TestRunEpoch:
+    @staticmethod
+    def _sgd_step(tmp_path, loss_per: str, weight_decay: float = 0.0):
+        """One SGD step (lr 1, no momentum, no clipping) from the same seeded model and batch: the
+        change of every weight."""
+        config = _config(tmp_path, loss_per=loss_per, optimizer="sgd", lr=1.0, momentum=0.0, clip=0.0,
+                         weight_decay=weight_decay, model={**SMALL, "dropout": 0.0})
+        task = load_task("synthetic")
+        torch.manual_seed(0)
+        stage = Seq2SeqStage(config, task, torch.device("cpu"))
+        before = [p.detach().clone() for p in stage.model.parameters()]
+        batches = make_batches(task.train[:16], stage.vocabs, 16)
+        run_epoch(stage, make_optimizer(config, stage.model), batches[:1], config, 1, torch.device("cpu"))
+        return [p.detach() - b for p, b in zip(stage.model.parameters(), before)], batches[0]
+
+    def test_loss_per_sentence_steps_mean_length_times_further(self, tmp_path):
+        """Summed over each sentence's tokens and averaged over sentences = the per-token mean times
+        tokens / sentences, so one plain SGD step is that many times longer."""
+        per_token, batch = self._sgd_step(tmp_path, "token")
+        per_sentence, _ = self._sgd_step(tmp_path, "sentence")
+        mean_length = float(batch.lengths.sum()) / len(batch.lengths)
+        assert mean_length > 1.5
+        for t, s in zip(per_token, per_sentence):
+            torch.testing.assert_close(s, t * mean_length, rtol=1e-4, atol=1e-5)  # float32 sums
+
+    def test_weight_decay_adds_its_multiple_of_each_weight(self, tmp_path):
+        plain, _ = self._sgd_step(tmp_path, "token")
+        decayed, _ = self._sgd_step(tmp_path, "token", weight_decay=0.5)
+        torch.manual_seed(0)
+        model = Seq2SeqStage(_config(tmp_path, model={**SMALL, "dropout": 0.0}), load_task("synthetic"),
+                             torch.device("cpu")).model
+        for p, d, w in zip(plain, decayed, model.parameters()):
+            torch.testing.assert_close(d, p - 0.5 * w.detach(), rtol=1e-4, atol=1e-6)
+
     def test_nan_loss_is_a_clear_error(self, tmp_path):
         config = _config(tmp_path)
         task = load_task("synthetic")

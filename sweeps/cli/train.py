@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from core.config import OPTIMIZERS
+from core.config import LOSS_PER, OPTIMIZERS
 from core.data import TASKS
 from core.infnets import ARCHITECTURES
 from core.seq2seq import ATTENTIONS, FEEDS, TaggerConfig
@@ -26,6 +26,7 @@ Arch = choices("Arch", ARCHITECTURES)
 Attention = choices("Attention", ATTENTIONS)
 Feed = choices("Feed", FEEDS)
 Optimizer = choices("Optimizer", OPTIMIZERS)
+LossPer = choices("LossPer", LOSS_PER)
 
 SEQ2SEQ = ("ce", "dl", "hinge")
 SOFT_BEAM = ("dl", "hinge")
@@ -83,6 +84,9 @@ def train(
     lr: Optional[float] = typer.Option(None, min=0.0, help="Learning rate (default: 1e-2 with Adam for crf/crf+/local/infnet, else 1e-3)."),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum" + _d("momentum") + "."),
     clip: Optional[float] = typer.Option(None, min=0.0, help="Gradient-norm clipping (0: off)" + _d("clip") + "."),
+    loss_per: Optional[LossPer] = typer.Option(None, help="Loss averaged per token, or summed per sentence and averaged "
+                                               "over sentences (Tu & Gimpel's code)" + _d("loss_per") + "."),
+    weight_decay: Optional[float] = typer.Option(None, min=0.0, help="L2: weight_decay * w added to each gradient" + _d("weight_decay") + "."),
     feed: Optional[Feed] = typer.Option(None, help="ce: decoder input in training, gold labels (teacher forcing) or its own predictions" + _d("feed") + "."),
     seed: Optional[int] = typer.Option(None, help="Random seed; one seed gives identical metrics" + _d("seed") + "."),
     min_count: Optional[int] = typer.Option(None, min=1, help="Words seen fewer times in training become <unk>" + _d("min_count") + "."),
@@ -118,6 +122,7 @@ def train(
     given = {name: value for name, value in dict(
         init=path_or_none(init), beam_size=beam_size, alpha=alpha, cost=cost, embeddings=path_or_none(embeddings),
         epochs=epochs, patience=patience, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, clip=clip,
+        loss_per=loss_per, weight_decay=weight_decay,
         feed=feed, seed=seed, min_count=min_count, train_limit=train_limit, max_train_length=max_train_length, attention=attention,
         encoder_hidden=encoder_hidden, decoder_hidden=decoder_hidden, label_dim=label_dim, word_dim=word_dim,
         char_filters=char_filters, dropout=dropout, eval_beam_size=eval_beam_size, device=device, threads=threads,
