@@ -46,10 +46,11 @@ def raise_first(owner: str, checks: Iterable[Check]) -> None:
             raise ConfigError(owner, name, message)
 
 
+LOSS_PER = ("token", "sentence")  # SharedConfig.loss_per
+
 # A bound far above any useful rate that keeps torch's optimizers clear of float32's 3.4e38 (Adam
 # divides lr by 1 - beta1): past it they fail with a raw "cannot be converted to type float without
 # overflow". A rate this large still diverges, as a diverging trial should (tests/test_sweep_local.py).
-LOSS_PER = ("token", "sentence")  # SharedConfig.loss_per
 MAX_LR = 3e37  # Adam: 3e37 / (1 - 0.9) = 3e38 < 3.4e38
 
 @dataclass
@@ -72,7 +73,9 @@ class SharedConfig:
     # gradients are ~mean-length times larger, so the appendix's SGD rates mean there what they
     # meant in the paper; RESULTS, session 7).
     loss_per: str = "token"
-    weight_decay: float = 0.0  # L2: the optimizer adds weight_decay * w to every trained weight's gradient
+    # L2: the optimizer adds weight_decay * w to every trained weight's gradient (Tu & Gimpel's code
+    # adds L2 * ||w||^2 to the loss: weight_decay = 2 * L2).
+    weight_decay: float = 0.0
     patience: int = 5  # epochs without dev improvement before stopping; 0 never stops early
     seed: int = 0
     min_count: int = 1

@@ -44,7 +44,8 @@ def run_epoch(
     device: torch.device,
 ) -> float:
     """One pass of training on the stage's objective over `batches`; returns the mean loss per
-    token (whatever `config.loss_per` the gradient steps on). Raises TrainingError, naming the epoch and batch, as soon as a loss is not finite."""
+    token, whatever `config.loss_per` the gradient steps on. Raises TrainingError, naming the epoch
+    and batch, as soon as a loss is not finite."""
     stage.model.train()
     params = [p for p in stage.model.parameters() if p.requires_grad]
     total_loss, total_tokens = 0.0, 0
