@@ -10,13 +10,13 @@ lowercased, @mentions and URLs normalised when the vocabulary does so):
     "neither"               UNK, or a row no signal ever reached
 
 Per class: the share of tokens, token accuracy (as core.metrics.token_accuracy: gold `*` is never
-correct, so the classes' accuracies weighted by their shares are the split's accuracy), and the accuracy over gold entity tokens (gold tag
-not "O"; meaningful for NER, where most tokens are "O").
+correct, so the classes' accuracies weighted by their shares give the split's accuracy), and the
+accuracy over gold entity tokens (gold tag not "O"; meaningful for NER, where most tokens are "O").
 
-The accuracy of "vectors and training" is the split's accuracy had every token been covered as
-those are: an optimistic bound on what better word vectors alone could buy (in-domain vectors reach
-uncovered words, not context errors, and the covered words are also the frequent, easier ones), so
-a gap to the paper larger than the distance to it is not about coverage.
+Reading it: the accuracy of "vectors and training" is roughly what the split would score if every
+word were as well known as those. It is an optimistic bound on what better word vectors alone
+could buy (they reach uncovered words, not context errors, and covered words are also the frequent,
+easier ones): a gap to a paper's number larger than that bound is not about vocabulary coverage.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from typing import Callable, Sequence
 
 from core.data import WRONG_TAG, Vocab
 from core.embeddings import glove_words
-
 
 CLASSES = ("vectors and training", "vectors only", "training only", "neither")
 OUTSIDE = "O"
