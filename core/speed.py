@@ -41,6 +41,9 @@ BATCH_SIZES = (10, 256)  # the paper's minibatch (10) and one large batch
 # The parameter a speed trial logs its network's architecture under (not a SpeedConfig field: it is
 # read from the checkpoint), so a report puts the network in its Table 3 column.
 ARCH_PARAM = "infnet_arch"
+# Likewise whether the network is a "+" one (char CNN; its energy the BLSTM-CRF+): Table 3 is the
+# BLSTM-CRF's (Table 1's networks), so a report keeps "+" networks' timings in rows of their own.
+PLUS_PARAM = "infnet_plus"
 
 
 def sync(device: torch.device) -> None:

@@ -109,9 +109,16 @@ def default_mode(metric: str) -> str:
     return "min" if "loss" in metric else "max"
 
 
+def matches(params: dict[str, Any], where: dict[str, Any] | None) -> bool:
+    """Whether a trial's parameters hold every `where` value. Values compare as text, so a spec's
+    `where: {hidden: 200}` matches the trial parameter 200 and a grid's "cnn13" matches cnn13."""
+    return all(name in params and str(params[name]) == str(value) for name, value in (where or {}).items())
+
+
 def trial_rankings(storage: str | os.PathLike | None, name: str, metric: str | None = None,
-                   mode: str | None = None) -> list[TrialBest]:
-    """Every trial of sweep `name`, each at its best checkpointed `metric`, best first."""
+                   mode: str | None = None, where: dict[str, Any] | None = None) -> list[TrialBest]:
+    """Every trial of sweep `name` (those whose parameters match `where`, when given), each at its
+    best checkpointed `metric`, best first."""
     root = sweep_dir(storage, name)
     if not root.is_dir():
         raise SweepNotFound(f"no sweep named {name!r} under {root.parent}")
@@ -128,6 +135,8 @@ def trial_rankings(storage: str | os.PathLike | None, name: str, metric: str | N
             continue  # a checkpoint being written or deleted right now
         if known is not None and info["trial_id"] not in known:
             continue
+        if not matches(info.get("params", {}), where):
+            continue
         value = info.get("metrics", {}).get(metric)
         if not isinstance(value, (int, float)) or math.isnan(value):
             continue
@@ -139,13 +148,14 @@ def trial_rankings(storage: str | os.PathLike | None, name: str, metric: str | N
                 candidate.value == current.value and candidate.epoch < current.epoch):
             best[candidate.trial_id] = candidate
     if not best:
-        raise SweepNotFound(f"sweep {name!r} under {root.parent} has no checkpointed trial with metric {metric!r}")
+        among = f" among the trials with {where}" if where else ""
+        raise SweepNotFound(f"sweep {name!r} under {root.parent} has no checkpointed trial with metric {metric!r}{among}")
     return sorted(best.values(), key=lambda t: (-sign * t.value, t.trial_name))
 
 
 def best_checkpoint(storage: str | os.PathLike | None, name: str, metric: str | None = None,
-                    mode: str | None = None) -> TrialBest:
-    return trial_rankings(storage, name, metric, mode)[0]
+                    mode: str | None = None, where: dict[str, Any] | None = None) -> TrialBest:
+    return trial_rankings(storage, name, metric, mode, where)[0]
 
 
 def model_files(checkpoint: Path) -> list[Path]:

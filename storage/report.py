@@ -18,6 +18,7 @@ import csv
 import html
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,8 +256,13 @@ def _figure2(sweeps: list[Sweep], folder: Path) -> list[Path]:
     from storage.tables_tu import figure2_points, speed_batch_size
 
     size = speed_batch_size(sweeps)
-    return [speed_plot(task, points, folder / f"figure2-{task}.png", size)
-            for task, points in sorted(figure2_points(sweeps).items())]
+    return [speed_plot(row, points, folder / f"figure2-{_file_part(row)}.png", size)
+            for row, points in sorted(figure2_points(sweeps).items())]
+
+
+def _file_part(row: str) -> str:
+    """A table row as part of a file name: "twitter_pos (CRF+)" -> "twitter_pos_CRFplus"."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", row.replace("+", "plus")).strip("_")
 
 
 def _crf_stages(uri: str, sweeps: list[Sweep]) -> dict[str, str]:

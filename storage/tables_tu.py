@@ -453,18 +453,29 @@ def speed_batch_sizes(trials: list[Trial]) -> list[int]:
     return sorted({int(m.group(1)) for t in trials for key in t.metrics if (m := pattern.match(key))})
 
 
+PLUS_ROW = "{task} (CRF+)"  # the row of "+" networks and their BLSTM-CRF+ energy (not the paper's Table 3)
+
+
 def _speed_rows(sweeps: list[Sweep]) -> dict[str, dict[str, list[Trial]]]:
-    """{task: {column label: trials}}: a trial's network goes in its architecture's column, its
-    Viterbi and GD (on the network's CRF energy) in theirs."""
-    from core.speed import ARCH_PARAM
+    """{row: {column label: trials}}: a trial's network goes in its architecture's column, its
+    Viterbi and GD (on the network's CRF energy) in theirs; the row is the task, or PLUS_ROW for a
+    "+" network, whose Viterbi and GD run on the costlier BLSTM-CRF+ energy."""
+    from core.speed import ARCH_PARAM, PLUS_PARAM
 
     found: dict[str, dict[str, list[Trial]]] = defaultdict(lambda: defaultdict(list))
     for sweep, trial in _speed_trials(sweeps):
         arch = trial.params.get(ARCH_PARAM, "")
+        row = PLUS_ROW.format(task=sweep.task) if _flag(trial.params, PLUS_PARAM) else sweep.task
         for label, prefix, archs in TABLE3_COLUMNS:
             if archs is None or arch in archs:
-                found[sweep.task][label].append(trial)
+                found[row][label].append(trial)
     return found
+
+
+def _speed_row_order(rows) -> list[str]:
+    """The paper's tasks first, each followed by its "+" row; then any other rows."""
+    order = [r for task in PAPER_TASKS for r in (task, PLUS_ROW.format(task=task)) if r in rows]
+    return order + sorted(set(rows) - set(order))
 
 
 def table3(sweeps: list[Sweep]) -> list[Table]:
@@ -474,7 +485,7 @@ def table3(sweeps: list[Sweep]) -> list[Table]:
     and GD on their own energy: those cells pool them, said in a note)."""
     found = _speed_rows(sweeps)
     trials = [t for _, t in _speed_trials(sweeps)]
-    tasks = [t for t in PAPER_TASKS if t in found] + sorted(set(found) - set(PAPER_TASKS))
+    tasks = _speed_row_order(found)
     setting = sorted({tuple(str(t.params.get(name, _speed_default(name))) for name in ("split", "threads", "device"))
                       for t in trials})
     tables = []

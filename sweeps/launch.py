@@ -412,7 +412,7 @@ def resolve_warm_start(spec: SweepSpec, root: Path, directory: Path) -> str | No
     if spec.warm_start.checkpoint:
         return str(Path(spec.warm_start.checkpoint).absolute())
     try:
-        best = best_checkpoint(root, spec.warm_start.sweep, spec.warm_start.metric)
+        best = best_checkpoint(root, spec.warm_start.sweep, spec.warm_start.metric, where=spec.warm_start.where)
     except SweepNotFound as error:
         raise SpecError([f"warm_start.sweep: {error}"]) from None
     return str(export_checkpoint(best, directory / "warm_start"))

@@ -56,7 +56,8 @@ def warm_start_checkpoint_problems(spec: SweepSpec, storage: str | os.PathLike |
         return []
     field = "warm_start.checkpoint" if warm.checkpoint is not None else "warm_start.sweep"
     try:
-        path = Path(warm.checkpoint) if warm.checkpoint is not None else best_checkpoint(storage, warm.sweep, warm.metric).checkpoint
+        path = (Path(warm.checkpoint) if warm.checkpoint is not None
+                else best_checkpoint(storage, warm.sweep, warm.metric, where=warm.where).checkpoint)
         load_checkpoint(path)
     except (CheckpointError, SweepNotFound) as error:
         return [f"{field}: {error}"]

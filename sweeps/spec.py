@@ -16,6 +16,7 @@
     metric: dev_score
     mode: max
     warm_start: {sweep: ce_sweep}    # or {checkpoint: path}: the best trial of another sweep
+                                     # (of its trials with given values: where: {arch: blstm})
     max_trials: 1000                 # refuse a sweep of more trials (a mistyped grid); raise to confirm
 
 Parameters in `fixed` and `space` are `core.stages.TrainConfig` fields or `TaggerConfig` fields
@@ -256,11 +257,16 @@ class WarmStart(_Strict):
     checkpoint: str | None = None
     sweep: str | None = None
     metric: str | None = None  # for `sweep`: rank its trials by this (default: that sweep's metric)
+    # For `sweep`: only its trials with these parameter values, e.g. {arch: blstm} for the best BLSTM
+    # of an inference-network sweep over architectures (Tu & Gimpel's Table 3 times each one).
+    where: dict[str, str | int | float | bool] | None = None
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.checkpoint is None) == (self.sweep is None):
             raise ValueError("give exactly one of checkpoint, sweep")
+        if self.checkpoint is not None and (self.metric is not None or self.where is not None):
+            raise ValueError("metric and where choose among a sweep's trials: give them with sweep, not checkpoint")
         return self
 
 
@@ -567,7 +573,7 @@ def warm_start_problems(warm: WarmStart, storage: str | os.PathLike | None) -> l
             return [f"warm_start.checkpoint: {warm.checkpoint} is not a checkpoint directory (no {MANIFEST})"]
         return []
     try:
-        best_checkpoint(storage, warm.sweep, warm.metric)
+        best_checkpoint(storage, warm.sweep, warm.metric, where=warm.where)
     except SweepNotFound as error:
         return [f"warm_start.sweep: {error}"]
     return []

@@ -12,7 +12,8 @@ earlier stage's best trial:
 
 Stage `S` of study `N` runs as the sweep `N-S` (its own folder, resume and MLflow runs, as every
 sweep); `warm_start: {stage: S}` becomes `warm_start: {sweep: N-S}` (that sweep's best trial by its
-metric, or `metric:` given here). Stages run in dependency order.
+metric, or `metric:` given here; among its trials with given parameter values with
+`where: {arch: blstm}`). Stages run in dependency order.
 
     load_study(path, overrides) -> Study       validated as a whole; StudyError lists every problem
     select_stages(study, names) -> [stage]     those stages and what they warm-start from (`--stages`)
@@ -169,17 +170,22 @@ def dependency_order(after: dict[str, str | None]) -> list[str]:
 
 
 def _warm_start(name: str, entry: Any, specs: dict[str, dict], problems: list[str]) -> str | None:
-    """Check a stage's `warm_start: {stage: S[, metric: M]}`; returns S (or None)."""
+    """Check a stage's `warm_start: {stage: S[, metric: M][, where: {PARAM: VALUE}]}`; returns S (or
+    None). `where` may only name parameters that stage S fixes or searches."""
     if entry is None:
         return None
     where = f"stages.{name}.warm_start"
-    if not isinstance(entry, dict) or set(entry) - {"stage", "metric"} or "stage" not in entry:
-        problems.append(f"{where}: expected {{stage: NAME}} (optionally metric:); a checkpoint path goes in the spec")
+    if not isinstance(entry, dict) or set(entry) - {"stage", "metric", "where"} or "stage" not in entry:
+        problems.append(f"{where}: expected {{stage: NAME}} (optionally metric:, where:); a checkpoint path goes in the spec")
         return None
     source = entry["stage"]
     if source not in specs:
         problems.append(f"{where}.stage: unknown stage {source!r}; stages: {', '.join(specs)}")
         return None
+    if isinstance(entry.get("where"), dict):
+        known = set(specs[source].get("fixed") or {}) | set(specs[source].get("space") or {})
+        problems += [f"{where}.where.{param}: stage {source!r} neither fixes nor searches {param!r}"
+                     for param in entry["where"] if param not in known]
     mine, theirs = specs[name].get("stage"), specs[source].get("stage")
     if mine in STAGES and theirs in STAGES:
         needed = {CHECKPOINT_KIND.get(s) for s in STAGES[mine].warm_from or ((mine,) if mine == "ce" else ())}
@@ -194,7 +200,7 @@ def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any
     """Validate one stage's spec as its sweep will run it; problems are prefixed `stages.NAME.spec.`."""
     raw = {**raw, "name": f"{study}-{name}"}
     if source is not None:
-        raw["warm_start"] = {"sweep": f"{study}-{source}", **({"metric": warm["metric"]} if "metric" in warm else {})}
+        raw["warm_start"] = {"sweep": f"{study}-{source}", **{key: warm[key] for key in ("metric", "where") if key in warm}}
     where = f"stages.{name}.spec"
     try:
         spec = parse_spec(raw)

@@ -163,20 +163,22 @@ def speed_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     Viterbi and GD on its CRF energy, per batch size) and each method's score (core.speed).
     Metrics: core.speed.flat_metrics (infnet_b10_eps, gd_b256_sps, viterbi_score, ...), the
     network's score as dev_score; the network's architecture is logged as the parameter
-    core.speed.ARCH_PARAM (the report's Table 3 column); tables: one Parquet row per method and batch size + JSON."""
-    from core.speed import ARCH_PARAM
+    core.speed.ARCH_PARAM (the report's Table 3 column) and whether it is a "+" network as
+    core.speed.PLUS_PARAM (its row); tables: one Parquet row per method and batch size + JSON."""
+    from core.speed import ARCH_PARAM, PLUS_PARAM
 
     manifest = json.loads((Path(context["warm_start"]) / MANIFEST).read_text(encoding="utf-8"))
     arch = manifest.get("model_config", {}).get("arch", "")
+    plus = bool(manifest.get("train_config", {}).get("plus", False))
     # The threads are logged with the parameters: examples/s mean little without them.
-    evaluation_trial({"threads": context.get("threads", 1), **config, ARCH_PARAM: arch}, context, _speed)
+    evaluation_trial({"threads": context.get("threads", 1), **config, ARCH_PARAM: arch, PLUS_PARAM: plus}, context, _speed)
 
 
 def _speed(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tuple[dict[str, float], list[Path]]:
-    from core.speed import ARCH_PARAM, SpeedConfig, run_speed
+    from core.speed import ARCH_PARAM, PLUS_PARAM, SpeedConfig, run_speed
     from storage.tables import write_result_table
 
-    fields = {k: v for k, v in config.items() if k != ARCH_PARAM}
+    fields = {k: v for k, v in config.items() if k not in (ARCH_PARAM, PLUS_PARAM)}
     speed = SpeedConfig(checkpoint=context["warm_start"], data_root=context.get("data_root"),
                         energy=context.get("warm_start_energy"), **fields)
     summary = run_speed(speed)

@@ -15,7 +15,7 @@ from core.config import ConfigError
 from core.data import load_task
 from core.decoding import score_decoder
 from core.loading import load_for_decoding
-from core.speed import ARCH_PARAM, METHODS, SpeedConfig, flat_metrics, run_speed
+from core.speed import ARCH_PARAM, METHODS, PLUS_PARAM, SpeedConfig, flat_metrics, run_speed
 from helpers import train_tiny
 from storage import tracking
 from storage.report import render_csv, render_markdown
@@ -148,6 +148,23 @@ class TestStudyStage:
         assert list(study.stages)[-1] == "speed"
         assert study.stages["speed"].spec.warm_start.sweep == f"{study.name}-infnetplus"
 
+    @pytest.mark.parametrize("name,cnn", [("tu_pos", "cnn13"), ("tu_ner", "cnn15"), ("tu_ccg", "cnn15")])
+    def test_tu_studies_time_table1s_networks_for_table3(self, name, cnn, monkeypatch, tmp_path):
+        """Table 3 is the BLSTM-CRF's: one speed stage per architecture, each from that architecture's
+        best network of the Table 1 `infnet` stage (the CNN with the paper's window for the task)."""
+        import os
+
+        from sweeps.study import load_study
+
+        if not os.environ.get("BEAMTUNE_DATA"):
+            monkeypatch.setenv("BEAMTUNE_DATA", str(tmp_path))
+        study = load_study(Path(__file__).resolve().parents[1] / "sweeps" / "studies" / f"{name}.yaml")
+        for column, arch in (("cnn", cnn), ("blstm", "blstm"), ("seq2seq", "seq2seq")):
+            stage = study.stages[f"table3_{column}"]
+            assert stage.spec.stage == "speed" and stage.spec.fixed["batch_sizes"] == [10, 256]
+            assert (stage.spec.warm_start.sweep, stage.spec.warm_start.where) == (f"{name}-infnet", {"arch": arch})
+            assert arch in study.stages["infnet"].spec.space["arch"].grid
+
 
 # ---------------------------------------------------------------------------------------------
 # The report's Table 3 and Figure 2, from runs shaped as speed trials log them
@@ -247,6 +264,25 @@ class TestTable3Layout:
         assert pos["infnet CNN"] == (pytest.approx(1 / 1000), pytest.approx(0.9))
         assert pos["Viterbi"] == (pytest.approx((1 / 200 + 1 / 220) / 2), pytest.approx(0.92))
 
+    def test_plus_networks_have_rows_of_their_own(self, tmp_path):
+        """Table 3 is the BLSTM-CRF's: a "+" network's timings (and its Viterbi and GD on the
+        costlier CRF+ energy) go in a row of their own, not pooled into the task's."""
+        from storage.report import _figure2
+
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        add_speed_sweep(uri, "sp-cnn", [{"params": {ARCH_PARAM: "cnn13", PLUS_PARAM: False},
+                                         "metrics": speed_metrics(1000, 200, 10)}], task="twitter_pos")
+        add_speed_sweep(uri, "sp-plus", [{"params": {ARCH_PARAM: "cnn13", PLUS_PARAM: True},
+                                          "metrics": speed_metrics(800, 100, 5)}], task="twitter_pos")
+        sweeps = [load_sweep(uri, n) for n in ("sp-plus", "sp-cnn")]
+        b10, _ = table3(sweeps)
+        rows = {task: dict(zip([c for c, _ in b10.columns], cells)) for task, cells in b10.rows}
+        assert list(rows) == ["twitter_pos", "twitter_pos (CRF+)"]
+        assert rows["twitter_pos"]["Viterbi"].values == [200] and rows["twitter_pos (CRF+)"]["Viterbi"].values == [100]
+        assert not any("pooled" in n or "over 2" in n for n in b10.notes)
+        written = _figure2(sweeps, tmp_path / "plots")
+        assert [p.name for p in written] == ["figure2-twitter_pos.png", "figure2-twitter_pos_CRFplus.png"]
+
     def test_figure2_plot_one_labelled_point_per_method(self, store, tmp_path):
         from storage import plots
         from storage.report import _figure2
@@ -293,7 +329,7 @@ def test_speed_sweep_end_to_end(ray_local, checkpoints, tmp_path):
     client = tracking.client(uri)
     [child] = tracking.child_runs(uri, outcome.experiment_id, outcome.parent_run_id)
     metrics, params = child.data.metrics, child.data.params
-    assert params[ARCH_PARAM] == "cnn13" and params["threads"] == "1"
+    assert params[ARCH_PARAM] == "cnn13" and params[PLUS_PARAM] == "False" and params["threads"] == "1"
     direct = run_speed(SpeedConfig(checkpoint=str(infnet), **SMALL))
     for method in METHODS:  # scores are deterministic; timings are only checked to be there
         assert metrics[f"{method}_score"] == pytest.approx(direct["scores"][method])

@@ -101,6 +101,16 @@ class TestLoadStudy:
         assert problems_of(write_study(tmp_path, bad)) == [
             "stages.infnet.warm_start.stage: stage 'infnet' (infnet) cannot start from stage 'local' (local): it starts from crf, crf+"]
 
+
+    def test_warm_start_where(self, tmp_path):
+        """`where` reaches the sweep spec; a parameter the source stage neither fixes nor searches is refused."""
+        dl = {"spec": dl_spec(), "warm_start": {"stage": "ce", "where": {"lr": 0.01, "word_dim": 8}}}
+        study = load_study(write_study(tmp_path, {"ce": {"spec": ce_spec()}, "dl": dl}))
+        warm = study.stages["dl"].spec.warm_start
+        assert (warm.sweep, warm.where) == ("s-ce", {"lr": 0.01, "word_dim": 8})
+        bad = {**dl, "warm_start": {"stage": "ce", "where": {"arch": "blstm"}}}
+        assert problems_of(write_study(tmp_path, {"ce": {"spec": ce_spec()}, "dl": bad})) == [
+            "stages.dl.warm_start.where.arch: stage 'ce' neither fixes nor searches 'arch'"]
     def test_yaml_error_names_the_line(self, tmp_path):
         path = tmp_path / "bad.yaml"
         path.write_text("name: s\nstages:\n  ce: {spec: [\n")

@@ -151,3 +151,44 @@ class TestOracleStage:
         found = problems(tmp_path, stage="gd-oracle", warm_start=_fake_checkpoint(tmp_path),
                          space={"momentum": {"choice": [0.5, 1.5]}})
         assert found == ["space.momentum: value 1.5: momentum must be in [0, 1)"]
+
+
+class TestWarmStartWhere:
+    """warm_start.where: the best trial among those with given parameter values (storage.best)."""
+
+    def sweep(self, storage) -> None:
+        import json
+
+        from storage.best import SPEC_FILE, TRIAL_SIDECAR
+
+        root = Path(storage) / "nets"
+        root.mkdir(parents=True)
+        (root / SPEC_FILE).write_text("name: nets\nmetric: dev_score\nmode: max\n")
+        for i, (arch, hidden, value) in enumerate((("cnn13", 100, 0.8), ("blstm", 100, 0.7), ("blstm", 200, 0.75))):
+            checkpoint = root / f"trial_{i}" / "checkpoint_000000"
+            checkpoint.mkdir(parents=True)
+            (checkpoint / "checkpoint.json").write_text(json.dumps({"files": {}}))
+            (checkpoint / TRIAL_SIDECAR).write_text(json.dumps({
+                "trial_id": f"t{i}", "trial_name": f"trial_{i}", "epoch": 1, "metrics": {"dev_score": value},
+                "params": {"arch": arch, "hidden": hidden, "lr": 0.01}}))
+
+    def test_best_among_the_matching_trials(self, tmp_path):
+        from storage.best import best_checkpoint, trial_rankings
+
+        self.sweep(tmp_path)
+        assert best_checkpoint(tmp_path, "nets").trial_id == "t0"
+        assert best_checkpoint(tmp_path, "nets", where={"arch": "blstm"}).trial_id == "t2"
+        assert [t.trial_id for t in trial_rankings(tmp_path, "nets", where={"arch": "blstm"})] == ["t2", "t1"]
+        # Values compare as text: YAML's 100 and 0.01 match the logged int and float.
+        assert best_checkpoint(tmp_path, "nets", where={"arch": "blstm", "hidden": 100, "lr": 0.01}).trial_id == "t1"
+
+    def test_no_matching_trial_names_the_filter(self, tmp_path):
+        self.sweep(tmp_path)
+        found = problems(tmp_path, stage="dl", space={"alpha": {"choice": ["1"]}},
+                         warm_start={"sweep": "nets", "where": {"arch": "seq2seq"}})
+        assert len(found) == 1 and found[0].startswith("warm_start.sweep: sweep 'nets'"), found
+        assert found[0].endswith("among the trials with {'arch': 'seq2seq'}"), found
+
+    def test_where_needs_a_sweep(self, tmp_path):
+        found = problems(tmp_path, stage="dl", warm_start={"checkpoint": str(tmp_path), "where": {"arch": "blstm"}})
+        assert found == ["warm_start: metric and where choose among a sweep's trials: give them with sweep, not checkpoint"]
