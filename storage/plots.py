@@ -130,7 +130,7 @@ def sweep_plots(uri: str, sweeps: list[Sweep], folder: Path) -> list[Path]:
     for sweep in sweeps:
         if sweep.stage in ("gd-oracle", "table6"):  # one report, no curves: GD against N instead
             written.append(gd_plot(sweep, folder / f"{sweep.name}-gd.png"))
-        elif sweep.stage != "speed":  # a speed sweep has no curves: the report's Figure 2 draws it
+        elif sweep.stage not in ("speed", "search-error"):  # one report each: Figure 2 and §6.2's table show them
             written.append(curves_plot(uri, sweep, folder / f"{sweep.name}-curves.png"))
         written += [param_plot(sweep, p, folder / f"{sweep.name}-{p}.png") for p in searched_params(sweep)]
     return [p for p in written if p is not None]

@@ -221,8 +221,9 @@ SEQ2SEQ_STAGES = ("ce", "dl", "hinge")
 def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
     """The tables a set of sweeps supports: Goyal et al.'s for the seq2seq stages (NER in macro F1,
     as that paper reports, and micro F1), Tu & Gimpel's Tables 1, 2, 4, 5 for the structured ones,
-    and their Table 6 when there is a table6 or gd-oracle stage, Table 3 when there is a speed stage."""
-    from storage.tables_tu import paper_tables, table3, table6
+    and their Table 6 when there is a table6 or gd-oracle stage, Table 3 when there is a speed stage,
+    §6.2 when there is a search-error stage."""
+    from storage.tables_tu import paper_tables, search_error_table, table3, table6
 
     tables = []
     seq2seq = [s for s in sweeps if s.stage in SEQ2SEQ_STAGES]
@@ -231,7 +232,7 @@ def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
         if any(t.final("dev", "greedy", "macro_f1") is not None for s in seq2seq for t in s.trials):
             metrics = ["macro_f1", "score"]
         tables += [goyal_table(seq2seq, metric, title=_title(seq2seq, metric)) for metric in metrics]
-    structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES and s.stage not in ("table6", "speed")]
+    structured = [s for s in sweeps if s.stage not in SEQ2SEQ_STAGES and s.stage not in ("table6", "speed", "search-error")]
     if structured:
         tables += paper_tables(structured, _crf_stages(uri, structured))
     inference = [s for s in sweeps if s.stage in ("table6", "gd-oracle")]
@@ -239,6 +240,9 @@ def layouts(uri: str, sweeps: list[Sweep]) -> list[Table]:
     if six is not None and six.rows:  # gd-oracle trials that logged no per-N metrics give no Table 6
         tables.append(six)
     tables += table3([s for s in sweeps if s.stage == "speed"])
+    correlations = search_error_table(sweeps)
+    if correlations is not None:
+        tables.append(correlations)
     return tables
 
 

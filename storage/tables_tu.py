@@ -25,6 +25,9 @@ What a finished trial is (`Place`) comes from its sweep's stage and its paramete
               table per batch size (speed sweeps, core.speed; the `table3` function below).
     Figure 2  score against seconds per sentence (log x), one point per method and task (speed
               sweeps, at batch 10 where logged; `figure2_points`).
+    §6.2      search error against LM perplexity: mean search error, share of sentences with one,
+              Spearman's rho with word / label perplexity and length x (task; inference network,
+              GD), from search-error sweeps (core.search_correlation; `search_error_table`).
     Figure 1  dev score against the hidden size H of local baselines and inference networks
               (BLSTM-CRF energy), per task, one line per method and architecture; shown when the
               trials have more than one H.
@@ -532,3 +535,43 @@ def figure2_points(sweeps: list[Sweep], batch_size: int = TABLE3_BATCH) -> dict[
                 points.setdefault(task, {})[name] = (statistics.fmean(x for x, _ in pairs),
                                                      statistics.fmean(y for _, y in pairs))
     return points
+
+
+# ---------------------------------------------------------------------------------------------
+# §6.2: search error against sequence frequency (search-error sweeps, core.search_correlation)
+# ---------------------------------------------------------------------------------------------
+
+# (column label, core.search_correlation.ROW_KEYS key), in the order the table shows them.
+SEARCH_ERROR_COLUMNS = (("mean error", "mean_search_error"), ("share with error", "share_with_search_error"),
+                        ("rho word ppl", "rho_word_perplexity"), ("rho label ppl", "rho_label_perplexity"),
+                        ("rho length", "rho_length"))
+SEARCH_ERROR_ROWS = (("inference network", "infnet"), ("gradient descent", "gd"))
+
+
+def search_error_table(sweeps: list[Sweep]) -> Table | None:
+    """Tu & Gimpel's §6.2 from search-error sweeps: rows inference network and gradient descent,
+    columns (task, quantity); a cell is the mean +- sd over the task's finished trials. Notes name
+    each task's network architectures and GD's N and learning rate. None without such trials."""
+    from core.speed import ARCH_PARAM
+
+    found: dict[str, list[Trial]] = defaultdict(list)
+    for sweep in sweeps:
+        if sweep.stage == "search-error":
+            found[sweep.task] += [t for t in sweep.trials if t.status == "FINISHED"]
+    tasks = [t for t in PAPER_TASKS if found.get(t)] + sorted(t for t in found if found[t] and t not in PAPER_TASKS)
+    if not tasks:
+        return None
+    columns = [(task, label) for task in tasks for label, _ in SEARCH_ERROR_COLUMNS]
+    table = Table(title="Tu & Gimpel (2019) §6.2 layout: search error E(x, y) - E(x, y_Viterbi) (nats) and "
+                        "Spearman's rho with LM perplexity", columns=columns, rows=[], column_names=("task", "quantity"),
+                  row_header="method", scale=1.0, refs_key="§6.2", metric="search_error")
+    keys = dict(SEARCH_ERROR_COLUMNS)
+    for title, prefix in SEARCH_ERROR_ROWS:
+        table.rows.append((title, [_metric_cell(found[task], f"{prefix}_{keys[label]}") for task, label in columns]))
+    table.metric_keys = [f"{{infnet,gd}}_{keys[label]}" for _, label in columns]
+    for task in tasks:
+        archs = sorted({t.params.get(ARCH_PARAM, "?") for t in found[task]})
+        gd = sorted({(t.metrics.get("gd_steps"), t.metrics.get("gd_lr")) for t in found[task]})
+        table.notes.append(f"{task}: {len(found[task])} trial(s); network {', '.join(archs)}; GD N, lr = "
+                           + "; ".join(f"{n:g}, {lr:g}" for n, lr in gd if n is not None and lr is not None))
+    return table

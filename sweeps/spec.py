@@ -2,7 +2,8 @@
 
     name: quickstart                 # folder under the sweep storage, and the MLflow parent run name
     task: synthetic                  # a core.data task; data_root (or $BEAMTUNE_DATA) for real ones
-    stage: ce                        # a sweep stage (STAGES): a core.stages objective, gd-oracle, table6 or speed
+    stage: ce                        # a sweep stage (STAGES): a core.stages objective, gd-oracle, table6,
+                                     # speed or search-error
     epochs: 3                        # per trial; ASHA's max_t
     fixed: {batch_size: 32, encoder_hidden: 16}
     space:                           # one distribution per parameter
@@ -79,9 +80,12 @@ STAGES: dict[str, SweepStage] = {s.name: s for s in (
     SweepStage("table6", "table6", "table6", "required", ("infnet",), warm_field="checkpoint", warm_energy=True),
     # Not training: Tu & Gimpel's Table 3 and Fig. 2, inference speed of the network, Viterbi and GD (core.speed).
     SweepStage("speed", "speed", "speed", "required", ("infnet",), warm_field="checkpoint", warm_energy=True),
+    # Not training: Tu & Gimpel's §6.2, search error against LM perplexity (core.search_correlation).
+    SweepStage("search-error", "search-error", "search-error", "required", ("infnet",), warm_field="checkpoint",
+               warm_energy=True),
 )}
 # Stages that evaluate a checkpoint instead of training (their configs: top_config_class).
-EVALUATIONS = ("gd-oracle", "table6", "speed")
+EVALUATIONS = ("gd-oracle", "table6", "speed", "search-error")
 
 # Config fields that a warm-start checkpoint path goes into (SweepStage.warm_field).
 WARM_START_FIELDS = ("init", "energy", "checkpoint")
@@ -95,13 +99,16 @@ REPORTED_METRICS = ("dev_score", "best_dev_score", "train_loss", "train_sentence
 
 def top_config_class(objective: str) -> type:
     """The core config a trial of this objective is built from: TrainConfig, or an evaluation
-    stage's own: OracleConfig for gd-oracle, Table6Config for table6, SpeedConfig for speed."""
+    stage's own: OracleConfig for gd-oracle, Table6Config for table6, SpeedConfig for speed,
+    SearchErrorConfig for search-error."""
     from core.oracle import OracleConfig
+    from core.search_correlation import SearchErrorConfig
     from core.speed import SpeedConfig
     from core.stages import TrainConfig
     from core.table6 import Table6Config
 
-    return {"gd-oracle": OracleConfig, "table6": Table6Config, "speed": SpeedConfig}.get(objective, TrainConfig)
+    return {"gd-oracle": OracleConfig, "table6": Table6Config, "speed": SpeedConfig,
+            "search-error": SearchErrorConfig}.get(objective, TrainConfig)
 
 
 def _train_fields(objective: str = "ce") -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Ray Tune function trainables: one per stage family, importable by every worker.
 
 `train_trial(config, context)` runs one trial of any stage that `core.train.train` implements
-(`oracle_trial`, `table6_trial` and `speed_trial` run the gd-oracle, table6 and speed stages,
-which train nothing):
+(`oracle_trial`, `table6_trial`, `speed_trial` and `search_error_trial` run the gd-oracle, table6,
+speed and search-error stages, which train nothing):
 `config` is the trial's flat parameters (the spec's fixed values plus what the searcher sampled),
 `context` is what the driver resolved once for the whole sweep (MLflow ids, the journal folder,
 stage, task, warm start). Each epoch it logs to the trial's MLflow child run (through its journal,
@@ -188,6 +188,34 @@ def _speed(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tup
     return metrics, [parquet, parquet.with_suffix(".json")]
 
 
+def search_error_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The search-error stage: Tu & Gimpel's §6.2 for the warm-start inference network and GD on its
+    CRF energy (core.search_correlation). Metrics: its flat_metrics (infnet_rho_word_perplexity,
+    gd_mean_search_error, ...) and, as dev_score, the network's own dev score from its checkpoint
+    (what the stage's trials rank by: the network evaluated); the network's architecture as the
+    parameter core.speed.ARCH_PARAM; tables: the result as JSON."""
+    from core.speed import ARCH_PARAM
+
+    manifest = json.loads((Path(context["warm_start"]) / MANIFEST).read_text(encoding="utf-8"))
+    arch = manifest.get("model_config", {}).get("arch", "")
+    context = {**context, "network_dev_score": manifest.get("dev", {}).get("score", float("nan"))}
+    evaluation_trial({"threads": context.get("threads", 1), **config, ARCH_PARAM: arch}, context, _search_error)
+
+
+def _search_error(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tuple[dict[str, float], list[Path]]:
+    from core.search_correlation import SearchErrorConfig, flat_metrics, run_search_error
+    from core.speed import ARCH_PARAM
+
+    fields = {k: v for k, v in config.items() if k != ARCH_PARAM}
+    result = run_search_error(SearchErrorConfig(checkpoint=context["warm_start"], data_root=context.get("data_root"),
+                                                energy=context.get("warm_start_energy"), **fields))
+    metrics = flat_metrics(result)
+    metrics.update(dev_score=context["network_dev_score"], best_dev_score=context["network_dev_score"])
+    path = folder / f"search_error_{result['split']}.json"
+    path.write_text(json.dumps(result, indent=1), encoding="utf-8")  # a fresh temporary folder: no reader yet
+    return metrics, [path]
+
+
 @dataclass
 class TrialAttempt:
     """One start of a trial on a worker: its scratch folders, the checkpoint Ray restored (if any)
@@ -329,4 +357,5 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
 # Stage family -> trainable (sweeps.spec.SweepStage.family).
 FAMILIES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
-    "train": train_trial, "gd-oracle": oracle_trial, "table6": table6_trial, "speed": speed_trial}
+    "train": train_trial, "gd-oracle": oracle_trial, "table6": table6_trial, "speed": speed_trial,
+    "search-error": search_error_trial}
