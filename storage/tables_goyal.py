@@ -125,8 +125,10 @@ def selection_decoder(stage: str, decoders: list[tuple[str, str]]) -> str:
 
 
 def select_group(trials: list[Trial], decoder: str, metric: str) -> tuple[list[Trial], int]:
-    """The trials of the hyperparameter setting (all but the seed) with the best mean dev score,
-    and how many settings there were."""
+    """The trials of the hyperparameter setting (all but the seed) with the best mean dev score
+    among the settings with the most seeds, and how many settings there were. Only the
+    best-replicated settings are eligible, so one lucky seed of a side sweep (Figure 1's other
+    hidden sizes, run with one seed) cannot outrank a setting's mean over three."""
     groups: dict[tuple, list[Trial]] = defaultdict(list)
     for trial in trials:
         key = tuple(sorted((k, v) for k, v in trial.params.items() if k not in NOT_SELECTION_PARAMS))
@@ -137,7 +139,8 @@ def select_group(trials: list[Trial], decoder: str, metric: str) -> tuple[list[T
         scores = [s for s in scores if s is not None]
         return statistics.fmean(scores) if scores else float("-inf")
 
-    best = max(groups.values(), key=mean_dev)
+    most = max(len(group) for group in groups.values())
+    best = max((group for group in groups.values() if len(group) == most), key=mean_dev)
     return best, len(groups)
 
 
@@ -180,7 +183,7 @@ def _row_cells(key: str, trials: list[Trial], problems: list[str], decoders, met
     chosen, settings = select_group(trials, selection_decoder(stage, decoders), metric)
     if settings > 1:
         notes.append(f"{row_title(key)}: best of {settings} hyperparameter settings by mean dev "
-                     f"{selection_decoder(stage, decoders)}; {len(chosen)} seed(s)")
+                     f"{selection_decoder(stage, decoders)} (those with the most seeds); {len(chosen)} seed(s)")
     if problems:
         notes.append(f"{row_title(key)}: {len(problems)} trial(s) left out ({', '.join(sorted(set(problems)))})")
     stayed = sum(t.metrics.get(f"{FINAL_PREFIX}.best_epoch") == 0 for t in chosen)

@@ -324,7 +324,8 @@ def _cell(entries: list[tuple[Trial, str]], notes: list[str], row: str, col: tup
     if any(v is not None for v in dev_of.values()):
         chosen, settings = _select_by(trials, dev_of)
         if settings > 1:
-            notes.append(f"{row}, {col[0]} {col[1]}: best of {settings} settings by mean dev; {len(chosen)} seed(s)")
+            notes.append(f"{row}, {col[0]} {col[1]}: best of {settings} settings by mean dev (those with the most "
+                         f"seeds); {len(chosen)} seed(s)")
     else:
         chosen = trials
     index = 0 if split == "dev" else 1
