@@ -210,8 +210,10 @@ def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any
     # The warm-start sweep of a study stage does not exist before the study runs; it is checked
     # above (stage reference and checkpoint kind), so only the spec's own warm start is checked here.
     found = semantic_problems(spec.model_copy(update={"warm_start": None}))
-    # A stage with a warm_start entry (valid or already reported above) needs no second complaint.
-    problems += [f"{where}.{p}" for p in found if warm is None or not p.startswith("warm_start:")]
+    # A stage with a warm_start entry (valid or already reported above), or whose spec names its own
+    # warm start (checked next), needs no complaint that it lacks one.
+    has_own = spec.warm_start is not None and source is None
+    problems += [f"{where}.{p}" for p in found if (warm is None and not has_own) or not p.startswith("warm_start:")]
     if source is None and spec.warm_start is not None:
         problems += [f"{where}.{p}" for p in semantic_problems(spec) if p.startswith("warm_start")]
     return spec

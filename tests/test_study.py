@@ -102,6 +102,18 @@ class TestLoadStudy:
             "stages.infnet.warm_start.stage: stage 'infnet' (infnet) cannot start from stage 'local' (local): it starts from crf, crf+"]
 
 
+    def test_a_spec_may_name_its_own_warm_start_checkpoint(self, tmp_path):
+        """What the warm_start error message advises ("a checkpoint path goes in the spec") validates;
+        a path that is not a checkpoint is one problem naming the spec's field."""
+        checkpoint = tmp_path / "ce"
+        checkpoint.mkdir()
+        (checkpoint / "checkpoint.json").write_text("{}")
+        study = load_study(write_study(tmp_path, {"dl": {"spec": dl_spec(warm_start={"checkpoint": str(checkpoint)})}}))
+        assert study.stages["dl"].spec.warm_start.checkpoint == str(checkpoint) and study.stages["dl"].after is None
+        bad = write_study(tmp_path, {"dl": {"spec": dl_spec(warm_start={"checkpoint": str(tmp_path / "nothing")})}})
+        assert problems_of(bad) == [f"stages.dl.spec.warm_start.checkpoint: {tmp_path / 'nothing'} is not a checkpoint "
+                                    "directory (no checkpoint.json)"]
+
     def test_warm_start_where(self, tmp_path):
         """`where` reaches the sweep spec; a parameter the source stage neither fixes nor searches is refused."""
         dl = {"spec": dl_spec(), "warm_start": {"stage": "ce", "where": {"lr": 0.01, "word_dim": 8}}}
