@@ -158,6 +158,12 @@ def _table6(config: dict[str, Any], context: dict[str, Any], folder: Path) -> tu
     return metrics, [parquet, parquet.with_suffix(".json")]
 
 
+def _warm_manifest(context: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of the checkpoint an evaluation stage evaluates (its warm start): what the
+    network is (architecture, "+", its dev score), logged beside the evaluation's own parameters."""
+    return json.loads((Path(context["warm_start"]) / MANIFEST).read_text(encoding="utf-8"))
+
+
 def speed_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """The speed stage: Tu & Gimpel's Table 3 (examples/s of the warm-start inference network,
     Viterbi and GD on its CRF energy, per batch size) and each method's score (core.speed).
@@ -167,7 +173,7 @@ def speed_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     core.speed.PLUS_PARAM (its row); tables: one Parquet row per method and batch size + JSON."""
     from core.speed import ARCH_PARAM, PLUS_PARAM
 
-    manifest = json.loads((Path(context["warm_start"]) / MANIFEST).read_text(encoding="utf-8"))
+    manifest = _warm_manifest(context)
     arch = manifest.get("model_config", {}).get("arch", "")
     plus = bool(manifest.get("train_config", {}).get("plus", False))
     # The threads are logged with the parameters: examples/s mean little without them.
@@ -196,7 +202,7 @@ def search_error_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     parameter core.speed.ARCH_PARAM; tables: the result as JSON."""
     from core.speed import ARCH_PARAM
 
-    manifest = json.loads((Path(context["warm_start"]) / MANIFEST).read_text(encoding="utf-8"))
+    manifest = _warm_manifest(context)
     arch = manifest.get("model_config", {}).get("arch", "")
     context = {**context, "network_dev_score": manifest.get("dev", {}).get("score", float("nan"))}
     evaluation_trial({"threads": context.get("threads", 1), **config, ARCH_PARAM: arch}, context, _search_error)
