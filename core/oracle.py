@@ -81,6 +81,38 @@ def per_step_choice(scores: torch.Tensor, energies: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
+def _grid_pass(model, sentences, vocabs, steps, lrs, momentum, batch_size, seed, infnet, progress):
+    """One pass of GD over every (N, lr) and Viterbi, batched: per sentence its label ids for every
+    (N, lr) as a (K, R, n) tensor, the relaxed and discretized energies (K, R, n_sent), Viterbi's
+    tags and energies (n_sent,), and the pass's wall seconds."""
+    model.eval()
+    device = next(model.parameters()).device
+    itos = vocabs.labels.itos
+    n_sent = len(sentences)
+    K, R = len(steps), len(lrs)
+    all_labels: list[Any] = [None] * n_sent
+    all_energy = torch.zeros(K, R, n_sent)
+    all_discrete = torch.zeros(K, R, n_sent)
+    viterbi_labels: list[Any] = [None] * n_sent
+    viterbi_energy = torch.zeros(n_sent)
+    start = time.perf_counter()
+    for host in tqdm(make_batches(sentences, vocabs, batch_size), desc="gd grid", disable=not progress, leave=False):
+        batch = host.to(device)
+        unary = model.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
+        init = infnet(batch.words, batch.chars, batch.lengths).logits if infnet is not None else None
+        trace = gradient_descent(model.crf, unary, batch.mask, steps, lrs, momentum, init=init, seed=seed)
+        vit = model.viterbi(unary, batch.mask)
+        # One copy to the host per output and batch (not one per sentence), indices from the host batch.
+        trace_labels = trace.labels.cpu()  # (K, R, B, T)
+        for row, i in enumerate(host.index.tolist()):
+            all_labels[i] = trace_labels[:, :, row, :len(sentences[i].words)]  # (K, R, n)
+        scatter_tags(viterbi_labels, vit.labels, host, sentences, itos)
+        all_energy[:, :, host.index] = trace.energy.cpu()  # (K, R, B)
+        all_discrete[:, :, host.index] = trace.discrete_energy.cpu()  # (K, R, B)
+        viterbi_energy[host.index] = -vit.scores.cpu()  # (B,)
+    return all_labels, all_energy, all_discrete, viterbi_labels, viterbi_energy, time.perf_counter() - start
+
+
 def run_oracle_grid(
     model,
     sentences,
@@ -103,34 +135,12 @@ def run_oracle_grid(
       oracle:  corpus metric with the per-instance best (N, lr); viterbi: its corpus metric
       cost:    optimizer steps and wall seconds."""
     steps, lrs = check_grid(steps, lrs)
-    model.eval()
-    device = next(model.parameters()).device
     itos = vocabs.labels.itos
     gold = [list(s.tags) for s in sentences]
     n_sent = len(sentences)
     K, R = len(steps), len(lrs)
-    # Per sentence: predictions for every (N, lr) as label ids; energies (K, R).
-    all_labels: list[Any] = [None] * n_sent
-    all_energy = torch.zeros(K, R, n_sent)
-    all_discrete = torch.zeros(K, R, n_sent)
-    viterbi_labels: list[Any] = [None] * n_sent
-    viterbi_energy = torch.zeros(n_sent)
-    start = time.perf_counter()
-    for host in tqdm(make_batches(sentences, vocabs, batch_size), desc="gd grid", disable=not progress, leave=False):
-        batch = host.to(device)
-        unary = model.unary(batch.words, batch.chars, batch.lengths)  # (B, T, L)
-        init = infnet(batch.words, batch.chars, batch.lengths).logits if infnet is not None else None
-        trace = gradient_descent(model.crf, unary, batch.mask, steps, lrs, momentum, init=init, seed=seed)
-        vit = model.viterbi(unary, batch.mask)
-        # One copy to the host per output and batch (not one per sentence), indices from the host batch.
-        trace_labels = trace.labels.cpu()  # (K, R, B, T)
-        for row, i in enumerate(host.index.tolist()):
-            all_labels[i] = trace_labels[:, :, row, :len(sentences[i].words)]  # (K, R, n)
-        scatter_tags(viterbi_labels, vit.labels, host, sentences, itos)
-        all_energy[:, :, host.index] = trace.energy.cpu()
-        all_discrete[:, :, host.index] = trace.discrete_energy.cpu()
-        viterbi_energy[host.index] = -vit.scores.cpu()
-    seconds = time.perf_counter() - start
+    all_labels, all_energy, all_discrete, viterbi_labels, viterbi_energy, seconds = _grid_pass(
+        model, sentences, vocabs, steps, lrs, momentum, batch_size, seed, infnet, progress)
 
     def tags(ids) -> list[str]:
         return [itos[y] for y in ids]
