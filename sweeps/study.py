@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ STAGE_KEYS = {"spec", "warm_start"}
 # What each stage's trials leave behind, so a warm start can be checked before anything runs.
 CHECKPOINT_KIND = {"ce": "seq2seq", "dl": "seq2seq", "hinge": "seq2seq", "crf": "crf", "crf+": "crf",
                    "local": "local", "infnet": "infnet"}
+
+
+_SENTENCE_END = re.compile(r"(?<!\bet al)\.(?=\s|$)")
 
 
 class StudyError(ValueError):
@@ -72,6 +76,14 @@ class Study:
     @property
     def reduced(self) -> bool:
         return bool(self.overrides)
+
+    @property
+    def title(self) -> str:
+        """The report's first header line: the first sentence of `about`, its line breaks joined
+        (a sentence ends at a full stop before a space, not the one of "et al."); or the name."""
+        text = " ".join(self.about.split())
+        end = _SENTENCE_END.search(text)
+        return (text[:end.end()] if end else text) or f"study {self.name}"
 
     def sweep_name(self, stage: str) -> str:
         return f"{self.name}-{stage}"

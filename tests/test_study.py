@@ -150,6 +150,27 @@ class TestLoadStudy:
         assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
 
 
+class TestTitle:
+    """Study.title, the report's first header line."""
+
+    def title(self, about: str) -> str:
+        from sweeps.study import Study
+        return Study(name="x", path=Path("x.yaml"), about=about, references=None, stages={}).title
+
+    def test_first_sentence_across_line_breaks(self):
+        about = "Tu & Gimpel (2019), CCG (task ccgbank400:\n  sections 02-21), accuracy. Tables 1 and 2.\n"
+        assert self.title(about) == "Tu & Gimpel (2019), CCG (task ccgbank400: sections 02-21), accuracy."
+
+    def test_et_al_does_not_end_a_sentence(self):
+        assert self.title("Goyal et al. (2018) Table 2 on NER. More.") == "Goyal et al. (2018) Table 2 on NER."
+
+    def test_decimal_point_does_not_end_a_sentence(self):
+        assert self.title("lr 0.01 and H = 512 throughout") == "lr 0.01 and H = 512 throughout"
+
+    def test_no_about_gives_the_name(self):
+        assert self.title("") == "study x"
+
+
 class TestSelectStages:
     def study(self, tmp_path):
         return load_study(write_study(tmp_path, {

@@ -85,7 +85,7 @@ def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Pa
     from sweeps.study_run import study_run_id
 
     uri = resolve_tracking_uri(tracking_uri)
-    header = [study.about.splitlines()[0] if study.about else f"study {study.name}"]
+    header = [study.title]
     if study.reduced:
         header.append(f"REDUCED run: {' '.join('--set ' + repr(o) for o in study.overrides)}")
     if chosen is not None and len(chosen) < len(study.stages):
@@ -139,7 +139,7 @@ def report(
     if study is not None:
         loaded = _load(study, [])
         names, refs = [loaded.sweep_name(s) for s in loaded.stages], refs or loaded.references
-        header = [loaded.about.splitlines()[0]] if loaded.about else []
+        header = [loaded.title]
         also = [r for r in [study_run_id(loaded, storage, uri)] if r]
         overrides = run_tag(uri, also[0], "beamtune.overrides", "none") if also else "none"
         if overrides != "none":  # the study ran reduced: its report says so in its header
