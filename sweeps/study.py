@@ -208,8 +208,10 @@ def _warm_start(name: str, entry: Any, specs: dict[str, dict], problems: list[st
     return source
 
 
-def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any, problems: list[str]) -> SweepSpec | None:
-    """Validate one stage's spec as its sweep will run it; problems are prefixed `stages.NAME.spec.`."""
+def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any, problems: list[str],
+                 need_data: bool = True) -> SweepSpec | None:
+    """Validate one stage's spec as its sweep will run it; problems are prefixed `stages.NAME.spec.`.
+    `need_data=False` leaves out the data root's checks (for readers of MLflow only, like the report)."""
     raw = {**raw, "name": f"{study}-{name}"}
     if source is not None:
         raw["warm_start"] = {"sweep": f"{study}-{source}", **{key: warm[key] for key in ("metric", "where") if key in warm}}
@@ -222,6 +224,7 @@ def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any
     # The warm-start sweep of a study stage does not exist before the study runs; it is checked
     # above (stage reference and checkpoint kind), so only the spec's own warm start is checked here.
     found = semantic_problems(spec.model_copy(update={"warm_start": None}))
+    found = [p for p in found if need_data or not p.startswith("data_root:")]
     # A stage with a warm_start entry (valid or already reported above), or whose spec names its own
     # warm start (checked next), needs no complaint that it lacks one.
     has_own = spec.warm_start is not None and source is None
@@ -231,8 +234,9 @@ def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any
     return spec
 
 
-def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> Study:
-    """Read and validate a study as a whole; raises StudyError with every problem found."""
+def load_study(path: str | os.PathLike, overrides: list[str] | None = None, need_data: bool = True) -> Study:
+    """Read and validate a study as a whole; raises StudyError with every problem found. With
+    `need_data=False` a study whose data root is missing loads (a report reads MLflow, not the data)."""
     path = Path(path)
     if not path.is_file():
         raise StudyError([f"study: {path}: no such file"])
@@ -248,7 +252,7 @@ def load_study(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     apply_overrides(specs, overrides or [])
     after = {stage: _warm_start(stage, warm[stage], specs, problems) for stage in specs}
     order = dependency_order(after) if not problems else list(specs)
-    checked = {stage: _check_stage(name, stage, specs[stage], after[stage], warm[stage], problems) for stage in order}
+    checked = {stage: _check_stage(name, stage, specs[stage], after[stage], warm[stage], problems, need_data) for stage in order}
     references = None
     if data.get("references"):
         references = (path.parent / str(data["references"])).resolve()

@@ -150,6 +150,30 @@ class TestLoadStudy:
         assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
 
 
+class TestLoadWithoutData:
+    """load_study(need_data=False): what `beamtune report --study` uses, since a report reads MLflow only."""
+
+    def test_a_missing_data_root_is_an_error_for_running(self, monkeypatch):
+        monkeypatch.delenv("BEAMTUNE_DATA", raising=False)
+        with pytest.raises(StudyError) as error:
+            load_study(ROOT / "sweeps" / "studies" / "tu_ccg.yaml")
+        assert any(p.endswith("needs a data root (data_root: or $BEAMTUNE_DATA)") for p in error.value.problems)
+
+    def test_but_not_for_reading(self, monkeypatch):
+        monkeypatch.delenv("BEAMTUNE_DATA", raising=False)
+        study = load_study(ROOT / "sweeps" / "studies" / "tu_ccg.yaml", need_data=False)
+        assert "crfplus" in study.stages
+
+    def test_other_problems_are_still_found(self, tmp_path, monkeypatch):
+        monkeypatch.delenv("BEAMTUNE_DATA", raising=False)
+        path = tmp_path / "s.yaml"
+        path.write_text("name: s\nstages:\n  a: {spec: {task: twitter_pos, stage: crf, space: {lr: {grid: [0.1]}}, colour: red}}\n")
+        with pytest.raises(StudyError) as error:
+            load_study(path, need_data=False)
+        assert any("colour" in p for p in error.value.problems)
+        assert not any("data_root" in p for p in error.value.problems)
+
+
 class TestTitle:
     """Study.title, the report's first header line."""
 

@@ -22,11 +22,11 @@ def _fail(lines: list[str]) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def _load(file: Path, overrides: list[str]):
+def _load(file: Path, overrides: list[str], need_data: bool = True):
     from sweeps.study import StudyError, load_study
 
     try:
-        return load_study(file, overrides)
+        return load_study(file, overrides, need_data)
     except StudyError as error:
         _fail(error.problems)
 
@@ -137,7 +137,7 @@ def report(
     uri = resolve_tracking_uri(tracking_uri)
     header, names, also = [], list(sweep), []
     if study is not None:
-        loaded = _load(study, [])
+        loaded = _load(study, [], need_data=False)  # the report reads MLflow only: no data root needed
         names, refs = [loaded.sweep_name(s) for s in loaded.stages], refs or loaded.references
         header = [loaded.title]
         also = [r for r in [study_run_id(loaded, storage, uri)] if r]
