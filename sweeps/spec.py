@@ -372,11 +372,12 @@ def parse_spec(data: Any) -> SweepSpec:
         raise SpecError(problems) from None
 
 
-def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None) -> list[str]:
+def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None, need_data: bool = True) -> list[str]:
     """Everything that needs core or the sweep storage: task, stage, parameter names and values,
-    metric, warm start. Returns one line per problem; values are checked only when everything
-    else is right (their check builds the core configs)."""
-    problems = task_problems(spec) + stage_problems(spec)
+    metric, warm start (and the data root unless `need_data` is False: a reader of MLflow). Returns
+    one line per problem; values are checked only when everything else is right (their check builds
+    the core configs)."""
+    problems = task_problems(spec, need_data) + stage_problems(spec)
     objective = STAGES[spec.stage].objective if spec.stage in STAGES else "ce"
     problems += name_problems(spec, objective) + search_problems(spec) + metric_problems(spec) + device_problems(spec)
     problems += value_type_problems(spec, objective) + trial_count_problems(spec)
@@ -388,12 +389,12 @@ def semantic_problems(spec: SweepSpec, storage: str | os.PathLike | None = None)
     return problems
 
 
-def task_problems(spec: SweepSpec) -> list[str]:
+def task_problems(spec: SweepSpec, need_data: bool = True) -> list[str]:
     from core.data import TASKS
 
     if spec.task not in TASKS:
         return [f"task: unknown task {spec.task!r}; valid tasks: {', '.join(TASKS)}"]
-    if spec.task == "synthetic":
+    if spec.task == "synthetic" or not need_data:
         return []
     root = spec.data_root or os.environ.get("BEAMTUNE_DATA")
     if not root:

@@ -223,8 +223,7 @@ def _check_stage(study: str, name: str, raw: dict, source: str | None, warm: Any
         return None
     # The warm-start sweep of a study stage does not exist before the study runs; it is checked
     # above (stage reference and checkpoint kind), so only the spec's own warm start is checked here.
-    found = semantic_problems(spec.model_copy(update={"warm_start": None}))
-    found = [p for p in found if need_data or not p.startswith("data_root:")]
+    found = semantic_problems(spec.model_copy(update={"warm_start": None}), need_data=need_data)
     # A stage with a warm_start entry (valid or already reported above), or whose spec names its own
     # warm start (checked next), needs no complaint that it lacks one.
     has_own = spec.warm_start is not None and source is None
