@@ -6,7 +6,9 @@
 
 Running a study again (or with --resume) skips finished stages, resumes an interrupted one from
 Ray's trial checkpoints and starts the rest; a failed stage stops the study (the stages after it
-would warm-start from nothing).
+would warm-start from nothing). A finished or interrupted stage whose sweep ran under another spec
+(an edited study file or other --set overrides: more seeds, another grid) is refused, naming the
+fields: skipping it would report the old spec's results as the new one's (spec_drift).
 """
 from __future__ import annotations
 
@@ -17,12 +19,16 @@ from pathlib import Path
 from typing import Callable
 
 from storage import tracking
-from storage.best import TRIALS_FILE, SweepNotFound, best_checkpoint, driver_alive, resolve_storage
-from sweeps.spec import SweepSpec
+from storage.best import SPEC_FILE, TRIALS_FILE, SweepNotFound, best_checkpoint, driver_alive, resolve_storage
+from sweeps.spec import SweepSpec, read_yaml
 from sweeps.study import Study, StudyError
 
 STUDY_FILE = "beamtune_study.json"  # under STORAGE/.studies/NAME: the study's MLflow run
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+# Spec fields that say how a sweep runs, not what it finds: a stage that finished with 4 trials at
+# a time, or found the same data under another path, is still this spec's result.
+OPERATIONAL_FIELDS = frozenset({"data_root", "max_concurrent", "resources", "max_failures", "keep_checkpoints",
+                                "experiment", "max_trials"})
 
 
 @dataclass
@@ -32,6 +38,7 @@ class StageStatus:
     failed: int = 0
     best_trial: str | None = None
     best_value: float | None = None
+    drift: tuple[str, ...] = ()  # spec_drift of its sweep against the study's spec
 
     def line(self, stage: str, metric: str) -> str:
         text = f"{stage:<18} {self.state:<11}"  # tu_ner's infnetplus_layers is 17
@@ -39,7 +46,38 @@ class StageStatus:
             text += f" {self.trials} trials, {self.failed} failed"
         if self.best_trial is not None:
             text += f"; best {self.best_trial} {metric} {self.best_value:.4f}"
+        if self.drift:
+            text += f"; ran under another spec ({'; '.join(self.drift)})"
         return text
+
+
+_UNSET = object()  # a field one of two specs lacks
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, object]:
+    """{"space.seed.grid": [1], ...}: nested mappings as dotted paths (lists are values)."""
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def spec_drift(saved: dict, spec: SweepSpec) -> tuple[str, ...]:
+    """"FIELD: SAVED -> NOW" for each field outside OPERATIONAL_FIELDS where a sweep's saved spec
+    (its spec.yaml, as SweepSpec.to_yaml wrote it) and `spec` differ. The saved spec is read back
+    through SweepSpec first, so a field added to SweepSpec since, at its default, is no drift."""
+    try:
+        saved = SweepSpec.model_validate(saved).model_dump(mode="json", exclude_none=True)
+    except ValueError as error:  # pydantic's ValidationError is one
+        return (f"its spec.yaml no longer validates: {str(error).splitlines()[0]}",)
+    old, new = (_flat({k: v for k, v in data.items() if k not in OPERATIONAL_FIELDS})
+                for data in (saved, spec.model_dump(mode="json", exclude_none=True)))
+    return tuple(f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+                 for key in sorted(old.keys() | new.keys()) if old.get(key, _UNSET) != new.get(key, _UNSET))
+
 
 
 def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
@@ -50,9 +88,10 @@ def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
         return StageStatus("pending")
     trials_file = directory / TRIALS_FILE
     if not trials_file.is_file():  # running now, or its driver was killed before the sweep ended
-        return StageStatus("running" if driver_alive(directory) else "interrupted")
+        return StageStatus("running" if driver_alive(directory) else "interrupted", drift=_drift(directory, spec))
     statuses = json.loads(trials_file.read_text())
-    status = StageStatus("finished", trials=len(statuses), failed=sum(s == "ERROR" for s in statuses.values()))
+    status = StageStatus("finished", trials=len(statuses), failed=sum(s == "ERROR" for s in statuses.values()),
+                         drift=_drift(directory, spec))
     if any(s in UNFINISHED for s in statuses.values()):
         status.state = "interrupted"
     elif statuses and status.failed == len(statuses):
@@ -64,6 +103,12 @@ def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
         if status.state == "finished":
             status.state = "failed"  # every trial ended, none left a checkpoint to start from
     return status
+
+
+def _drift(directory: Path, spec: SweepSpec) -> tuple[str, ...]:
+    """spec_drift against the sweep's spec.yaml; none before start_tracking has written it."""
+    path = directory / SPEC_FILE
+    return spec_drift(read_yaml(path), spec) if path.is_file() else ()
 
 
 def stage_status(study: Study, storage: str | os.PathLike | None = None) -> dict[str, StageStatus]:
@@ -97,6 +142,22 @@ def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
     return experiment_id, run_id
 
 
+def _refuse_drift(study: Study, root: Path, stages: list[str] | None) -> None:
+    """StudyError, before anything starts, for each stage to run whose sweep finished or was
+    interrupted under another spec: skipping or resuming it would give the old spec's results."""
+    problems = []
+    for name, stage in study.stages.items():
+        if stages is not None and name not in stages:
+            continue
+        status = _one_status(root, study.sweep_name(name), stage.spec)
+        if status.drift and status.state in ("finished", "interrupted"):
+            problems.append(f"stages.{name}: its sweep {study.sweep_name(name)} {status.state} under another spec "
+                            f"({'; '.join(status.drift)}): run it with the spec it ran under, or remove "
+                            f"{root / study.sweep_name(name)} (or use another sweeps folder) to run this one")
+    if problems:
+        raise StudyError(problems)
+
+
 def run_study(study: Study, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, verbose: int = 0,
               say: Callable[[str], None] = print, stages: list[str] | None = None) -> dict[str, StageStatus]:
@@ -107,6 +168,7 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
     from sweeps.launch import connect, run_sweep
 
     root = resolve_storage(storage)
+    _refuse_drift(study, root, stages)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     _, study_run = _study_run(study, root, uri)
     started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)

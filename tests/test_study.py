@@ -19,6 +19,7 @@ import yaml
 from storage import tracking
 from storage.runs import load_sweep
 from sweeps.study import StudyError, load_study, select_stages
+from sweeps.study_run import spec_drift
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "sweeps" / "studies").glob("*.yaml"))
@@ -195,6 +196,72 @@ class TestTitle:
         assert self.title("") == "study x"
 
 
+class TestSpecDrift:
+    """A stage whose sweep ran under another spec is named, and not skipped or resumed as if it
+    were this spec's (sweeps.study_run.spec_drift)."""
+
+    def spec(self, tmp_path, overrides=()):
+        return load_study(write_study(tmp_path, {"ce": {"spec": ce_spec()}}), list(overrides)).stages["ce"].spec
+
+    def saved(self, spec) -> dict:
+        return yaml.safe_load(spec.to_yaml())
+
+    def test_its_own_yaml_is_no_drift(self, tmp_path):
+        spec = self.spec(tmp_path)
+        assert spec_drift(self.saved(spec), spec) == ()
+
+    def test_result_fields_are_named_with_both_values(self, tmp_path):
+        saved = self.saved(self.spec(tmp_path))
+        now = self.spec(tmp_path, ["epochs=3", "stages.ce.fixed.batch_size=32", "stages.ce.num_samples=4"])
+        assert spec_drift(saved, now) == ("epochs: 1 -> 3", "fixed.batch_size: 64 -> 32", "num_samples: 2 -> 4")
+
+    def test_a_grid_given_more_seeds(self, tmp_path):
+        grid = ["stages.ce.search.algorithm=grid", "stages.ce.num_samples=1"]
+        saved = self.saved(self.spec(tmp_path, [*grid, "stages.ce.space={seed: {grid: [1]}}"]))
+        now = self.spec(tmp_path, [*grid, "stages.ce.space={seed: {grid: [1, 2, 3]}}"])
+        assert spec_drift(saved, now) == ("space.seed.grid: [1] -> [1, 2, 3]",)
+
+    def test_a_field_only_one_side_has(self, tmp_path):
+        saved = self.saved(self.spec(tmp_path))
+        now = self.spec(tmp_path, ["stages.ce.fixed.train_limit=500"])
+        assert spec_drift(saved, now) == ("fixed.train_limit: (unset) -> 500",)
+
+    def test_how_it_runs_is_not_drift(self, tmp_path):
+        saved = self.saved(self.spec(tmp_path))
+        now = self.spec(tmp_path, ["max_concurrent=1", "resources.cpu=2", "stages.ce.max_failures=0"])
+        assert spec_drift(saved, now) == ()
+
+    def test_a_field_added_since_at_its_default_is_not_drift(self, tmp_path):
+        spec = self.spec(tmp_path)
+        saved = self.saved(spec)
+        del saved["max_trials"], saved["scheduler"]["reduction_factor"]
+        assert spec_drift(saved, spec) == ()
+
+    def test_a_saved_spec_that_no_longer_validates(self, tmp_path):
+        spec = self.spec(tmp_path)
+        drift = spec_drift({**self.saved(spec), "beam": 3}, spec)
+        assert len(drift) == 1 and drift[0].startswith("its spec.yaml no longer validates: ")
+
+    def test_run_refuses_before_anything_starts(self, tmp_path):
+        """An interrupted sweep (spec.yaml, no trials file, no driver) under epochs 1, run with epochs 2:
+        one problem naming the stage, the field and the folder; no MLflow store, no study state."""
+        from sweeps.study_run import run_study, stage_status
+
+        folder = tmp_path / "sweeps" / "s-ce"
+        folder.mkdir(parents=True)
+        (folder / "spec.yaml").write_text(self.spec(tmp_path).to_yaml())
+        study = load_study(tmp_path / "study.yaml", ["epochs=2"])
+        assert stage_status(study, tmp_path / "sweeps")["ce"].line("ce", "dev_score").endswith(
+            "interrupted; ran under another spec (epochs: 1 -> 2)")
+        with pytest.raises(StudyError) as info:
+            run_study(study, storage=tmp_path / "sweeps", tracking_uri=f"sqlite:///{tmp_path}/m.db")
+        assert info.value.problems == [f"stages.ce: its sweep s-ce interrupted under another spec (epochs: 1 -> 2): run "
+                                       f"it with the spec it ran under, or remove {folder} (or use another sweeps folder) "
+                                       f"to run this one"]
+        assert not (tmp_path / "m.db").exists() and not (tmp_path / "sweeps" / ".studies").exists()
+        assert sorted(p.name for p in folder.iterdir()) == ["spec.yaml"]
+
+
 class TestSelectStages:
     def study(self, tmp_path):
         return load_study(write_study(tmp_path, {
@@ -258,6 +325,10 @@ def test_study_run_only_some_stages(tmp_path):
                                                                              ["ce2", "pending"]]
     assert not (tmp_path / "sweeps" / "s-ce2").exists()
     assert "stages run (--stages): ce, dl" in (tmp_path / "report" / "report.md").read_text()
+    # the finished ce asked for with more samples: refused, not skipped (TestSpecDrift)
+    more = run_cli(["study", "run", str(study), "--stages", "dl", "--set", "stages.ce.num_samples=2", *common], tmp_path, "more")
+    assert more.returncode == 2 and more.stderr.startswith("error: stages.ce: its sweep s-ce finished under another spec "
+                                                            "(num_samples: 1 -> 2)")
 
 
 def documented_command(about: str) -> list[str]:
