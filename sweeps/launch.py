@@ -252,6 +252,11 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     verbose 1 or 2: Ray's own tables. `study_run_id`: the MLflow run of the study this sweep is a
     stage of (its parent run nests there)."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl+C must interrupt a sweep as a kill does. Tune's own SIGINT handler ends the run "cleanly":
+    # it stops the unfinished trials, which it then reports TERMINATED, so the sweep was recorded as
+    # done with half-trained and never-started trials (and a study skipped the stage when run again).
+    # Without it the KeyboardInterrupt reaches us: no trials file, MLflow says how to resume.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if verbose == 0:  # Tune's new output engine prints its boxes and a TensorBoard hint even at verbose 0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     compact = progress and verbose == 0
@@ -260,9 +265,14 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     directory = root / spec.name
     check_sweep_folder(spec, root, directory, resume)
     directory.mkdir(parents=True, exist_ok=True)
-    with driver_lock(directory):
-        return _run_sweep(spec, root, directory, tracking_uri, address, num_cpus, resume, verbose, compact, study_run_id,
-                          start)
+    try:
+        with driver_lock(directory):
+            return _run_sweep(spec, root, directory, tracking_uri, address, num_cpus, resume, verbose, compact,
+                              study_run_id, start)
+    except KeyboardInterrupt:
+        if (directory / SWEEP_FILE).is_file():  # the lock is free again: settle MLflow as for a killed driver
+            note_incomplete(spec.name, root)
+        raise
 
 
 @contextlib.contextmanager

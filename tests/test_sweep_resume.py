@@ -122,3 +122,48 @@ def test_killed_driver_resumes(tmp_path):
     recorded_after = {(i, m, tid) for i, b in enumerate(asha_after["brackets"]) for m, rec in b for tid in rec}
     assert recorded_before and recorded_before <= recorded_after
     assert {tid for _, m, tid in recorded_after if m == 1.0} == set(after)  # all 6 reached the first rung
+
+
+def test_ctrl_c_interrupts_as_a_kill_does(tmp_path):
+    """SIGINT (Ctrl+C) to the driver: exit 130 with the resume command, the sweep left unfinished
+    (no trials file: Tune's own handler would have reported the stopped trials TERMINATED and the
+    sweep done), MLflow told so; `--resume` then runs every trial to its last epoch."""
+    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
+    spec = {"name": "c", "task": "synthetic", "stage": "ce", "epochs": 3, "fixed": TINY, "num_samples": 4,
+            "max_concurrent": 2, "space": {"lr": {"loguniform": [3.0e-3, 3.0e-2]}}, "search": {"seed": 1},
+            "scheduler": {"type": "fifo"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    common = ["--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--quiet"]
+    directory = storage / "c"
+    driver = subprocess.Popen([str(BEAMTUNE), "sweep", str(tmp_path / "c.yaml"), *common], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(directory.glob("*/checkpoint_000000")):
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no trial made a checkpoint in time"
+            time.sleep(0.2)
+        assert len(terminated_trials(directory)) < 4, "interrupted too late to test anything"
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-2000:] + err[-3000:]
+    assert err.strip().splitlines()[-1] == ("error: interrupted; the finished trials and the others' checkpoints are "
+                                            "kept: continue with `beamtune sweep --resume c`")
+    assert not (directory / "beamtune_trials.json").exists()
+    state = json.loads((directory / "beamtune_sweep.json").read_text())
+    parent = tracking.client(uri).get_run(state["parent_run_id"])
+    assert parent.info.status == "KILLED" and "beamtune sweep --resume c" in parent.data.tags[tracking.INCOMPLETE_TAG]
+
+    resumed = subprocess.run([str(BEAMTUNE), "sweep", "--resume", "c", *common], env=env, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "sweep c: 4 trials (0 failed)" in resumed.stdout
+    client = tracking.client(uri)
+    runs = tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:  # every trial trained all 3 epochs, none was cut short and called finished
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "dev_score")) == [1, 2, 3]

@@ -63,6 +63,10 @@ def study_run(
         _fail(error.problems)
     except SweepError as error:
         _fail([str(error)])
+    except KeyboardInterrupt:
+        typer.echo(f"error: interrupted; finished stages and trials are kept: run `beamtune study run {file}` with the "
+                   f"same settings again to continue", err=True)
+        raise typer.Exit(code=130) from None
     for name, status in statuses.items():
         typer.echo(status.line(name, study.stages[name].spec.metric))
     _report(study, storage, tracking_uri, out or resolve_storage(storage) / ".studies" / study.name / "report", chosen)

@@ -47,6 +47,11 @@ def sweep(
         spec_errors(error)
     except (SweepError, TrackingStoreError) as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        name = resume or spec_obj.name
+        typer.echo(f"error: interrupted; the finished trials and the others' checkpoints are kept: continue with "
+                   f"`beamtune sweep --resume {name}`", err=True)
+        raise typer.Exit(code=130) from None
     from storage.tracking import ui_command
 
     typer.echo(f"\nsweep {outcome.name}: {outcome.trials} trials ({outcome.errors} failed) in {outcome.seconds:.0f} s")
