@@ -79,7 +79,6 @@ def spec_drift(saved: dict, spec: SweepSpec) -> tuple[str, ...]:
                  for key in sorted(old.keys() | new.keys()) if old.get(key, _UNSET) != new.get(key, _UNSET))
 
 
-
 def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
     """A stage's state from its sweep folder; its best trial named as its MLflow run is."""
     metric = spec.metric
