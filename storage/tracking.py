@@ -9,13 +9,14 @@ Every write to a trial's run, and the driver's last writes to the parent, go thr
 is down costs a trial nothing but a delayed replay, the driver says so once and, if it is still
 down when the sweep ends, names `beamtune sync`. HTTP clients give up after seconds, not MLflow's
 minutes of retries (`HTTP_CLIENT_DEFAULTS`, unless the environment sets them). Starting a sweep
-(experiment, parent run) still needs the tracking store to answer.
+(experiment, parent run) still needs the tracking store to answer (`answering`: one line if not).
 
 Only `MlflowClient` is used (never the fluent `mlflow.start_run` state), so trials that share a
 reused Ray actor, and the driver's callback threads, cannot mix up active runs.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -175,11 +176,48 @@ def attach_report(uri: str, run_id: str, files: list[Path], artifact_path: str, 
     c.set_tag(run_id, DESCRIPTION_TAG, description)
 
 
+class RunNotFound(db.TrackingStoreError):
+    """A run that a sweep or study recorded is not in the store it ran against (cleared, replaced
+    or the run deleted since): resuming would write to nothing."""
+
+
+@contextlib.contextmanager
+def answering(uri: str):
+    """Around a command's MLflow setup (experiment, parent run, reopening): MLflow's failures as one
+    TrackingStoreError line naming the store, not the HTTP client's retry traceback. A server that
+    is not running is the usual cause; its URI and the option that changes it are what one needs."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        message = str(error.message)
+        if "Connection refused" in message or "Failed to establish" in message:
+            reason = "does not answer (connection refused): start its server, or"
+        elif "timed out" in message.lower():
+            reason = "does not answer (timed out): check its server, or"
+        else:
+            reason = f"refused a request ({error.error_code}: {message.splitlines()[0][:200]}):"
+        raise db.TrackingStoreError(f"MLflow tracking at {uri} {reason} give another store with --tracking-uri "
+                                    f"or MLFLOW_TRACKING_URI") from error
+
+
 def reopen(uri: str, run_id: str) -> None:
-    """A resumed sweep's parent run: RUNNING again, no longer marked incomplete."""
+    """A resumed sweep's (or study's) run: RUNNING again, no longer marked incomplete. RunNotFound
+    when the store does not hold it."""
+    from mlflow.exceptions import MlflowException
+
     c = client(uri)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise RunNotFound(f"MLflow run {run_id} is not in the store at {uri}") from error
+    if run.info.lifecycle_stage == "deleted":
+        raise RunNotFound(f"MLflow run {run_id} was deleted from the store at {uri}")
     c.update_run(run_id, status="RUNNING")
-    if INCOMPLETE_TAG in c.get_run(run_id).data.tags:
+    if INCOMPLETE_TAG in run.data.tags:
         c.delete_tag(run_id, INCOMPLETE_TAG)
 
 

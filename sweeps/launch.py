@@ -18,6 +18,8 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from sweeps.spec import SpecError, SweepSpec
 log = logging.getLogger(__name__)
 
 OBJECT_STORE_BYTES = 256 * 1024**2
+RAY_PROBE_TIMEOUT_S = 5  # a head on another node answers a TCP connect in well under this
 ASHA_STATE = "asha_state.json"
 
 
@@ -202,8 +205,27 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  object_store_memory=OBJECT_STORE_BYTES, log_to_driver=log_to_driver)
     else:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        check_ray_address(address)
+        try:
+            ray.init(address=address, log_to_driver=log_to_driver)
+        except ConnectionError as error:  # it answers but will not take us: mostly token authentication
+            raise SweepError(f"cannot join the Ray cluster at {address} ({str(error).splitlines()[0]}); a cluster "
+                             "started with token authentication needs RAY_AUTH_MODE=token in this process too") from error
     return True
+
+
+def check_ray_address(address: str) -> None:
+    """SweepError unless something listens at a `HOST:PORT` Ray address: `ray.init` waits silently,
+    for many minutes, on an address where nothing runs (a typo, a head not started yet)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: Ray resolves those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        raise SweepError(f"nothing answers at the Ray address {address} ({error.strerror or error}): start the head "
+                         "there (`ray start --head --port PORT`), or unset --address / RAY_ADDRESS for a local "
+                         "Ray") from error
 
 
 def _search_alg(spec: SweepSpec):
@@ -357,8 +379,13 @@ def start_ray_and_tracking(spec: SweepSpec, root: Path, directory: Path, trackin
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(tracking_setup)
-        with timed(phases, "ray_start"):
-            started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
+        try:
+            with timed(phases, "ray_start"):
+                started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
+        except BaseException:
+            if not resume:  # else the same command, once Ray is there, would find a sweep "already exists"
+                undo_new_sweep(pending, directory)
+            raise
         try:
             return pending.result(), started_ray
         except BaseException:
@@ -369,12 +396,32 @@ def start_ray_and_tracking(spec: SweepSpec, root: Path, directory: Path, trackin
             raise
 
 
+def undo_new_sweep(pending: concurrent.futures.Future, directory: Path) -> None:
+    """A new sweep whose Ray did not start: its parent run deleted and its state files removed, so
+    that nothing half-made is left. Ray's error is the one to report: a tracking setup that failed
+    as well made nothing to undo, and its error would hide the cause the user must fix first."""
+    if pending.exception() is not None:
+        return
+    state = pending.result()
+    tracking.delete_run(state["tracking_uri"], state["parent_run_id"])
+    for name in (SWEEP_FILE, SPEC_FILE):
+        (directory / name).unlink(missing_ok=True)
+    if (directory / ENERGY_SUBDIR).exists():
+        shutil.rmtree(directory / ENERGY_SUBDIR)
+
+
 def reopen_tracking(directory: Path, tracking_uri: str | None) -> dict[str, Any]:
     """A resumed sweep's state, its parent run RUNNING again (at a new tracking URI if given)."""
     state = json.loads((directory / SWEEP_FILE).read_text())
     if tracking_uri:
         state["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.reopen(state["tracking_uri"], state["parent_run_id"])
+    try:
+        with tracking.answering(state["tracking_uri"]):
+            tracking.reopen(state["tracking_uri"], state["parent_run_id"])
+    except tracking.RunNotFound as error:
+        raise SweepError(f"sweep {directory.name}: its parent {error} (cleared or replaced since it ran): resume it "
+                         f"with --tracking-uri of the store it ran against, or remove {directory} to run it "
+                         "again") from error
     return state
 
 
@@ -385,15 +432,18 @@ def start_tracking(spec: SweepSpec, root: Path, directory: Path, tracking_uri: s
     directory.mkdir(parents=True, exist_ok=True)
     retire_journals(directory)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    experiment_id = tracking.ensure_experiment(uri, spec.experiment)
+    with tracking.answering(uri):
+        experiment_id = tracking.ensure_experiment(uri, spec.experiment)
     warm_start = resolve_warm_start(spec, root, directory)
     warm_energy = resolve_warm_energy(spec, root, directory, warm_start)
     commit = tracking.git_commit()
-    parent_run_id = tracking.start_parent(
-        uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
-                                        "mlflow.source.git.commit": commit or "unknown",
-                                        **({tracking.PARENT_TAG: study_run_id} if study_run_id else {})}, spec.to_yaml())
-    tracking.log_sweep_params(uri, parent_run_id, spec.fixed, {k: d.describe() for k, d in spec.space.items()})
+    with tracking.answering(uri):
+        parent_run_id = tracking.start_parent(
+            uri, experiment_id, spec.name, {"beamtune.stage": spec.stage, "beamtune.task": spec.task,
+                                            "mlflow.source.git.commit": commit or "unknown",
+                                            **({tracking.PARENT_TAG: study_run_id} if study_run_id else {})},
+            spec.to_yaml())
+        tracking.log_sweep_params(uri, parent_run_id, spec.fixed, {k: d.describe() for k, d in spec.space.items()})
     state = {"name": spec.name, "tracking_uri": uri, "experiment_id": experiment_id,
              "parent_run_id": parent_run_id, "warm_start": warm_start, "warm_start_energy": warm_energy,
              "git_commit": commit}

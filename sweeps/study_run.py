@@ -131,11 +131,18 @@ def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         if state["tracking_uri"] == uri:
-            tracking.reopen(uri, state["run_id"])
-            tracking.update_study(uri, state["run_id"], study.text, study.overrides)
+            try:
+                with tracking.answering(uri):
+                    tracking.reopen(uri, state["run_id"])
+                    tracking.update_study(uri, state["run_id"], study.text, study.overrides)
+            except tracking.RunNotFound as error:
+                raise StudyError([f"study {study.name}: its {error} (cleared or replaced since it ran): run it "
+                                  f"against the store it ran against (--tracking-uri), or remove {state_file.parent} "
+                                  "and the stage sweeps it ran to start the study over"]) from error
             return state["experiment_id"], state["run_id"]
-    experiment_id = tracking.ensure_experiment(uri, experiment)
-    run_id = tracking.start_study(uri, experiment_id, study.name, study.text, study.overrides)
+    with tracking.answering(uri):
+        experiment_id = tracking.ensure_experiment(uri, experiment)
+        run_id = tracking.start_study(uri, experiment_id, study.name, study.text, study.overrides)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}))
     return experiment_id, run_id

@@ -47,6 +47,7 @@ def study_run(
 ) -> None:
     """Run the study's stages in dependency order (resuming what was interrupted), then its report."""
     from storage.best import resolve_storage
+    from storage.db import TrackingStoreError
     from sweeps.launch import SweepError
     from sweeps.spec import SpecError
     from sweeps.study import StudyError, select_stages
@@ -61,7 +62,7 @@ def study_run(
                              verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True), stages=chosen)
     except (StudyError, SpecError) as error:
         _fail(error.problems)
-    except SweepError as error:
+    except (SweepError, TrackingStoreError) as error:
         _fail([str(error)])
     except KeyboardInterrupt:
         typer.echo(f"error: interrupted; finished stages and trials are kept: run `beamtune study run {file}` with the "
@@ -83,9 +84,9 @@ def _preflight(study, chosen: list[str] | None) -> None:
 
 
 def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Path, chosen: list[str] | None = None) -> None:
+    from storage.db import TrackingStoreError
     from storage.report import build_report
-    from storage.tracking import resolve_tracking_uri
-    from storage.tracking import run_tag
+    from storage.tracking import answering, resolve_tracking_uri
     from sweeps.study_run import study_run_id
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -95,8 +96,12 @@ def _report(study, storage: Optional[Path], tracking_uri: Optional[str], out: Pa
     if chosen is not None and len(chosen) < len(study.stages):
         header.append(f"stages run (--stages): {', '.join(chosen)}")
     run_id = study_run_id(study, storage, uri)
-    report = build_report(uri, [study.sweep_name(s) for s in study.stages], out, refs=study.references,
-                          header=header, also_log_to=[run_id] if run_id else [], not_started_ok=True)
+    try:
+        with answering(uri):
+            report = build_report(uri, [study.sweep_name(s) for s in study.stages], out, refs=study.references,
+                                  header=header, also_log_to=[run_id] if run_id else [], not_started_ok=True)
+    except TrackingStoreError as error:
+        _fail([str(error)])
     typer.echo(report.files["md"].read_text().split("\n\n", 1)[-1])
     typer.echo(f"report: {report.files['html']}")
 
@@ -129,16 +134,30 @@ def report(
     storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
 ) -> None:
     """Tables (Goyal et al. layout) and plots from MLflow, written to OUT and logged to the runs."""
-    from storage.report import build_report
+    from storage.db import TrackingStoreError
     from storage.runs import SweepNotTracked
-    from storage.tracking import resolve_tracking_uri
+    from storage.tracking import answering, resolve_tracking_uri
 
     if bool(sweep) == bool(study):
         _fail(["give --study FILE or one or more --sweep NAME"])
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        with answering(uri):
+            built = _build(study, sweep, storage, uri, out, refs, ui_url)
+    except (SweepNotTracked, TrackingStoreError) as error:
+        _fail([str(error)])
+    typer.echo(built.files["md"].read_text())
+    typer.echo(f"report: {built.files['html']}", file=sys.stderr)
+
+
+def _build(study: Optional[Path], sweep: list[str], storage: Optional[Path], uri: str, out: Path, refs: Optional[Path],
+           ui_url: str):
+    """`beamtune report`'s report: a study's header (its overrides, from its MLflow run) and tables."""
+    from storage.report import build_report
     from storage.tracking import run_tag
     from sweeps.study_run import study_run_id
 
-    uri = resolve_tracking_uri(tracking_uri)
     header, names, also = [], list(sweep), []
     if study is not None:
         loaded = _load(study, [], need_data=False)  # the report reads MLflow only: no data root needed
@@ -151,10 +170,5 @@ def report(
         previous = run_tag(uri, also[0], "beamtune.overrides.previous", "") if also else ""
         if previous:  # stages finished before the latest invocation ran under these
             header.append(f"(an earlier invocation, whose finished stages were kept, had: {previous})")
-    try:
-        built = build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also,
-                             not_started_ok=study is not None)
-    except SweepNotTracked as error:
-        _fail([str(error)])
-    typer.echo(built.files["md"].read_text())
-    typer.echo(f"report: {built.files['html']}", file=sys.stderr)
+    return build_report(uri, names, out, refs=refs, header=header, ui_url=ui_url, also_log_to=also,
+                        not_started_ok=study is not None)
