@@ -19,6 +19,9 @@ What a finished trial is (`Place`) comes from its sweep's stage and its paramete
     word vectors  Viterbi with BLSTM-CRFs of other word-vector settings (an embeddings ablation:
               none, GloVe fixed, GloVe fine-tuned), dev and test; those CRFs stay out of Tables 1
               and 4 when the paper's setting (fixed for the CRF, fine-tuned for the CRF+) ran.
+    network word vectors  Table 1's local baselines and inference networks with other word-vector
+              settings than the paper's fixed ones (test); kept out of Tables 1 and 2 and Figure 1
+              likewise.
     Table 6   approximate inference by method and N (table6 sweeps; else gd-oracle ones: GD and
               Viterbi only): score and mean energy x task (the `table6` function below).
     Table 3   inference speed (examples/s) x (task; CNN | BLSTM | seq2seq infnet, Viterbi, GD), one
@@ -127,8 +130,10 @@ def trial_place(sweep: Sweep, trial: Trial, crf_stage_of: dict[str, str]) -> Pla
     if sweep.stage in NETWORKS:
         params = trial.params
         hidden = params.get("hidden")
-        return Place(sweep.task, sweep.stage, _flag(params, "plus"), params.get("arch", _default("arch")),
-                     int(params.get("layers", _default("layers"))), int(float(hidden)) if hidden is not None else None)
+        plus = _flag(params, "plus")
+        return Place(sweep.task, sweep.stage, plus, params.get("arch", _default("arch")),
+                     int(params.get("layers", _default("layers"))), int(float(hidden)) if hidden is not None else None,
+                     _network_vectors(sweep.stage, params, plus))
     return None
 
 
@@ -142,11 +147,24 @@ def _vectors(params: dict[str, str], plus: bool) -> str:
     return "tuned" if plus else "fixed"
 
 
-# The paper's CRF setting (Tu & Gimpel 2.1, 7): pretrained vectors, fixed in the BLSTM-CRF and
-# fine-tuned in the BLSTM-CRF+. Other CRFs of a study (an embeddings ablation) are left out of
-# Tables 1 and 4 when the paper's setting ran, and shown in a table of their own.
+def _network_vectors(stage: str, params: dict[str, str], plus: bool) -> str:
+    """A network's word vectors: fixed or fine-tuned as logged, else its stage's default
+    (core.stages.infnet: pretrained vectors stay fixed but in the "+" setting; a local baseline
+    without pretrained vectors learns its own). An inference network takes its CRF's vectors."""
+    if "finetune_embeddings" in params:
+        return "tuned" if _flag(params, "finetune_embeddings") else "fixed"
+    if stage == "local" and (not params.get("embeddings") or params.get("embeddings") == "None"):
+        return "none"
+    return PAPER_VECTORS[plus]
+
+
+# The paper's setting (Tu & Gimpel 2.1, 7): pretrained vectors, fixed in the BLSTM-CRF and its
+# networks, fine-tuned in the BLSTM-CRF+ and the "+" networks. Other models of a study (an
+# embeddings ablation) are left out of Tables 1, 2, 4 and 5 and Figure 1 when the paper's setting
+# ran for that kind of model, and shown in a table of their own.
 PAPER_VECTORS = {False: "fixed", True: "tuned"}
 VECTOR_ROWS = (("no pretrained vectors", "none"), ("GloVe, fixed", "fixed"), ("GloVe, fine-tuned", "tuned"))
+NETWORK_ROWS = (("local baseline", "local"), ("infnet", "infnet"))
 
 
 Entry = tuple[Place, Trial, str]  # (place, trial, stage)
@@ -252,11 +270,14 @@ def _in_task(task: str, archs: tuple[str, ...] = (), crf: bool = False) -> Match
 
 
 def _paper_setting(entries: list[Entry]) -> list[Entry]:
-    """The entries without the CRFs of another word-vector setting than the paper's, where the
-    paper's setting ran for that task and energy."""
-    paper = {(p.task, p.plus) for p, _, _ in entries if p.method == "viterbi" and p.vectors == PAPER_VECTORS[p.plus]}
-    return [e for e in entries if e[0].method != "viterbi" or (e[0].task, e[0].plus) not in paper
-            or e[0].vectors == PAPER_VECTORS[e[0].plus]]
+    """The entries without the models (CRFs, local baselines, inference networks) of another
+    word-vector setting than the paper's, where the paper's setting ran for that task, energy and
+    kind of model. GD has no vectors of its own: always kept."""
+    def kind(p: Place) -> tuple[str, bool, str]:
+        return p.task, p.plus, p.method
+
+    paper = {kind(p) for p, _, _ in entries if p.vectors == PAPER_VECTORS[p.plus]}
+    return [e for e in entries if not e[0].vectors or kind(e[0]) not in paper or e[0].vectors == PAPER_VECTORS[e[0].plus]]
 
 
 def vectors_table(entries: list[Entry]) -> Table | None:
@@ -277,6 +298,29 @@ def vectors_table(entries: list[Entry]) -> Table | None:
     return table
 
 
+def network_vectors_table(entries: list[Entry]) -> Table | None:
+    """Table 1's local baselines and inference networks with each word-vector setting they ran with
+    (test), for the tasks where a local baseline or inference network ran with more than one; None
+    if none did."""
+    nets = [(p, t, stage) for p, t, stage in entries if p.method in NETWORKS and not p.plus]
+    tasks = [task for task in _tasks(nets)
+             if any(len({p.vectors for p, _, _ in nets if p.task == task and p.method == m}) > 1 for m in NETWORKS)]
+    if not tasks:
+        return None
+    ran = {(p.method, p.vectors) for p, _, _ in nets if p.task in tasks}
+    rows = [(f"{label} ({title})", _network_with(method, vectors), True) for label, method in NETWORK_ROWS
+            for title, vectors in VECTOR_ROWS if (method, vectors) in ran]
+    columns = [((task, label), _in_task(task, archs), True) for task in tasks for label, archs in ARCH_COLUMNS]
+    table = _grid("Word vectors of the BLSTM-CRF's networks: test scores (%)", "Network word vectors", nets, rows,
+                  columns)
+    table.notes.insert(0, "the BLSTM-CRF energy keeps its vectors fixed (Table 1); here the networks' own input differs")
+    return table
+
+
+def _network_with(method: str, vectors: str) -> Match:
+    return lambda p: p.method == method and p.vectors == vectors
+
+
 def paper_tables(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None) -> list[Table]:
     """The tables of Tu & Gimpel (2019) the sweeps have trials for, in the paper's order, then the
     word-vector comparison when the CRFs differ in it."""
@@ -292,8 +336,8 @@ def paper_tables(sweeps: list[Sweep], crf_stage_of: dict[str, str] | None = None
         tables.append(table4(entries))
     if any(_network("infnet", True, ("blstm",), 2)(p) for p in places):
         tables.append(table5(entries))
-    vectors = vectors_table(every)
-    return tables + ([vectors] if vectors is not None else [])
+    ablations = [vectors_table(every), network_vectors_table(every)]
+    return tables + [table for table in ablations if table is not None]
 
 
 def figure1_points(sweeps: list[Sweep]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -301,7 +345,7 @@ def figure1_points(sweeps: list[Sweep]) -> dict[str, dict[str, list[tuple[int, f
     task's trials have more than one H: at each H the mean dev score of the best setting (over
     seeds), as the tables select."""
     groups: dict[tuple[str, str, int], list[Trial]] = defaultdict(list)
-    for place, trial, stage in _entries(sweeps, {}):
+    for place, trial, stage in _paper_setting(_entries(sweeps, {})):
         if place.method in NETWORKS and not place.plus and place.hidden is not None:
             label = f"{'local baseline' if place.method == 'local' else 'infnet'} {place.arch}"
             groups[(place.task, label, place.hidden)].append((trial, stage))

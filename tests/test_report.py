@@ -298,6 +298,32 @@ class TestTuTables:
         # Figure 1 still shows H = 400 at its own point
         assert figure1_points(sweeps)["twitter_pos"]["local baseline blstm"] == [(100, pytest.approx(0.85)), (400, pytest.approx(0.90))]
 
+    def test_networks_of_other_vectors_have_their_own_table(self, tmp_path):
+        """Networks with fine-tuned vectors (an ablation) stay out of Table 1 and Figure 1 where the
+        paper's fixed-vector networks ran, however good on dev, and get a table beside them."""
+        from storage.tables_tu import figure1_points, paper_tables
+
+        uri, glove = f"sqlite:///{tmp_path / 'mlflow.db'}", {"embeddings": "embeddings/glove.6B.50d.txt.gz"}
+        seeds, pos = {"seed": {"grid": [1]}}, {"task": "twitter_pos"}
+        add_sweep(uri, "local", "local", [net(0.86, 0.851, arch="blstm", hidden=100, **glove)], seeds, **pos)
+        add_sweep(uri, "local_tuned", "local", [net(0.95, 0.701, arch="blstm", hidden=400, finetune_embeddings=True,
+                                                    **glove)], seeds, **pos)
+        add_sweep(uri, "infnet", "infnet", [net(0.87, 0.801, arch="blstm", lam=1, **glove)], seeds, **pos)
+        add_sweep(uri, "infnet_tuned", "infnet", [net(0.96, 0.711, arch="blstm", lam=1, finetune_embeddings=True,
+                                                      **glove)], seeds, **pos)
+        sweeps = [load_sweep(uri, n) for n in ("local", "local_tuned", "infnet", "infnet_tuned")]
+        one, vectors = paper_tables(sweeps)
+        assert vectors.refs_key == "Network word vectors"
+        assert {k: v["twitter_pos BLSTM"].values for k, v in cells_of(one).items() if k != "Viterbi"} == {
+            "local baseline": [pytest.approx(0.851)], "infnet": [pytest.approx(0.801)], "gradient descent": []}
+        assert {k: v["twitter_pos BLSTM"].values for k, v in cells_of(vectors).items()} == {
+            "local baseline (GloVe, fixed)": [pytest.approx(0.851)], "local baseline (GloVe, fine-tuned)": [pytest.approx(0.701)],
+            "infnet (GloVe, fixed)": [pytest.approx(0.801)], "infnet (GloVe, fine-tuned)": [pytest.approx(0.711)]}
+        assert figure1_points(sweeps) == {}  # H = 400 ran with other vectors only: no second point
+        # without the paper's setting, the fine-tuned networks are Table 1's
+        [alone, *_] = paper_tables([load_sweep(uri, "local_tuned")])
+        assert cells_of(alone)["local baseline"]["twitter_pos BLSTM"].values == [pytest.approx(0.701)]
+
     def test_figure1_dev_score_against_hidden_size(self, tmp_path):
         from storage.tables_tu import figure1_points
 
