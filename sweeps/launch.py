@@ -32,6 +32,7 @@ from core.checkpoint import MANIFEST, CheckpointError
 from storage import tracking
 from storage.best import DRIVER_LOCK, ENERGY_SUBDIR, SPEC_FILE, SWEEP_FILE, TRIALS_FILE, SweepNotFound, TrialBest, best_checkpoint, \
     export_checkpoint, export_energy, resolve_storage, sweep_dir
+from storage.db import TrackingStoreError
 from sweeps.progress import CompactProgress, say_stderr
 from sweeps.ray_private import asha_state, knows_trial, restore_asha_state, result_trials
 from sweeps.spec import SpecError, SweepSpec
@@ -609,7 +610,11 @@ def note_incomplete(name: str, storage: str | os.PathLike | None = None) -> str 
     # trial that ended has its run ended as it ended, not marked KILLED. Journals that still do not
     # replay (tracking down) are replayed by `--resume` or `beamtune sync`.
     tracking.replay_all(state["tracking_uri"], tracking.spool_dir(directory))
-    tracking.mark_incomplete(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], hint)
+    try:
+        with tracking.answering(state["tracking_uri"]):
+            tracking.mark_incomplete(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], hint)
+    except TrackingStoreError as error:  # what the sweep folder says still holds; MLflow catches up next time
+        return f"{hint} (not marked in MLflow: {error})"
     return hint
 
 

@@ -181,3 +181,15 @@ def listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_an_interrupted_sweep_is_reported_while_mlflow_does_not_answer(tmp_path):
+    from sweeps.launch import note_incomplete
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    uri = f"http://127.0.0.1:{free_port()}"
+    (folder / "beamtune_sweep.json").write_text(f'{{"tracking_uri": "{uri}", "experiment_id": "1", "parent_run_id": "{"c" * 32}"}}')
+    reason = note_incomplete("s", tmp_path)
+    assert reason.startswith("its driver stopped before the sweep ended; continue it with `beamtune sweep --resume s`")
+    assert f"(not marked in MLflow: MLflow tracking at {uri} does not answer" in reason
