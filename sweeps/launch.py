@@ -620,10 +620,9 @@ def note_incomplete(name: str, storage: str | os.PathLike | None = None) -> str 
 
 def load_sweep_spec(name: str, storage: str | os.PathLike | None = None) -> SweepSpec:
     """The spec a sweep was started with (for --resume NAME)."""
-    from sweeps.spec import load_spec
+    from sweeps.spec import read_saved_spec, validate
 
     path = sweep_dir(storage, name) / SPEC_FILE
     if not path.is_file():
         raise SweepError(f"nothing to resume: no sweep named {name!r} under {resolve_storage(storage)}")
-    spec = load_spec(path, storage)
-    return spec
+    return validate(read_saved_spec(path), storage)

@@ -323,7 +323,12 @@ class SweepSpec(_Strict):
         return {**self.fixed, **{name: dist.to_tune() for name, dist in self.space.items()}}
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        """The spec as a file that loads back to it: a spec without a search space leaves `space` out
+        (an empty one written out is refused on loading, as a space someone forgot to fill)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not data["space"]:
+            del data["space"]
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -593,6 +598,16 @@ def load_spec(path: str | os.PathLike, storage: str | os.PathLike | None = None)
     if not path.is_file():
         raise SpecError([f"spec: {path}: no such file"])
     return validate(read_yaml(path), storage)
+
+
+def read_saved_spec(path: Path) -> Any:
+    """A sweep's saved spec.yaml (SweepSpec.to_yaml) as YAML data. Sweeps saved before to_yaml left an
+    empty search space out have `space: {}`, which stood for no space: read as such, so that those
+    sweeps still resume and compare."""
+    data = read_yaml(path)
+    if isinstance(data, dict) and data.get("space") == {}:
+        del data["space"]
+    return data
 
 
 def read_yaml(path: Path) -> Any:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from storage import tracking
 from storage.best import SPEC_FILE, TRIALS_FILE, SweepNotFound, best_checkpoint, driver_alive, resolve_storage
-from sweeps.spec import SweepSpec, read_yaml
+from sweeps.spec import SweepSpec, read_saved_spec
 from sweeps.study import Study, StudyError
 
 STUDY_FILE = "beamtune_study.json"  # under STORAGE/.studies/NAME: the study's MLflow run
@@ -107,7 +107,7 @@ def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
 def _drift(directory: Path, spec: SweepSpec) -> tuple[str, ...]:
     """spec_drift against the sweep's spec.yaml; none before start_tracking has written it."""
     path = directory / SPEC_FILE
-    return spec_drift(read_yaml(path), spec) if path.is_file() else ()
+    return spec_drift(read_saved_spec(path), spec) if path.is_file() else ()
 
 
 def stage_status(study: Study, storage: str | os.PathLike | None = None) -> dict[str, StageStatus]:

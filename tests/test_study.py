@@ -242,6 +242,21 @@ class TestSpecDrift:
         drift = spec_drift({**self.saved(spec), "beam": 3}, spec)
         assert len(drift) == 1 and drift[0].startswith("its spec.yaml no longer validates: ")
 
+    def test_a_stage_without_a_search_space(self, tmp_path):
+        """GD, Table 6 and speed stages have no space: their saved spec.yaml compares as no drift, in
+        today's form (no `space`) and as sweeps saved it before (`space: {}`), and resumes."""
+        from sweeps.launch import load_sweep_spec
+        from sweeps.study_run import stage_status
+
+        study = load_study(write_study(tmp_path, {"ce": {"spec": {k: v for k, v in ce_spec().items() if k != "space"}}}), [])
+        spec = study.stages["ce"].spec
+        assert "space" not in self.saved(spec) and spec_drift(self.saved(spec), spec) == ()
+        folder = tmp_path / "sweeps" / "s-ce"
+        folder.mkdir(parents=True)
+        (folder / "spec.yaml").write_text(spec.to_yaml() + "space: {}\n")  # the form sweeps saved before
+        assert stage_status(study, tmp_path / "sweeps")["ce"].drift == ()
+        assert load_sweep_spec("s-ce", tmp_path / "sweeps") == spec
+
     def test_run_refuses_before_anything_starts(self, tmp_path):
         """An interrupted sweep (spec.yaml, no trials file, no driver) under epochs 1, run with epochs 2:
         one problem naming the stage, the field and the folder; no MLflow store, no study state."""
