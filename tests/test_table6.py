@@ -301,6 +301,11 @@ def store(tmp_path_factory):
                                                          "viterbi_energy": -5.0, "score_n5": 0.65, "energy_n5": -4.9,
                                                          "score_n10": 0.66, "energy_n10": -4.95}}],
                    task="pos", warm_sweep="crfp")
+    add_eval_sweep(uri, "crfn", "crf", [], task="ner")  # Table 1's BLSTM-CRF: not the paper's Table 6 energy
+    add_eval_sweep(uri, "gdn", "gd-oracle", [{"params": {"split": "test"},
+                                              "metrics": {"dev_score": 0.8, "best_dev_score": 0.8, "viterbi_score": 0.84,
+                                                          "viterbi_energy": -150.0, "score_n10": 0.80, "energy_n10": -149.0}}],
+                   task="ner", warm_sweep="crfn")
     return uri
 
 
@@ -349,6 +354,19 @@ class TestTable6Layout:
         assert rows["Viterbi"]["pos score"].values == [0.6]
         assert rows["infnet"]["pos score"].note == "not run"
         assert not any("not a CRF+" in n for n in t6.notes)  # the gd-oracle sweep's CRF is the crf+ stage's
+
+    def test_gd_against_a_blstm_crf_stands_without_the_papers_crf_plus_values(self, store):
+        from storage.report import layouts
+
+        tables = layouts(store, [load_sweep(store, n) for n in ("gd", "crfp", "gdn", "crfn")])
+        [t6] = [t for t in tables if t.title.startswith("Tu & Gimpel (2019) Table 6")]
+        assert [f"{a} {b}" for a, b in t6.columns] == ["ner (BLSTM-CRF) score", "ner (BLSTM-CRF) energy",
+                                                      "pos score", "pos energy"]
+        assert dict(t6.rows)["Viterbi"][0].values == [0.84]
+        assert any("ner: GD and Viterbi rows" in n and "not set beside them" in n for n in t6.notes)
+        text = render_markdown(t6, {"Viterbi": {"ner score": 91.6, "ner energy": -231.53, "pos score": 70.0}})
+        assert "91.60" not in text and "-231.53" not in text  # the CRF+ paper values are not compared with a CRF
+        assert "| Viterbi (paper, Δ) | — | — | 70.00 (-10.00) | — |" in text
 
     def test_two_sweeps_of_one_task_are_not_pooled(self, store):
         t6 = table6([load_sweep(store, "t6"), load_sweep(store, "t6b")])
