@@ -29,6 +29,10 @@ from core.seq2seq import Seq2SeqTagger, TaggerConfig
 from core.checkpoint import JsonConfig
 
 ARCHITECTURES = ("cnn13", "cnn15", "blstm", "seq2seq")
+# g of the CNN's feature maps (§4.1.1 leaves it open). The authors' code builds them with Lasagne's
+# Conv1DLayer, whose default is the rectifier; tanh stays the default here so that checkpoints
+# saved before the choice existed (no field in their config) load as what they were trained as.
+CNN_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 class InfnetOutput(NamedTuple):
@@ -54,6 +58,7 @@ class InfnetConfig(JsonConfig):
     label_dim: int = 32  # seq2seq only: label embedding size
     dropout: float = 0.0
     finetune_embeddings: bool = True
+    cnn_activation: str = "tanh"  # CNN only: g of the feature maps (CNN_ACTIVATIONS)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -69,6 +74,11 @@ class InfnetConfig(JsonConfig):
             raise ValueError(f"InfnetConfig.layers applies to arch 'blstm' only (got arch {self.arch!r} with {self.layers} layers)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"InfnetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.cnn_activation not in CNN_ACTIVATIONS:
+            raise ValueError(f"InfnetConfig.cnn_activation must be one of {tuple(CNN_ACTIVATIONS)}, got {self.cnn_activation!r}")
+        if self.cnn_activation != "tanh" and not self.arch.startswith("cnn"):
+            raise ValueError(f"InfnetConfig.cnn_activation applies to the CNN architectures only (got arch {self.arch!r} "
+                             f"with cnn_activation {self.cnn_activation!r})")
 
 
 
@@ -101,7 +111,8 @@ class _Embedder(nn.Module):
 
 
 class CNNInfnet(nn.Module):
-    """f_n(x, t) = g(W_n [v_{t-n}; ...; v_{t+n}] + b_n) for n = 0 and n = 1 (cnn13) or 2 (cnn15)."""
+    """f_n(x, t) = g(W_n [v_{t-n}; ...; v_{t+n}] + b_n) for n = 0 and n = 1 (cnn13) or 2 (cnn15);
+    g = config.cnn_activation (tanh or the rectifier)."""
 
     def __init__(self, config: InfnetConfig):
         super().__init__()
@@ -112,13 +123,14 @@ class CNNInfnet(nn.Module):
         self.window = nn.Conv1d(D, H, kernel_size=2 * n + 1, padding=n)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(2 * H, config.n_labels)
+        self.g = CNN_ACTIVATIONS[config.cnn_activation]
 
     def forward(self, words, chars, lengths) -> InfnetOutput:
         T = words.shape[1]
         mask = lengths_to_mask(lengths, T, words.device)  # (B, T)
         x = self.embed(words, chars) * mask.unsqueeze(-1)  # (B, T, D): zero past the end, like the padding
         x = x.transpose(1, 2)  # (B, D, T)
-        features = torch.cat([torch.tanh(self.unigram(x)), torch.tanh(self.window(x))], dim=1)  # (B, 2H, T)
+        features = torch.cat([self.g(self.unigram(x)), self.g(self.window(x))], dim=1)  # (B, 2H, T)
         logits = self.output(self.dropout(features.transpose(1, 2)))  # (B, T, L)
         return _output(logits, lengths)
 

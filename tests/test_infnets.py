@@ -46,6 +46,32 @@ class TestArchitectures:
         assert all(moved[t] > 0 for t in range(3 - reach, 4 + reach))
         assert all(moved[t] == 0 for t in range(7) if abs(t - 3) > reach)
 
+    @pytest.mark.parametrize("activation,g", [("tanh", torch.tanh), ("relu", torch.relu)])
+    def test_cnn_feature_maps_by_hand(self, activation, g):
+        """f_n(x, t) = g(W_n [v_{t-n}; ...; v_{t+n}] + b_n), zero vectors past either end (§4.1.1)."""
+        net = tiny_infnet("cnn15", char_filters=0, cnn_activation=activation)
+        words, chars, lengths = tiny_inputs([6])
+        cnn = net.net
+        v = cnn.embed.word_embedding(words)[0]  # (T, D)
+        padded = torch.cat([torch.zeros(2, v.shape[1]), v, torch.zeros(2, v.shape[1])])  # (T + 4, D)
+        rows = []
+        for t in range(6):
+            window = padded[t:t + 5]  # (5, D): v_{t-2} .. v_{t+2}
+            f0 = g(cnn.unigram.weight[:, :, 0] @ v[t] + cnn.unigram.bias)  # (H,)
+            f2 = g(torch.einsum("hdk,kd->h", cnn.window.weight, window) + cnn.window.bias)  # (H,)
+            rows.append(cnn.output(torch.cat([f0, f2])))  # (L,)
+        torch.testing.assert_close(net(words, chars, lengths).logits[0], torch.stack(rows))
+
+    def test_cnn_activation_config(self):
+        with pytest.raises(ValueError, match="cnn_activation must be one of"):
+            InfnetConfig(arch="cnn13", n_words=2, n_chars=2, n_labels=2, cnn_activation="gelu")
+        with pytest.raises(ValueError, match="cnn_activation applies to the CNN architectures only"):
+            InfnetConfig(arch="blstm", n_words=2, n_chars=2, n_labels=2, cnn_activation="relu")
+        # A checkpoint saved before the choice existed has no such field: it was trained with tanh.
+        old = {k: v for k, v in InfnetConfig(arch="cnn15", n_words=2, n_chars=2, n_labels=2).to_dict().items()
+               if k != "cnn_activation"}
+        assert InfnetConfig.from_dict(old).cnn_activation == "tanh"
+
     def test_two_layer_blstm_and_config_errors(self):
         net = tiny_infnet("blstm", layers=2)
         assert net.net.lstm.num_layers == 2
