@@ -14,6 +14,8 @@ from sweeps.cli import app
     (["--objective", "crf", "--char-filters", "0"], "--char-filters"),
     (["--objective", "ce", "--lam", "2"], "--lam"),
     (["--objective", "local", "--arch", "cnn13", "--layers", "2"], "--layers"),
+    (["--objective", "local", "--arch", "blstm", "--cnn-activation", "relu"], "--cnn-activation"),
+    (["--objective", "crf", "--cnn-activation", "relu"], "--cnn-activation"),
 ])
 def test_flags_a_model_ignores_are_errors(tmp_path, args, flag):
     result = CliRunner().invoke(app, ["train", "--task", "synthetic", *args, "--out", str(tmp_path / "x")])
@@ -30,3 +32,13 @@ def test_choices_are_core_tuples():
     assert [m.value for m in train.Objective] == list(OBJECTIVES)
     assert [m.value for m in train.Arch] == list(ARCHITECTURES)
     assert [m.value for m in decode.Decoder] == list(DECODERS + STRUCTURED_DECODERS)
+
+
+def test_cnn_activation_reaches_the_network(tmp_path):
+    import json
+
+    result = CliRunner().invoke(app, ["train", "--task", "synthetic", "--objective", "local", "--arch", "cnn15",
+                                      "--cnn-activation", "relu", "--epochs", "1", "--out", str(tmp_path / "x"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "x" / "checkpoint.json").read_text())
+    assert saved["model_config"]["cnn_activation"] == "relu"

@@ -13,7 +13,7 @@ import typer
 
 from core.config import LOSS_PER, OPTIMIZERS
 from core.data import TASKS
-from core.infnets import ARCHITECTURES
+from core.infnets import ARCHITECTURES, CNN_ACTIVATIONS, InfnetConfig
 from core.seq2seq import ATTENTIONS, FEEDS, TaggerConfig
 from core.stages import OBJECTIVES, STRUCTURED_OBJECTIVES, TrainConfig
 from core.stages.seq2seq import COSTS
@@ -23,6 +23,7 @@ from sweeps.cli.common import DEVICE_HELP, THREADS_HELP, choices, data_root_opti
 Objective = choices("Objective", OBJECTIVES)
 Cost = choices("Cost", COSTS)
 Arch = choices("Arch", ARCHITECTURES)
+CnnActivation = choices("CnnActivation", tuple(CNN_ACTIVATIONS))
 Attention = choices("Attention", ATTENTIONS)
 Feed = choices("Feed", FEEDS)
 Optimizer = choices("Optimizer", OPTIMIZERS)
@@ -50,6 +51,7 @@ def applies(option: str, objective: str, plus: bool, arch: str | None) -> bool:
         "beam_size": SOFT_BEAM, "alpha": SOFT_BEAM, "cost": SOFT_BEAM,
         "arch": INFNETS, "plus": INFNETS, "energy": ("infnet",), "lam": ("infnet",),
         "layers": INFNETS if arch in (None, "blstm") else (),
+        "cnn_activation": INFNETS if arch in (None, "cnn13", "cnn15") else (),
         "attention": SEQ2SEQ, "decoder_hidden": SEQ2SEQ, "dropout": SEQ2SEQ,
         "label_dim": SEQ2SEQ + (INFNETS if arch == "seq2seq" else ()),
         "char_filters": SEQ2SEQ + (STRUCTURED_OBJECTIVES if structured_plus else ()),
@@ -60,7 +62,8 @@ def applies(option: str, objective: str, plus: bool, arch: str | None) -> bool:
 def model_overrides(objective: str, given: dict[str, Any]) -> dict[str, Any]:
     """The model-config overrides of the given size options, named as the objective's model names them."""
     if objective in STRUCTURED_OBJECTIVES:  # the paper's H is the structured models' `hidden`
-        names = {"encoder_hidden": "hidden", "word_dim": "word_dim", "char_filters": "char_filters", "label_dim": "label_dim"}
+        names = {"encoder_hidden": "hidden", "word_dim": "word_dim", "char_filters": "char_filters", "label_dim": "label_dim",
+                 "cnn_activation": "cnn_activation"}
     else:
         names = {n: n for n in ("attention", "encoder_hidden", "decoder_hidden", "label_dim", "word_dim", "char_filters", "dropout")}
     return {names[k]: v for k, v in given.items() if k in names}
@@ -111,6 +114,9 @@ def train(
     lam: Optional[str] = typer.Option(None, help="infnet: weight of the token loss, a schedule like --alpha "
                                       "(decay:1:0.01 is Tu & Gimpel's annealing)" + _d("lam") + "."),
     layers: Optional[int] = typer.Option(None, min=1, max=2, help="local / infnet with --arch blstm: BLSTM layers" + _d("layers") + "."),
+    cnn_activation: Optional[CnnActivation] = typer.Option(
+        None, help="local / infnet with a CNN --arch: g of its feature maps; the authors' code used relu (default: "
+        f"{default(InfnetConfig, 'cnn_activation')})."),
     plus: bool = typer.Option(False, "--plus", help="local / infnet: char CNN + dropout 0.5 (the '+' models)."),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -126,7 +132,7 @@ def train(
         feed=feed, seed=seed, min_count=min_count, train_limit=train_limit, max_train_length=max_train_length, attention=attention,
         encoder_hidden=encoder_hidden, decoder_hidden=decoder_hidden, label_dim=label_dim, word_dim=word_dim,
         char_filters=char_filters, dropout=dropout, eval_beam_size=eval_beam_size, device=device, threads=threads,
-        arch=arch, energy=path_or_none(energy), lam=lam, layers=layers, plus=plus or None,
+        arch=arch, energy=path_or_none(energy), lam=lam, layers=layers, cnn_activation=cnn_activation, plus=plus or None,
     ).items() if value is not None}
     given = {name: value.value if hasattr(value, "value") else value for name, value in given.items()}
     config = train_config(objective.value, given, plus, task=task, out=str(out), data_root=path_or_none(data_root),
@@ -145,7 +151,7 @@ def train_config(objective: str, given: dict[str, Any], plus: bool, **run: Any) 
         fail(f"{flags}: not used by objective {objective!r}" + (" with these options" if objective in INFNETS else ""))
     model = model_overrides(objective, given)
     fields = {name: value for name, value in given.items() if name not in model and name not in (
-        "attention", "encoder_hidden", "decoder_hidden", "label_dim", "word_dim", "char_filters", "dropout")}
+        "attention", "encoder_hidden", "decoder_hidden", "label_dim", "word_dim", "char_filters", "dropout", "cnn_activation")}
     return run_guarded(TrainConfig, objective=objective, model=model, **run, **fields)
 
 
