@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from core.encoders import BiLSTMEncoder
+from core.encoders import BiLSTMEncoder, check_char_activation
 from core.checkpoint import JsonConfig
 
 
@@ -483,8 +483,10 @@ class CRFConfig(JsonConfig):
     hidden: int = 100  # per direction (the paper's H)
     dropout: float = 0.0
     finetune_embeddings: bool = False
+    char_activation: str = "none"  # g after the char CNN's max-pool (core.encoders.CHAR_ACTIVATIONS)
 
     def __post_init__(self) -> None:
+        check_char_activation("CRFConfig", self.char_activation)
         for name in ("n_words", "n_chars", "n_labels", "word_dim", "char_dim", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CRFConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -511,6 +513,7 @@ class BLSTMCRF(nn.Module):
         self.encoder = BiLSTMEncoder(
             config.n_words, config.n_chars, word_dim=config.word_dim, char_dim=config.char_dim,
             char_filters=config.char_filters, hidden=config.hidden, dropout=config.dropout,
+            char_activation=config.char_activation,
         )
         self.encoder.word_embedding.weight.requires_grad_(config.finetune_embeddings)
         self.unary_layer = nn.Linear(self.encoder.output_dim, config.n_labels)

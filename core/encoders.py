@@ -9,9 +9,21 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
+# g after the character convolution. Ma & Hovy's code, and Tu & Gimpel's after it, use tanh
+# (Lasagne Conv1DLayer(..., nonlinearity=tanh)); "none" is what beamtune ran before the choice
+# existed, and the default of every model config so that older checkpoints load as trained.
+# tanh is monotonic, so max(tanh(conv)) = tanh(max(conv)): it is applied after the pooling.
+CHAR_ACTIVATIONS = {"none": lambda x: x, "tanh": torch.tanh}
+
+
+def check_char_activation(owner: str, value: str) -> None:
+    if value not in CHAR_ACTIVATIONS:
+        raise ValueError(f"{owner}.char_activation must be one of {tuple(CHAR_ACTIVATIONS)}, got {value!r}")
+
+
 class CharCNN(nn.Module):
     """Character CNN of Ma & Hovy (2016): embed characters, dropout, one convolution of width 3,
-    max-pool.
+    max-pool, g (CHAR_ACTIVATIONS).
 
     Gives each word a vector of `filters` features built from its spelling, which helps with
     unknown and rare words (capitalisation, suffixes, digits). Ma & Hovy apply dropout to the
@@ -19,8 +31,10 @@ class CharCNN(nn.Module):
     """
 
     def __init__(self, n_chars: int, char_dim: int = 30, filters: int = 50, width: int = 3, pad_id: int = 0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, activation: str = "none"):
         super().__init__()
+        check_char_activation("CharCNN", activation)
+        self.g = CHAR_ACTIVATIONS[activation]
         self.embedding = nn.Embedding(n_chars, char_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv1d(char_dim, filters, kernel_size=width, padding=width // 2)
@@ -38,7 +52,7 @@ class CharCNN(nn.Module):
         x = x.max(dim=2).values  # (B*T, filters)
         # Padding *words* have only padding characters: their max is -inf; make it 0.
         x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-        return x.view(B, T, -1)  # (B, T, filters)
+        return self.g(x).view(B, T, -1)  # (B, T, filters); g(0) = 0 for both choices
 
 
 class BiLSTMEncoder(nn.Module):
@@ -58,10 +72,12 @@ class BiLSTMEncoder(nn.Module):
         char_filters: int = 50,
         hidden: int = 128,
         dropout: float = 0.5,
+        char_activation: str = "none",
     ):
         super().__init__()
         self.word_embedding = nn.Embedding(n_words, word_dim, padding_idx=0)
-        self.char_cnn = CharCNN(n_chars, char_dim, char_filters, dropout=dropout) if char_filters > 0 else None
+        self.char_cnn = (CharCNN(n_chars, char_dim, char_filters, dropout=dropout, activation=char_activation)
+                         if char_filters > 0 else None)
         input_dim = word_dim + (char_filters if char_filters > 0 else 0)
         self.lstm = nn.LSTM(input_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)

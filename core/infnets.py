@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from core.encoders import CharCNN
+from core.encoders import CharCNN, check_char_activation
 from core.masks import lengths_to_mask
 from core.seq2seq import Seq2SeqTagger, TaggerConfig
 from core.checkpoint import JsonConfig
@@ -61,8 +61,10 @@ class InfnetConfig(JsonConfig):
     # g of the CNN's feature maps (CNN_ACTIVATIONS). The BLSTM and seq2seq have no such g and
     # ignore it, so that one study stage can set it over a grid of architectures.
     cnn_activation: str = "tanh"
+    char_activation: str = "none"  # g after the char CNN's max-pool (core.encoders.CHAR_ACTIVATIONS)
 
     def __post_init__(self) -> None:
+        check_char_activation("InfnetConfig", self.char_activation)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"InfnetConfig.arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         for name in ("n_words", "n_chars", "n_labels", "word_dim", "char_dim", "hidden", "label_dim"):
@@ -97,8 +99,8 @@ class _Embedder(nn.Module):
         super().__init__()
         self.word_embedding = nn.Embedding(config.n_words, config.word_dim, padding_idx=0)
         self.word_embedding.weight.requires_grad_(config.finetune_embeddings)
-        self.char_cnn = (CharCNN(config.n_chars, config.char_dim, config.char_filters, dropout=config.dropout)
-                         if config.char_filters else None)
+        self.char_cnn = (CharCNN(config.n_chars, config.char_dim, config.char_filters, dropout=config.dropout,
+                                 activation=config.char_activation) if config.char_filters else None)
         self.output_dim = config.word_dim + config.char_filters
         self.dropout = nn.Dropout(config.dropout)
 
@@ -164,6 +166,7 @@ class Seq2SeqInfnet(nn.Module):
             n_words=config.n_words, n_chars=config.n_chars, n_labels=config.n_labels, word_dim=config.word_dim,
             char_dim=config.char_dim, char_filters=config.char_filters, encoder_hidden=config.hidden,
             decoder_hidden=config.hidden, label_dim=config.label_dim, attention="fixed", dropout=config.dropout,
+            char_activation=config.char_activation,
         ))
         self.tagger.encoder.word_embedding.weight.requires_grad_(config.finetune_embeddings)
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from core.encoders import BiLSTMEncoder
+from core.encoders import BiLSTMEncoder, check_char_activation
 from core.checkpoint import JsonConfig
 
 ATTENTIONS = ("fixed", "dot", "general", "mlp")
@@ -36,6 +36,7 @@ class TaggerConfig(JsonConfig):
     word_dim: int = 50
     char_dim: int = 30
     char_filters: int = 50  # 0 turns the character CNN off
+    char_activation: str = "none"  # g after the char CNN's max-pool (core.encoders.CHAR_ACTIVATIONS)
     encoder_hidden: int = 128  # per direction
     decoder_hidden: int = 128
     label_dim: int = 32
@@ -43,6 +44,7 @@ class TaggerConfig(JsonConfig):
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
+        check_char_activation("TaggerConfig", self.char_activation)
         for name in ("n_words", "n_chars", "n_labels", "word_dim", "encoder_hidden", "decoder_hidden", "label_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -124,6 +126,7 @@ class Seq2SeqTagger(nn.Module):
             char_filters=config.char_filters,
             hidden=config.encoder_hidden,
             dropout=config.dropout,
+            char_activation=config.char_activation,
         )
         S = self.encoder.output_dim
         # Row n_labels is the start symbol <s>, fed at position 0.

@@ -173,3 +173,44 @@ class TestCharCNNDropout:
     def test_taggers_pass_their_rate(self):
         config = InfnetConfig(arch="cnn13", n_words=10, n_chars=20, n_labels=3, char_filters=4, dropout=0.3)
         assert InferenceNetwork(config).net.embed.char_cnn.dropout.p == 0.3
+
+
+class TestCharActivation:
+    """g after the character CNN's max-pool: tanh in Ma & Hovy's and the authors' code, none before."""
+
+    def test_tanh_of_the_pooled_convolution(self):
+        from core.encoders import CharCNN
+
+        torch.manual_seed(0)
+        chars = torch.randint(1, 20, (2, 3, 6))  # (B, T, C)
+        chars[1, 2] = 0  # a padding word: only padding characters
+        chars[0, 1, 4:] = 0  # a short word
+        plain, squashed = CharCNN(20, filters=5), CharCNN(20, filters=5, activation="tanh")
+        squashed.load_state_dict(plain.state_dict())
+        raw = plain(chars)  # (B, T, filters)
+        # by hand for one real word: max over its characters of the convolution, then tanh
+        x = plain.embedding(chars[0, 1, :4]).T.unsqueeze(0)  # (1, char_dim, 4)
+        conv = torch.nn.functional.conv1d(x, plain.conv.weight, plain.conv.bias, padding=1)  # (1, filters, 4)
+        torch.testing.assert_close(raw[0, 1], conv[0].amax(dim=1))
+        torch.testing.assert_close(squashed(chars), torch.tanh(raw))
+        assert torch.equal(squashed(chars)[1, 2], torch.zeros(5))  # padding words stay zero
+
+    def test_every_model_config_carries_it_and_old_ones_load_as_none(self):
+        from core.crf import BLSTMCRF, CRFConfig
+        from core.seq2seq import TaggerConfig
+
+        crf = BLSTMCRF(CRFConfig(n_words=10, n_chars=20, n_labels=3, char_filters=4, char_activation="tanh"))
+        assert crf.encoder.char_cnn.g is torch.tanh
+        net = InferenceNetwork(InfnetConfig(arch="seq2seq", n_words=10, n_chars=20, n_labels=3, char_filters=4,
+                                            char_activation="tanh"))
+        assert net.net.tagger.encoder.char_cnn.g is torch.tanh
+        cnn = InferenceNetwork(InfnetConfig(arch="cnn13", n_words=10, n_chars=20, n_labels=3, char_filters=4,
+                                            char_activation="tanh"))
+        assert cnn.net.embed.char_cnn.g is torch.tanh
+        for config_class, required in ((CRFConfig, dict(n_words=2, n_chars=2, n_labels=2)),
+                                       (InfnetConfig, dict(arch="blstm", n_words=2, n_chars=2, n_labels=2)),
+                                       (TaggerConfig, dict(n_words=2, n_chars=2, n_labels=2))):
+            with pytest.raises(ValueError, match=f"{config_class.__name__}.char_activation must be one of"):
+                config_class(**required, char_activation="relu")
+            old = {k: v for k, v in config_class(**required).to_dict().items() if k != "char_activation"}
+            assert config_class.from_dict(old).char_activation == "none"
