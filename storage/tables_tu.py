@@ -358,6 +358,14 @@ def figure1_points(sweeps: list[Sweep]) -> dict[str, dict[str, list[tuple[int, f
             if len({h for line in lines.values() for h, _ in line}) > 1}
 
 
+def _setting_text(trials: list[Trial], chosen: list[Trial]) -> str:
+    """The chosen setting, by the parameters (not the seed) that differ among the candidates;
+    "default" where the chosen trials did not log one (their stage's default)."""
+    keys = sorted({k for t in trials for k in t.params} - {"seed"})
+    varying = [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
+    return ", ".join(f"{k}={chosen[0].params.get(k, 'default')}" for k in varying) or "settings differ in name only"
+
+
 def _cell(entries: list[tuple[Trial, str]], notes: list[str], row: str, col: tuple[str, str], split: str = "test") -> Cell:
     """Mean +- sd over seeds of the setting with the best mean dev score, on `split`."""
     if not entries:
@@ -369,7 +377,7 @@ def _cell(entries: list[tuple[Trial, str]], notes: list[str], row: str, col: tup
         chosen, settings = _select_by(trials, dev_of)
         if settings > 1:
             notes.append(f"{row}, {col[0]} {col[1]}: best of {settings} settings by mean dev (those with the most "
-                         f"seeds); {len(chosen)} seed(s)")
+                         f"seeds): {_setting_text(trials, chosen)}; {len(chosen)} seed(s)")
     else:
         chosen = trials
     index = 0 if split == "dev" else 1

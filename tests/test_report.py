@@ -294,7 +294,7 @@ class TestTuTables:
         [one, *_] = paper_tables(sweeps)
         blstm = cells_of(one)["local baseline"]["twitter_pos BLSTM"]
         assert (blstm.n, blstm.mean) == (2, pytest.approx(0.852))
-        assert any("best of 2 settings by mean dev (those with the most seeds); 2 seed(s)" in n for n in one.notes)
+        assert any("best of 2 settings by mean dev (those with the most seeds): hidden=100; 2 seed(s)" in n for n in one.notes)
         # Figure 1 still shows H = 400 at its own point
         assert figure1_points(sweeps)["twitter_pos"]["local baseline blstm"] == [(100, pytest.approx(0.85)), (400, pytest.approx(0.90))]
 
