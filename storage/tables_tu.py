@@ -439,8 +439,11 @@ def table6_sources(sweeps: list[Sweep], crf_stage_of: dict[str, str]) -> tuple[d
         for sweep in chosen:
             # The column label is what the references are keyed by ("<task> score"): a BLSTM-CRF
             # column is named apart so that the paper's CRF+ values never stand beside it.
-            label = f"{task} (BLSTM-CRF)" if crf_only and len(chosen) == 1 else task
-            sources[label if len(chosen) == 1 else f"{task} ({sweep.name})"] = sweep
+            if len(chosen) > 1:
+                label = f"{task} ({sweep.name})"
+            else:
+                label = f"{task} (BLSTM-CRF)" if crf_only else task
+            sources[label] = sweep
     return sources, notes
 
 
