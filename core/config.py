@@ -34,6 +34,11 @@ class ConfigError(ValueError):
         self.owner, self.field, self.message = owner, field, message
         super().__init__(f"{owner}: {message}")
 
+    def __reduce__(self):
+        # Pickle and copy.copy rebuild an exception as cls(*self.args), and args holds the one
+        # formatted line; Ray copies a trial's exception, so without this it became a TypeError.
+        return type(self), (self.owner, self.field, self.message)
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says where."""

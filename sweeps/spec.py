@@ -64,6 +64,13 @@ class SweepStage:
     warm_field: str = "init"  # the config field the warm-start checkpoint goes into
     warm_energy: bool = False  # the warm start is an infnet: its CRF energy is copied too (storage.best.export_energy)
 
+    @property
+    def warm_start_is_start(self) -> bool:
+        """Whether the warm start is only where training starts ("init": the resumed checkpoint
+        holds what came of it) rather than a model read throughout (an infnet's fixed energy),
+        which a trial resumed from its last state still needs."""
+        return self.warm_field == "init"
+
 
 # Every stage the papers' sweeps need: each training objective of core.stages, the GD oracle and Table 6.
 STAGES: dict[str, SweepStage] = {s.name: s for s in (

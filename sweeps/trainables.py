@@ -65,8 +65,9 @@ def build_train_config(config: dict[str, Any], context: dict[str, Any], out: Pat
     top, model = split_params(config, context["objective"])
     top.setdefault("threads", context.get("threads", 1))
     extra = {}
-    if context.get("warm_start") and resume_from is None:
-        extra[STAGES[context["stage"]].warm_field] = context["warm_start"]
+    stage = STAGES[context["stage"]]
+    if context.get("warm_start") and (resume_from is None or not stage.warm_start_is_start):
+        extra[stage.warm_field] = context["warm_start"]
     return TrainConfig(task=context["task"], data_root=context.get("data_root"), out=str(out),
                        objective=context["objective"], epochs=context["epochs"], progress=False, model=model,
                        resume_from=str(resume_from) if resume_from else None, **top, **extra)

@@ -2,7 +2,9 @@
 parsed by the same schedule code."""
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import pytest
 
@@ -39,6 +41,14 @@ def test_config_error_names_the_field(changes, field, message):
     with pytest.raises(ConfigError, match=message) as error:
         TrainConfig(task="synthetic", out="-", **changes)
     assert error.value.field == field and str(error.value).startswith("TrainConfig: ")
+
+
+@pytest.mark.parametrize("rebuild", [copy.copy, lambda error: pickle.loads(pickle.dumps(error))], ids=["copy", "pickle"])
+def test_config_error_survives_copy_and_pickle(rebuild):
+    """Ray copies and pickles a trial's exception: it must arrive as itself, not as a TypeError."""
+    error = rebuild(ConfigError("TrainConfig", "energy", "objective 'infnet' needs energy"))
+    assert type(error) is ConfigError and error.field == "energy"
+    assert str(error) == "TrainConfig: objective 'infnet' needs energy"
 
 
 def test_lambda_is_a_schedule_like_alpha():

@@ -56,3 +56,29 @@ def test_early_stopped_trials_get_final_scores(ray_local, tmp_path):
 
     winner = client.get_run(outcome.best.mlflow_run_id)
     assert "final.test.greedy.score" in winner.data.metrics
+
+
+def test_stopped_inference_networks_are_scored_with_their_energy(ray_local, tmp_path):
+    """An inference network's warm start is its fixed CRF energy, which scoring (and resuming) its
+    last state still needs: the energy stays in the config of a trial rebuilt from its checkpoint."""
+    from core.train import TrainConfig, train
+    from sweeps.launch import run_sweep
+
+    crf = tmp_path / "crf"
+    train(TrainConfig(task="synthetic", objective="crf", out=str(crf), epochs=1, threads=1, progress=False,
+                      model={"hidden": 8, "word_dim": 8}))
+    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
+    fixed = {"arch": "cnn13", "hidden": 8, "batch_size": 32, "patience": 0, "train_limit": 300}
+    spec = validate({"name": "cut", "task": "synthetic", "stage": "infnet", "epochs": EPOCHS, "fixed": fixed,
+                     "space": {"lr": {"grid": [3e-2, 2e-2, 1e-7, 2e-7]}}, "search": {"algorithm": "grid"},
+                     "warm_start": {"checkpoint": str(crf)}, "num_samples": 1, "max_concurrent": 1,
+                     "resources": {"cpu": 1}, "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
+                    storage=storage)
+    outcome = run_sweep(spec, storage=storage, tracking_uri=uri, verbose=0)
+    assert outcome.trials == 4 and outcome.errors == 0
+
+    runs = tracking.child_runs(uri, outcome.experiment_id, outcome.parent_run_id)
+    stopped = [r for r in runs if r.data.tags.get(tracking.STOPPED_TAG) == "true"]
+    assert stopped, "ASHA stopped no trial: the test tested nothing"
+    for run in runs:
+        assert "final.test.infnet.score" in run.data.metrics, sorted(run.data.metrics)
