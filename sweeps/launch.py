@@ -5,7 +5,8 @@ machine, no dashboard, a small object store) with sweep storage in ./runs/sweeps
 `--address` or `RAY_ADDRESS` joins it, and `--storage` must be a path every node shares.
 
 Resume (`beamtune sweep --resume NAME`) uses `Tuner.restore`: finished and errored trials are not
-re-run, unfinished ones continue from their last checkpoint in their own MLflow run, and the
+re-run (errored ones are with `--retry-failed`: from their last checkpoint, in their own MLflow
+run, for a failure since fixed), unfinished ones continue from their last checkpoint in their own MLflow run, and the
 Optuna searcher's state comes back through Ray. Ray does not save the scheduler (ray#30838: the
 restored ASHA starts with empty rungs, so a resumed sweep would stop nothing it should), so
 `ResumableASHA` keeps its rungs in `STORAGE/.beamtune/NAME/asha_state.json` and reloads them itself.
@@ -269,8 +270,11 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, resume: bool = False,
-              verbose: int = 0, progress: bool = True, study_run_id: str | None = None) -> SweepOutcome:
+              retry_failed: bool = False, verbose: int = 0, progress: bool = True,
+              study_run_id: str | None = None) -> SweepOutcome:
     """Run (or with `resume`, continue) the sweep `spec`; returns once every trial has ended.
+    `retry_failed` (with `resume`): the trials that ended in an error run again too, each from its
+    last checkpoint.
     verbose 0: Ray stays quiet and, with `progress`, the compact view (sweeps.progress) reports;
     verbose 1 or 2: Ray's own tables. `study_run_id`: the MLflow run of the study this sweep is a
     stage of (its parent run nests there)."""
@@ -286,12 +290,14 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     start = time.perf_counter()
     root = resolve_storage(storage)
     directory = root / spec.name
+    if retry_failed and not resume:
+        raise SweepError("retrying failed trials needs a sweep to resume (--resume NAME)")
     check_sweep_folder(spec, root, directory, resume)
     directory.mkdir(parents=True, exist_ok=True)
     try:
         with driver_lock(directory):
             return _run_sweep(spec, root, directory, tracking_uri, address, num_cpus, resume, verbose, compact,
-                              study_run_id, start)
+                              study_run_id, start, retry_failed)
     except KeyboardInterrupt:
         if (directory / SWEEP_FILE).is_file():  # the lock is free again: settle MLflow as for a killed driver
             note_incomplete(spec.name, root)
@@ -314,16 +320,18 @@ def driver_lock(directory: Path):
 
 def _run_sweep(spec: SweepSpec, root: Path, directory: Path, tracking_uri: str | None, address: str | None,
                num_cpus: int | None, resume: bool, verbose: int, compact: bool, study_run_id: str | None,
-               start: float) -> SweepOutcome:
+               start: float, retry_failed: bool = False) -> SweepOutcome:
     phases: dict[str, float] = {}
     if compact:
         say_stderr(f"[{spec.name}] starting Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}) and MLflow "
-                   f"({tracking_uri or 'the default store'}); {'resuming' if resume else 'starting'} the sweep")
+                   f"({tracking_uri or 'the default store'}); {'resuming' if resume else 'starting'} the sweep"
+                   f"{' and retrying its failed trials' if retry_failed else ''}")
     state, started_ray = start_ray_and_tracking(spec, root, directory, tracking_uri, address, num_cpus, resume, phases,
                                                 verbose, study_run_id)
     try:
         with timed(phases, "tune"):
-            ray_trials = fit(make_tuner(spec, root, directory, state, resume, verbose, compact), state, directory)
+            tuner = make_tuner(spec, root, directory, state, resume, verbose, compact, retry_failed)
+            ray_trials = fit(tuner, state, directory)
         with timed(phases, "score_stopped"):
             score_stopped(spec, state, directory, ray_trials)
     finally:
@@ -503,8 +511,9 @@ def trial_context(spec: SweepSpec, state: dict[str, Any], directory: Path) -> di
 
 
 def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, Any], resume: bool, verbose: int,
-               compact: bool = False):
-    """The Tuner of a new sweep, or the restored one of a resumed sweep."""
+               compact: bool = False, retry_failed: bool = False):
+    """The Tuner of a new sweep, or the restored one of a resumed sweep (with `retry_failed`, its
+    errored trials rescheduled from their last checkpoints: Tune's resume_errored)."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -514,7 +523,7 @@ def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, An
                                     spec.resources.to_ray())
     if resume:
         return tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+                                  resume_errored=retry_failed, restart_errored=False)
     search_alg = _search_alg(spec)
     return tune.Tuner(
         trainable,

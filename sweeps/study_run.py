@@ -156,7 +156,7 @@ def _refuse_drift(study: Study, root: Path, stages: list[str] | None) -> None:
         if stages is not None and name not in stages:
             continue
         status = _one_status(root, study.sweep_name(name), stage.spec)
-        if status.drift and status.state in ("finished", "interrupted"):
+        if status.drift and status.state in ("finished", "interrupted", "failed"):
             problems.append(f"stages.{name}: its sweep {study.sweep_name(name)} {status.state} under another spec "
                             f"({'; '.join(status.drift)}): run it with the spec it ran under, or remove "
                             f"{root / study.sweep_name(name)} (or use another sweeps folder) to run this one")
@@ -166,9 +166,11 @@ def _refuse_drift(study: Study, root: Path, stages: list[str] | None) -> None:
 
 def run_study(study: Study, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, verbose: int = 0,
-              say: Callable[[str], None] = print, stages: list[str] | None = None) -> dict[str, StageStatus]:
+              say: Callable[[str], None] = print, stages: list[str] | None = None,
+              retry_failed: bool = False) -> dict[str, StageStatus]:
     """Run every stage that has not finished, in order (only `stages`, from sweeps.study.select_stages,
-    when given); returns the final status of each stage of the study."""
+    when given); with `retry_failed`, also the failed trials of the stages that had some (each
+    from its last checkpoint). Returns the final status of each stage of the study."""
     import ray
 
     from sweeps.launch import connect, run_sweep
@@ -183,18 +185,21 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
             if stages is not None and name not in stages:
                 continue
             status = _one_status(root, study.sweep_name(name), stage.spec)
-            if status.state == "finished":
+            retry = retry_failed and (status.failed > 0 or status.state == "interrupted")
+            if status.state == "finished" and not retry:
                 say(f"stage {name}: finished before, skipped ({status.best_trial} {stage.spec.metric} {status.best_value:.4f})")
                 continue
-            if status.state == "failed":
+            if status.state == "failed" and not retry:
                 raise StudyError([f"stages.{name}: failed in an earlier run ({status.failed} of {status.trials} trials); "
-                                  f"fix it and start it afresh by removing {root / study.sweep_name(name)}"])
+                                  f"fix it and run its failed trials again with --retry-failed, or start it afresh by "
+                                  f"removing {root / study.sweep_name(name)}"])
             if status.state == "running":
                 raise StudyError([f"stages.{name}: sweep {study.sweep_name(name)} is being run by another process"])
-            resume = status.state == "interrupted"
-            say(f"stage {name}: {'resuming' if resume else 'starting'} sweep {study.sweep_name(name)}")
-            run_sweep(stage.spec, storage=root, tracking_uri=uri, address=address, resume=resume, verbose=verbose,
-                      study_run_id=study_run)
+            resume = status.state != "pending"
+            say(f"stage {name}: {'resuming' if resume else 'starting'} sweep {study.sweep_name(name)}"
+                f"{' and retrying its failed trials' if retry else ''}")
+            run_sweep(stage.spec, storage=root, tracking_uri=uri, address=address, resume=resume, retry_failed=retry,
+                      verbose=verbose, study_run_id=study_run)
             status = _one_status(root, study.sweep_name(name), stage.spec)
             if status.state != "finished":
                 raise StudyError([f"stages.{name}: {status.state} ({status.failed} of {status.trials} trials failed)"])

@@ -172,3 +172,69 @@ def test_ctrl_c_interrupts_as_a_kill_does(tmp_path):
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:  # every trial trained all its epochs, none was cut short and called finished
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "dev_score")) == list(range(1, epochs + 1))
+
+
+def test_retry_failed_reruns_errored_trials_from_their_last_checkpoint(tmp_path):
+    """A trial whose worker died (here SIGKILL, as the OOM killer would) with no retries left ends
+    in ERROR and a plain --resume leaves it so; `--resume --retry-failed` runs it again from its
+    last checkpoint, in its own MLflow run, to its last epoch, and leaves the finished trial alone."""
+    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
+    epochs = 30  # ~1 s each: the kill must land well before the end
+    spec = {"name": "f", "task": "synthetic", "stage": "ce", "epochs": epochs, "fixed": TINY, "num_samples": 2,
+            "max_concurrent": 2, "max_failures": 0, "space": {"lr": {"loguniform": [3.0e-3, 3.0e-2]}},
+            "search": {"seed": 1}, "scheduler": {"type": "fifo"}}
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(spec))
+    tag = f"BEAMTUNE_RETRY_TEST={tmp_path.name}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    common = ["--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--quiet"]
+    directory = storage / "f"
+
+    driver = subprocess.Popen([str(BEAMTUNE), "sweep", str(tmp_path / "f.yaml"), *common],
+                              env={**env, "BEAMTUNE_RETRY_TEST": tmp_path.name}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len({p.parent for p in directory.glob("*/checkpoint_*") if p.name != "checkpoint_000000"}) < 2:
+            # both trials past epoch 2 (Ray keeps only the latest checkpoints: look for any later one)
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the trials made no second checkpoint in time"
+            time.sleep(0.05)
+        # The trials' actors, by their process titles ("ray::ImplicitFunc.<method>"; not Ray's own
+        # agents, ray::DashboardAgent and ray::RuntimeEnvAgent, whose death takes the node down).
+        titles = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes_with(tag)}
+        workers = [pid for pid, title in titles.items() if title.startswith(b"ray::ImplicitFunc")]
+        assert workers, list(titles.values())
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0 and "sweep f: 2 trials (1 failed)" in out, out[-2000:] + err[-3000:]
+    statuses = json.loads((directory / "beamtune_trials.json").read_text())
+    killed = next(tid for tid, status in statuses.items() if status == "ERROR")
+    state = json.loads((directory / "beamtune_sweep.json").read_text())
+    client = tracking.client(uri)
+    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])}
+    assert runs[killed].info.status == "FAILED"
+    other_end = next(r.info.end_time for tid, r in runs.items() if tid != killed)
+
+    retried = subprocess.run([str(BEAMTUNE), "sweep", "--resume", "f", "--retry-failed", *common], env=env,
+                             capture_output=True, text=True, timeout=400)
+    assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
+    assert "sweep f: 2 trials (0 failed)" in retried.stdout
+    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])}
+    assert len(runs) == 2 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    # From a checkpoint, not from scratch (which one: the last the driver registered before the kill).
+    assert int(runs[killed].data.tags["beamtune.resumed_from_epoch"]) >= 1
+    assert next(r.info.end_time for tid, r in runs.items() if tid != killed) == other_end  # not re-run
+    for run in runs.values():
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "dev_score"))
+        assert steps == list(range(1, epochs + 1))
+        assert "final.test.greedy.score" in run.data.metrics
+
+
+def test_retry_failed_needs_resume(tmp_path):
+    result = subprocess.run([str(BEAMTUNE), "sweep", str(tmp_path / "x.yaml"), "--retry-failed"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --retry-failed retries the failed trials of a sweep: use it with --resume NAME"

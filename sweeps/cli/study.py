@@ -35,6 +35,8 @@ def _load(file: Path, overrides: list[str], need_data: bool = True):
 def study_run(
     file: Path = typer.Argument(..., help="Study file (YAML), e.g. sweeps/studies/quickstart.yaml."),
     resume: bool = typer.Option(False, "--resume", help="Same as running it again: finished stages are skipped."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also run the failed trials of the stages to run "
+                                      "again, each from its last checkpoint (after fixing their cause)."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     stages: Optional[str] = typer.Option(None, "--stages", help="Run only these stages (comma-separated) and the stages "
                                          "they warm-start from; the whole study is still validated."),
@@ -59,7 +61,8 @@ def study_run(
         chosen = select_stages(study, [s.strip() for s in stages.split(",")]) if stages is not None else None
         _preflight(study, chosen)
         statuses = run_study(study, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
-                             verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True), stages=chosen)
+                             verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True), stages=chosen,
+                             retry_failed=retry_failed)
     except (StudyError, SpecError) as error:
         _fail(error.problems)
     except (SweepError, TrackingStoreError) as error:

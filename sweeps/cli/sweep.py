@@ -17,6 +17,8 @@ SWEEP_STORAGE_HELP = "Folder of sweeps (also $BEAMTUNE_SWEEPS; default ./runs/sw
 def sweep(
     spec: Optional[Path] = typer.Argument(None, help="Sweep spec (YAML), e.g. sweeps/specs/quickstart.yaml."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the killed sweep NAME instead (no SPEC)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="With --resume: run the trials that ended in an "
+                                      "error again too, each from its last checkpoint (after fixing their cause)."),
     address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray)."),
     storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=SWEEP_STORAGE_HELP),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
@@ -30,6 +32,8 @@ def sweep(
 
     if (spec is None) == (resume is None):
         fail("give a SPEC file, or --resume NAME (not both)")
+    if retry_failed and resume is None:
+        fail("--retry-failed retries the failed trials of a sweep: use it with --resume NAME")
     try:  # the whole spec is checked before Ray is even imported
         spec_obj = load_spec(spec, storage) if resume is None else None
     except SpecError as error:
@@ -42,7 +46,8 @@ def sweep(
         spec_obj = spec_obj or load_sweep_spec(resume, storage)
         preflight(spec_obj, storage, address, num_cpus)  # the data and checkpoint it names, before Ray starts
         outcome = run_sweep(spec_obj, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
-                            resume=resume is not None, verbose=1 if verbose else 0, progress=not quiet)
+                            resume=resume is not None, retry_failed=retry_failed, verbose=1 if verbose else 0,
+                            progress=not quiet)
     except SpecError as error:
         spec_errors(error)
     except (SweepError, TrackingStoreError) as error:
