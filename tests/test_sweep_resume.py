@@ -174,23 +174,17 @@ def test_ctrl_c_interrupts_as_a_kill_does(tmp_path):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "dev_score")) == list(range(1, epochs + 1))
 
 
-def test_retry_failed_reruns_errored_trials_from_their_last_checkpoint(tmp_path):
-    """A trial whose worker died (here SIGKILL, as the OOM killer would) with no retries left ends
-    in ERROR and a plain --resume leaves it so; `--resume --retry-failed` runs it again from its
-    last checkpoint, in its own MLflow run, to its last epoch, and leaves the finished trial alone."""
-    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
-    epochs = 30  # ~1 s each: the kill must land well before the end
-    spec = {"name": "f", "task": "synthetic", "stage": "ce", "epochs": epochs, "fixed": TINY, "num_samples": 2,
-            "max_concurrent": 2, "max_failures": 0, "space": {"lr": {"loguniform": [3.0e-3, 3.0e-2]}},
-            "search": {"seed": 1}, "scheduler": {"type": "fifo"}}
-    (tmp_path / "f.yaml").write_text(yaml.safe_dump(spec))
-    tag = f"BEAMTUNE_RETRY_TEST={tmp_path.name}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
-    common = ["--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--quiet"]
-    directory = storage / "f"
+RETRY_EPOCHS = 30  # ~1 s each: the kill must land well before the end
+RETRY_SPEC = {"task": "synthetic", "stage": "ce", "epochs": RETRY_EPOCHS, "fixed": TINY, "num_samples": 2,
+              "max_concurrent": 2, "max_failures": 0, "space": {"lr": {"loguniform": [3.0e-3, 3.0e-2]}},
+              "search": {"seed": 1}, "scheduler": {"type": "fifo"}}
 
-    driver = subprocess.Popen([str(BEAMTUNE), "sweep", str(tmp_path / "f.yaml"), *common],
-                              env={**env, "BEAMTUNE_RETRY_TEST": tmp_path.name}, stdout=subprocess.PIPE,
+
+def run_killing_one_trial(command: list[str], env: dict, directory: Path, tmp_path: Path) -> tuple[int, str, str]:
+    """Run `command` (a sweep or study driver) and SIGKILL one trial's worker (as the OOM killer
+    would) once both trials are past epoch 2; returns (exit status, stdout, stderr)."""
+    tag = f"BEAMTUNE_RETRY_TEST={tmp_path.name}"
+    driver = subprocess.Popen(command, env={**env, "BEAMTUNE_RETRY_TEST": tmp_path.name}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -209,28 +203,73 @@ def test_retry_failed_reruns_errored_trials_from_their_last_checkpoint(tmp_path)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 0 and "sweep f: 2 trials (1 failed)" in out, out[-2000:] + err[-3000:]
-    statuses = json.loads((directory / "beamtune_trials.json").read_text())
-    killed = next(tid for tid, status in statuses.items() if status == "ERROR")
+    return driver.returncode, out, err
+
+
+def check_retried(uri: str, directory: Path, killed: str, other_end: int) -> None:
+    """Both trials' runs FINISHED with every epoch once and final scores; the killed trial continued
+    from a checkpoint; the other was not run again."""
     state = json.loads((directory / "beamtune_sweep.json").read_text())
     client = tracking.client(uri)
     runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])}
+    assert len(runs) == 2 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    # From a checkpoint, not from scratch (which one: the last the driver registered before the kill).
+    assert int(runs[killed].data.tags["beamtune.resumed_from_epoch"]) >= 1
+    assert next(r.info.end_time for tid, r in runs.items() if tid != killed) == other_end
+    for run in runs.values():
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "dev_score"))
+        assert steps == list(range(1, RETRY_EPOCHS + 1))
+        assert "final.test.greedy.score" in run.data.metrics
+
+
+def killed_trial(uri: str, directory: Path) -> tuple[str, int]:
+    """(The errored trial's id, the other trial's run end time), checking the errored run is FAILED."""
+    statuses = json.loads((directory / "beamtune_trials.json").read_text())
+    killed = next(tid for tid, status in statuses.items() if status == "ERROR")
+    state = json.loads((directory / "beamtune_sweep.json").read_text())
+    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])}
     assert runs[killed].info.status == "FAILED"
-    other_end = next(r.info.end_time for tid, r in runs.items() if tid != killed)
+    return killed, next(r.info.end_time for tid, r in runs.items() if tid != killed)
+
+
+def test_retry_failed_reruns_errored_trials_from_their_last_checkpoint(tmp_path):
+    """A trial whose worker died with no retries left ends in ERROR; `--resume --retry-failed` runs
+    it again from its last checkpoint, in its own MLflow run, to its last epoch, and leaves the
+    finished trial alone."""
+    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump({"name": "f", **RETRY_SPEC}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    common = ["--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--quiet"]
+    code, out, err = run_killing_one_trial([str(BEAMTUNE), "sweep", str(tmp_path / "f.yaml"), *common], env,
+                                           storage / "f", tmp_path)
+    assert code == 0 and "sweep f: 2 trials (1 failed)" in out, out[-2000:] + err[-3000:]
+    killed, other_end = killed_trial(uri, storage / "f")
 
     retried = subprocess.run([str(BEAMTUNE), "sweep", "--resume", "f", "--retry-failed", *common], env=env,
                              capture_output=True, text=True, timeout=400)
     assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
     assert "sweep f: 2 trials (0 failed)" in retried.stdout
-    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])}
-    assert len(runs) == 2 and {r.info.status for r in runs.values()} == {"FINISHED"}
-    # From a checkpoint, not from scratch (which one: the last the driver registered before the kill).
-    assert int(runs[killed].data.tags["beamtune.resumed_from_epoch"]) >= 1
-    assert next(r.info.end_time for tid, r in runs.items() if tid != killed) == other_end  # not re-run
-    for run in runs.values():
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "dev_score"))
-        assert steps == list(range(1, epochs + 1))
-        assert "final.test.greedy.score" in run.data.metrics
+    check_retried(uri, storage / "f", killed, other_end)
+
+
+def test_study_run_retry_failed(tmp_path):
+    """A study stage that finished with a failed trial is skipped when the study runs again, and
+    with --retry-failed its failed trial runs again from its last checkpoint."""
+    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "s", "stages": {"ce": {"spec": RETRY_SPEC}}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    command = [str(BEAMTUNE), "study", "run", str(tmp_path / "s.yaml"), "--storage", str(storage), "--tracking-uri", uri,
+               "--num-cpus", "2"]
+    code, out, err = run_killing_one_trial(command, env, storage / "s-ce", tmp_path)
+    assert code == 0 and "2 trials, 1 failed" in out, out[-2000:] + err[-3000:]
+    killed, other_end = killed_trial(uri, storage / "s-ce")
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0 and "stage ce: finished before, skipped" in again.stderr, again.stderr[-3000:]
+    retried = subprocess.run([*command, "--retry-failed"], env=env, capture_output=True, text=True, timeout=400)
+    assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
+    assert "stage ce: resuming sweep s-ce and retrying its failed trials" in retried.stderr
+    check_retried(uri, storage / "s-ce", killed, other_end)
 
 
 def test_retry_failed_needs_resume(tmp_path):
