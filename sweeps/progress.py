@@ -16,8 +16,9 @@ agree on names; "best" is the best dev score any trial has reported, the same ra
 Trials that wait for resources (PENDING) are named once the oldest has waited `every` seconds,
 then every `every` seconds while any waits: how many, how long, what they ask for and why they
 wait: the autoscaler is launching nodes (sweeps.ray_private.autoscaler_launching), no node has
-that much at all (nothing is launching it), they queue behind the running trials, or Ray is
-starting them.
+that much at all (nothing is launching it), they queue behind the running trials, Ray is
+starting them, or, when none of this sweep's trials runs and the resources have not been free for
+longer than Ray takes to start an actor, other jobs on the cluster hold them (another sweep).
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ from ray.tune import Callback
 
 from storage.tracking import trial_label
 from sweeps.ray_private import autoscaler_launching
+
+
+# How long a trial may stay PENDING while Ray starts its actor on resources already reserved for
+# it (seconds; seen: under 10 on a loaded 2-core machine). Past it, with no free resources and no
+# trial of this sweep running, the resources are held by other jobs on the cluster.
+ACTOR_START_S = 60.0
 
 
 def say_stderr(line: str) -> None:
@@ -141,10 +148,10 @@ def pending_line(pending: list, waited: float, running: int) -> str:
             requests.append(request)
     asked = " or ".join("{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(r.items())) + "}" for r in requests)
     count = f"{len(pending)} trial{'s' if len(pending) != 1 else ''}"
-    return f"{count} pending: waiting {waited:.0f} s for {asked} ({_why_pending(requests, running, len(pending))})"
+    return f"{count} pending: waiting {waited:.0f} s for {asked} ({_why_pending(requests, running, len(pending), waited)})"
 
 
-def _why_pending(requests: list[dict[str, float]], running: int, pending: int) -> str:
+def _why_pending(requests: list[dict[str, float]], running: int, pending: int, waited: float) -> str:
     import ray
 
     launching = autoscaler_launching()
@@ -155,6 +162,9 @@ def _why_pending(requests: list[dict[str, float]], running: int, pending: int) -
     if not fits:
         return "no node has that much" + ("; the autoscaler is launching none" if launching == 0 else "")
     free = ray.available_resources()
-    if running and not any(all(free.get(k, 0) >= v for k, v in r.items()) for r in requests):
-        return f"behind {running} running trial{'s' if running != 1 else ''}"
+    if not any(all(free.get(k, 0) >= v for k, v in r.items()) for r in requests):
+        if running:
+            return f"behind {running} running trial{'s' if running != 1 else ''}"
+        if waited > ACTOR_START_S:
+            return "no trial of this sweep runs: other jobs on the cluster hold the resources"
     return f"Ray is starting {'them' if pending > 1 else 'it'}"  # free, or held by a trial whose actor is starting

@@ -3,6 +3,7 @@ trials that wait for resources."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from types import SimpleNamespace
 
@@ -81,3 +82,49 @@ def test_pending_trial_is_named_with_its_request_and_wait(ray_local, tmp_path):
     assert any(line.startswith("[p] 1 trial pending") and line.endswith("(behind 1 running trial)") for line in pending)
     waits = [int(re.fullmatch(pattern, line).group(1)) for line in pending]
     assert waits[0] >= 1 and waits == sorted(waits)  # named after `every` seconds, then how long it has waited
+
+
+@pytest.mark.slow  # starts Ray
+def test_pending_behind_another_job_says_so(ray_local, tmp_path, monkeypatch):
+    """A sweep whose trial waits because something outside it (here an actor holding both CPUs, as
+    another sweep's trials would) holds the cluster's resources says so, instead of "Ray is
+    starting it", once the wait is longer than an actor takes to start."""
+    import ray
+    from ray import tune
+
+    import sweeps.progress
+
+    monkeypatch.setattr(sweeps.progress, "ACTOR_START_S", 2.0)
+
+    @ray.remote(num_cpus=2)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    assert ray.get(holder.ready.remote())
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if "other jobs" in line:
+            ray.kill(holder)  # the other job ends: the trial starts
+
+    def one_epoch(config):
+        tune.report({"dev_score": 0.5, "epoch": 1})
+
+    view = CompactProgress("o", "ce", 1, "dev_score", "max", [], say=say, every=1.0)
+    tuner = tune.Tuner(tune.with_resources(one_epoch, {"cpu": 1}),
+                       run_config=tune.RunConfig(name="o", storage_path=str(tmp_path), callbacks=[view], verbose=0))
+    deadline = threading.Timer(60, ray.kill, [holder])  # if the line never comes, the sweep still ends
+    deadline.start()
+    try:
+        results = tuner.fit()
+    finally:
+        deadline.cancel()
+    assert not results.errors
+    held = [line for line in lines if "other jobs" in line]
+    assert held, lines
+    assert re.fullmatch(r"\[o\] 1 trial pending: waiting (\d+) s for \{CPU: 1\} \(no trial of this sweep runs: "
+                        r"other jobs on the cluster hold the resources\)", held[0]), held[0]
+    assert int(re.fullmatch(r"\[o\] 1 trial pending: waiting (\d+) s.*", held[0]).group(1)) >= 2
