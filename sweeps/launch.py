@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,25 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if knows_trial(self, trial.trial_id):
             super().on_trial_remove(tune_controller, trial)
             self._save()
+
+
+# ----------------------------------------------------------------------------------------------
+# SIGUSR1 as Ctrl+C.
+
+
+class Sigusr1Interrupts(Callback):
+    """SIGUSR1 interrupts the sweep as Ctrl+C does (KeyboardInterrupt: resumable, exit 130).
+
+    Tune installs its own SIGUSR1 handler in every run, with no setting to turn it off, and that
+    handler ends the run "cleanly": the unfinished trials are stopped and reported TERMINATED, so
+    the sweep was recorded done, half-trained trials scored as early-stopped (measured: 2 of 15
+    epochs, exit 0, "0 failed"). Batch schedulers send SIGUSR1 before a job's time limit (SLURM's
+    --signal). Callbacks are set up after Tune has installed its handlers, so this one replaces it.
+    """
+
+    def setup(self, **info):
+        if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, signal.default_int_handler)  # raises KeyboardInterrupt
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,6 +304,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | os.PathLike | None = None, trac
     # it stops the unfinished trials, which it then reports TERMINATED, so the sweep was recorded as
     # done with half-trained and never-started trials (and a study skipped the stage when run again).
     # Without it the KeyboardInterrupt reaches us: no trials file, MLflow says how to resume.
+    # SIGUSR1 likewise: Sigusr1Interrupts.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if verbose == 0:  # Tune's new output engine prints its boxes and a TensorBoard hint even at verbose 0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -539,7 +561,8 @@ def make_tuner(spec: SweepSpec, root: Path, directory: Path, state: dict[str, An
                                                     checkpoint_score_attribute=spec.metric,
                                                     checkpoint_score_order=spec.mode),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], directory,
+            callbacks=[Sigusr1Interrupts(),
+                       MlflowSweepCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], directory,
                                            spec.name)] + (
                 [CompactProgress(spec.name, spec.stage, spec.epochs if spec.stage_info.family == "train" else 1,  # evaluation: one report
                                   spec.metric, spec.mode, sorted(spec.space))]
