@@ -1,6 +1,8 @@
 """Kill the sweep driver (SIGKILL, whole process group: Ray dies with it) once a trial has
 finished; `beamtune sweep --resume NAME` finishes the sweep without re-running finished trials,
-keeps ASHA's rungs (ray#30838) and leaves exactly one settled MLflow run per trial."""
+keeps ASHA's rungs (ray#30838) and leaves exactly one settled MLflow run per trial. Ctrl+C and
+SIGUSR1 leave a sweep as the kill does; a trial whose worker is killed fails, and `--retry-failed`
+(sweep and study) runs it again from its checkpoint."""
 from __future__ import annotations
 
 import contextlib
