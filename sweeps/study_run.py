@@ -2,11 +2,13 @@
 (local by default), nested under one MLflow run for the study, then the report.
 
     stage_status(study, storage) -> {stage: StageStatus}
-    run_study(study, storage=..., tracking_uri=..., address=..., stages=...) -> {stage: StageStatus}
+    run_study(study, storage=..., tracking_uri=..., address=..., stages=..., retry_failed=...) -> {stage: StageStatus}
 
 Running a study again (or with --resume) skips finished stages, resumes an interrupted one from
 Ray's trial checkpoints and starts the rest; a failed stage stops the study (the stages after it
-would warm-start from nothing). A finished or interrupted stage whose sweep ran under another spec
+would warm-start from nothing). With --retry-failed, the failed trials of the stages to run (a
+failed stage's, and those of a stage that finished with some) run again from their last
+checkpoints. A finished, interrupted or failed stage whose sweep ran under another spec
 (an edited study file or other --set overrides: more seeds, another grid) is refused, naming the
 fields: skipping it would report the old spec's results as the new one's (spec_drift).
 """
