@@ -5,9 +5,9 @@ machine, no dashboard, a small object store) with sweep storage in ./runs/sweeps
 `--address` or `RAY_ADDRESS` joins it, and `--storage` must be a path every node shares.
 
 Resume (`beamtune sweep --resume NAME`) uses `Tuner.restore`: finished and errored trials are not
-re-run (errored ones are with `--retry-failed`: from their last checkpoint, in their own MLflow
-run, for a failure since fixed), unfinished ones continue from their last checkpoint in their own MLflow run, and the
-Optuna searcher's state comes back through Ray. Ray does not save the scheduler (ray#30838: the
+re-run (errored ones are with `--retry-failed`, for a failure since fixed), unfinished ones
+continue from their last checkpoint in their own MLflow run, and the Optuna searcher's state
+comes back through Ray. Ray does not save the scheduler (ray#30838: the
 restored ASHA starts with empty rungs, so a resumed sweep would stop nothing it should), so
 `ResumableASHA` keeps its rungs in `STORAGE/.beamtune/NAME/asha_state.json` and reloads them itself.
 """
