@@ -3,7 +3,7 @@ path against one network copy at a time, on a trained infnet and its CRF, in one
 
 For each batch of the split, both paths tailor the same sentences (N steps, lr, momentum 0.9);
 reports sentences/s of each, their ratio, the largest logit difference and whether the labels agree.
-The batched path exists for CNN infnets only (see `core.tailoring.instance_tailor`).
+Every architecture: the recurrent ones run their LSTMs unrolled in the batched path (core.lstm).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tailoring.py --checkpoint runs/pos-infplus-cnn13 \\
         --split test --steps 3 --lr 1e-2
@@ -39,8 +39,6 @@ def main() -> None:
     infnet, vocabs, meta = load_infnet(args.checkpoint)
     crf, _, _ = load_crf(meta["energy"])
     infnet.eval(), crf.eval()
-    if infnet.config.arch not in ("cnn13", "cnn15"):
-        sys.exit(f"{args.checkpoint}: a {infnet.config.arch} infnet; only CNN infnets have the batched path")
     task = load_task(meta["task"]["name"], meta["task"].get("data_root"))
     sentences = getattr(task, args.split)
     if args.limit:
@@ -61,7 +59,8 @@ def main() -> None:
         same_labels += int(((batched.labels == looped.labels) & batch.mask).sum())
         tokens += int(batch.mask.sum())
     n = len(sentences)
-    print(f"# {args.checkpoint} ({infnet.config.arch}), {meta['task']['name']} {args.split}: {n} sentences, "
+    layers = f", {infnet.config.layers} layers" if infnet.config.arch == "blstm" else ""
+    print(f"# {args.checkpoint} ({infnet.config.arch}{layers}, H = {infnet.config.hidden}), {meta['task']['name']} {args.split}: {n} sentences, "
           f"N = {args.steps}, lr {args.lr}, batch {args.batch_size}, {args.threads} thread(s)")
     print("| path | sentences/s |")
     print("| --- | ---: |")

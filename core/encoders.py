@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from core.lstm import run_lstm
 
 
 # g after the character convolution. Ma & Hovy's code, and Tu & Gimpel's after it, use tanh
@@ -89,7 +90,5 @@ class BiLSTMEncoder(nn.Module):
         if self.char_cnn is not None:
             x = torch.cat([x, self.char_cnn(chars)], dim=-1)  # (B, T, word_dim + filters)
         x = self.dropout(x)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
+        out = run_lstm(self.lstm, x, lengths)  # (B, T, 2H)
         return self.dropout(out)

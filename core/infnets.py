@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.encoders import CharCNN, check_char_activation
+from core.lstm import run_lstm
 from core.masks import lengths_to_mask
 from core.seq2seq import Seq2SeqTagger, TaggerConfig
 from core.checkpoint import JsonConfig
@@ -137,7 +137,7 @@ class CNNInfnet(nn.Module):
 
 
 class BLSTMInfnet(nn.Module):
-    """BiLSTM tagger (1 or 2 layers) on packed sequences -> linear -> softmax."""
+    """BiLSTM tagger (1 or 2 layers, core.lstm.run_lstm) -> linear -> softmax."""
 
     def __init__(self, config: InfnetConfig):
         super().__init__()
@@ -149,9 +149,7 @@ class BLSTMInfnet(nn.Module):
 
     def forward(self, words, chars, lengths) -> InfnetOutput:
         x = self.embed(words, chars)  # (B, T, D)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
+        out = run_lstm(self.lstm, x, lengths)  # (B, T, 2H)
         logits = self.output(self.dropout(out))  # (B, T, L)
         return _output(logits, lengths)
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from core.encoders import BiLSTMEncoder, check_char_activation
+from core.lstm import lstms_unrolled, recurrence, run_lstm_cell
 from core.checkpoint import JsonConfig
 
 ATTENTIONS = ("fixed", "dot", "general", "mlp")
@@ -155,7 +156,8 @@ class Seq2SeqTagger(nn.Module):
     def initial_state(self, n: int, device: torch.device | None = None) -> DecoderState:
         """Zero decoder state for n rows (Alg. 1: h_0 = 0)."""
         H = self.config.decoder_hidden
-        zeros = torch.zeros(n, H, device=device or self.output.weight.device)
+        weight = self.output.weight  # the dtype and, by default, device of the model
+        zeros = torch.zeros(n, H, device=device or weight.device, dtype=weight.dtype)
         return DecoderState(zeros, zeros.clone())
 
     def start_embedding(self, n: int) -> torch.Tensor:
@@ -201,7 +203,7 @@ class Seq2SeqTagger(nn.Module):
         cache: `step_cache(memory_B)` of the B sentences, N = B x beams rows with each sentence's
         beam entries adjacent; `memory` is then not read (pass the B-row memory).
         """
-        h, c = self.decoder(prev_label_emb, (state.h, state.c))  # (N, H) each
+        h, c = run_lstm_cell(self.decoder, prev_label_emb, (state.h, state.c))  # (N, H) each
         if cache is not None:
             context = cache.context[position]  # (B, L): W_s s_t + b
             own = torch.nn.functional.linear(h, cache.hidden_weight)  # (N, L): W_h h_t
@@ -223,6 +225,8 @@ class Seq2SeqTagger(nn.Module):
         """
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}")
+        if lstms_unrolled() and self.attention is None:
+            return self._unrolled_scores(memory, labels, feed)
         B, T = labels.shape
         state = self.initial_state(B, labels.device)
         prev = self.start_embedding(B)  # (B, E)
@@ -237,6 +241,37 @@ class Seq2SeqTagger(nn.Module):
             # Unseen dev/test tags are encoded -1; feed label 0 instead (they are only scored).
             prev = self.embed_labels(fed.clamp(min=0))  # (B, E)
         return torch.stack(out, dim=1)  # (B, T, L)
+
+    def _unrolled_scores(self, memory: Memory, labels: torch.Tensor, feed: str) -> torch.Tensor:
+        """teacher_forced_scores inside core.lstm.unrolled_lstms, fixed attention: the decoder
+        run once over the whole sequence of fed labels (core.lstm.recurrence, one GEMM for every
+        input and output term). Fed its own predictions, the decoder is first run without
+        gradients to find them: no gradient flows through an argmax, so feeding them as gold
+        labels has the same value and the same gradient.
+
+        memory: (B, T, S) states, labels: (B, T) -> log-probabilities (B, T, L)."""
+        if feed == "predicted":
+            with torch.no_grad():
+                labels = self._fed_predictions(memory, labels.shape[1])  # (B, T)
+        B, T = labels.shape
+        start = self.start_embedding(B).unsqueeze(1)  # (B, 1, E)
+        fed = torch.cat([start, self.embed_labels(labels[:, :-1].clamp(min=0))], dim=1)  # (B, T, E): y_{t-1}
+        cell = self.decoder
+        projected = fed @ cell.weight_ih.T + cell.bias_ih + cell.bias_hh  # (B, T, 4H)
+        h = recurrence(projected, cell.weight_hh)  # (B, T, H)
+        return self.output(torch.cat([h, memory.states], dim=-1)).log_softmax(dim=-1)  # (B, T, L)
+
+    def _fed_predictions(self, memory: Memory, T: int) -> torch.Tensor:
+        """The labels the decoder feeds itself, argmax of each step's scores: (B, T)."""
+        B = memory.states.shape[0]
+        state = self.initial_state(B, memory.states.device)
+        prev = self.start_embedding(B)  # (B, E)
+        out = []
+        for t in range(T):
+            state, scores = self.step(state, prev, t, memory)  # scores: (B, L)
+            out.append(scores.argmax(dim=-1))  # (B,)
+            prev = self.embed_labels(out[-1])  # (B, E)
+        return torch.stack(out, dim=1)  # (B, T)
 
     def sequence_score(self, memory: Memory, labels: torch.Tensor) -> torch.Tensor:
         """Model score s(y) = sum_t log p(y_t | y_<t, x) over real positions.

@@ -16,6 +16,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from core.infnets import InfnetOutput
+from core.lstm import unrolled_lstms
 from core.masks import lengths_to_mask
 from core.objectives import infnet_loss
 
@@ -34,18 +35,18 @@ def tailor_trace(net, crf, words, chars, lengths, unary, steps: Sequence[int], l
     """instance_tailor's outputs after each N in `steps` (strictly increasing, >= 0), all from one
     trajectory per sentence: a list of InfnetOutput, one per N.
 
-    CNN networks are tailored for the whole batch at once: the B copies' parameters are stacked on
-    a leading axis and torch.func.vmap runs every copy's forward and gradient as one tensor program.
-    BLSTM and seq2seq networks go one sentence at a time: vmap cannot run their packed LSTMs
-    (packing depends on the lengths' values), and even unpacked, on sentences of one length,
-    torch has no batching rule for the LSTM layer; its fallback loops over the copies and was
-    2.5x slower than this loop in a prototype."""
+    The whole batch is tailored at once: the B copies' parameters are stacked on a leading axis
+    and torch.func.vmap runs every copy's forward and gradient as one tensor program. The
+    recurrent networks run their LSTMs unrolled there (core.lstm.unrolled_lstms: packing needs
+    the lengths' values and torch's fused LSTM kernels have no batching rule), with backpropagation
+    through time written out so that the per-copy recurrent weights' gradients are one GEMM per
+    layer, not one outer product per step. `_tailor_one_by_one`, a deep copy and torch.optim.SGD
+    per sentence, is the reference the batched path is tested against (and was the recurrent
+    networks' path until session 14: benchmarks/RESULTS.md "Batched recurrent tailoring")."""
     steps = tuple(int(n) for n in steps)
     if not steps or list(steps) != sorted(set(steps)) or steps[0] < 0 or lr <= 0:
         raise ValueError(f"instance tailoring needs increasing steps >= 0 and lr > 0, got {steps} and {lr}")
-    if net.config.arch in ("cnn13", "cnn15"):
-        return _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum)
-    return _tailor_one_by_one(net, crf, words, chars, lengths, unary, steps, lr, momentum)
+    return _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum)
 
 
 def _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum):
@@ -56,15 +57,16 @@ def _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum)
     trainable = {name: p.detach() for name, p in net.named_parameters() if p.requires_grad}
     fixed = {name: p.detach() for name, p in net.named_parameters() if not p.requires_grad}
     fixed.update(dict(net.named_buffers()))
-    # A copy of the whole word-embedding table per sentence would dwarf the rest of the network:
-    # only the rows of the batch's words can change the outputs, so the copies hold just those
-    # (id 0, the padding row, stays row 0) and the words are renumbered into them.
-    table = next(name for name, p in net.named_parameters() if p is net.word_embedding().weight)
-    vocab = torch.unique(torch.cat([words.new_zeros(1), words.flatten()]))  # (U,) sorted, vocab[0] = 0
-    words = torch.searchsorted(vocab, words)  # (B, T) ids into the reduced table
-    trainable, fixed = ({name: (p[vocab] if name == table else p) for name, p in group.items()} for group in (trainable, fixed))
     # One copy of every trainable tensor per sentence: (B, *shape); SGD momentum buffers alike.
-    params = {name: p.unsqueeze(0).expand(B, *p.shape).clone() for name, p in trainable.items()}
+    table = next(name for name, p in net.named_parameters() if p is net.word_embedding().weight)
+    params = {name: p.unsqueeze(0).expand(B, *p.shape).clone() for name, p in trainable.items() if name != table}
+    if table in trainable:
+        # A copy of the whole word-embedding table per sentence would dwarf the rest of the
+        # network, and only the rows of a sentence's own words can change its output: each copy
+        # holds row 0 (padding) and one row per position, and the words are renumbered into them.
+        rows = trainable[table]  # (V, D)
+        params[table] = torch.cat([rows[:1].expand(B, 1, -1), rows[words]], dim=1)  # (B, 1 + T, D)
+        words = _own_rows(words)  # (B, T)
     velocity = {name: torch.zeros_like(p) for name, p in params.items()}
 
     def energy(p, w, c, n, u, m):
@@ -78,7 +80,7 @@ def _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum)
     recorded = []
     try:
         for i in range(steps[-1] + 1):
-            with torch.enable_grad():
+            with torch.enable_grad(), unrolled_lstms():
                 gradients, logits = step(params, words, chars, lengths, unary, mask)  # logits (B, T, L)
             if i in steps:
                 recorded.append(_output(logits.detach(), mask))
@@ -90,6 +92,15 @@ def _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum)
     finally:
         net.train(was_training)
     return recorded
+
+
+def _own_rows(words: torch.Tensor) -> torch.Tensor:
+    """words (B, T) -> each position's row in its sentence's own table (row 0 padding, row 1 + t
+    position t): a repeated word reads, and so trains, the row of its first occurrence, as it
+    reads one row of the full table."""
+    same = words.unsqueeze(2) == words.unsqueeze(1)  # (B, T, T)
+    first = same.int().argmax(dim=-1)  # (B, T): argmax returns the first of equal maxima
+    return torch.where(words == 0, 0, 1 + first)  # (B, T)
 
 
 def _output(logits: torch.Tensor, mask: torch.Tensor) -> InfnetOutput:

@@ -176,17 +176,28 @@ class TestInstanceTailoring:
         # The trained network itself is untouched.
         torch.testing.assert_close(net(words, chars, lengths).logits, before.logits)
 
-    @pytest.mark.parametrize("arch", ["cnn13", "cnn15"])
-    def test_batched_cnn_equals_one_copy_at_a_time(self, arch):
+    @pytest.mark.parametrize("arch,options", [("cnn13", {}), ("cnn15", {}), ("blstm", {}), ("blstm", {"layers": 2}),
+                                              ("seq2seq", {}), ("blstm", {"finetune_embeddings": False}),
+                                              ("seq2seq", {"finetune_embeddings": False})])
+    def test_batched_equals_one_copy_at_a_time(self, arch, options):
         from core.tailoring import _tailor_batched, _tailor_one_by_one
 
         crf, words, chars, lengths, mask, unary = self.setup_case()
-        net = tiny_infnet(arch)
+        words[0, 3] = words[0, 1]  # a repeated word: both positions train one row of the table
+        words[2, 0] = words[0, 1]  # ... and a word shared by two sentences, whose copies differ
+        net = tiny_infnet(arch, **options)
         batched = _tailor_batched(net, crf, words, chars, lengths, unary, (0, 3, 7), 0.05, 0.9)
         looped = _tailor_one_by_one(net, crf, words, chars, lengths, unary, (0, 3, 7), 0.05, 0.9)
         for b, l in zip(batched, looped):
             torch.testing.assert_close(b.logits, l.logits, atol=1e-5, rtol=1e-4)
             assert torch.equal(b.labels, l.labels)
+        assert not torch.allclose(batched[0].logits, batched[2].logits)  # the steps moved the network
+
+    def test_own_rows_share_a_repeated_word(self):
+        from core.tailoring import _own_rows
+
+        words = torch.tensor([[7, 3, 7, 0], [3, 3, 5, 9]])
+        assert _own_rows(words).tolist() == [[1, 2, 1, 0], [1, 1, 3, 4]]
 
     @pytest.mark.parametrize("arch", ["cnn13", "blstm"])
     def test_trace_records_every_n_of_one_trajectory(self, arch):
