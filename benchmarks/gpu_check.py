@@ -7,7 +7,8 @@ printed as one Markdown block to paste into benchmarks/RESULTS.md.
 Sections (each timed; a failing section is reported in the block and makes the exit status 1,
 the others still run):
   1. correctness: the brute-force and hard-limit tests of beam search, soft beam (alpha -> inf
-     equals hard beam), CRF log Z / Viterbi and gradient descent, run by pytest with their tensors
+     equals hard beam), CRF log Z / Viterbi, gradient descent, instance tailoring and
+     the unrolled LSTMs it runs (tests/test_lstm.py), run by pytest with their tensors
      on the device (BEAMTUNE_TEST_DEVICE, tests/device_mode.py); host-device syncs per call of each
      search loop at two sentence lengths (core/syncs.py: a count that grows with T is a sync
      inside the loop); bfloat16 autocast against float32 (the code has no autocast switch of its
@@ -42,7 +43,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-CORRECTNESS_TESTS = ["tests/test_beam.py", "tests/test_soft_beam.py", "tests/test_crf.py", "tests/test_gradient.py"]
+CORRECTNESS_TESTS = ["tests/test_beam.py", "tests/test_soft_beam.py", "tests/test_crf.py", "tests/test_gradient.py",
+                     "tests/test_lstm.py"]
 # The CPU run (CI) proves the script, not the maths again: the brute-force and hard-limit tests only.
 TINY_TESTS = "brute_force or hard_limit or exhaustive or pytorch or viterbi_optimum or equals_beam_of_size_one"
 
