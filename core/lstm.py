@@ -62,6 +62,8 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
         out, _ = lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (B, T, dirs*H)
         return out
+    if lstm.proj_size or not lstm.bias:
+        raise ValueError("unrolled_lstms runs LSTMs with biases and without projections (the models' own)")
     mask = lengths_to_mask(lengths, x.shape[1], x.device).unsqueeze(-1)  # (B, T, 1)
     for layer in range(lstm.num_layers):
         if layer > 0:

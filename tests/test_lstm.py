@@ -69,6 +69,13 @@ class TestRunLstm:
         with pytest.raises(ValueError, match="batch_first"):
             run_lstm(nn.LSTM(3, 4), torch.zeros(2, 1, 3), torch.tensor([2]))
 
+    @pytest.mark.parametrize("options", [{"proj_size": 2}, {"bias": False}])
+    def test_unrolled_refuses_what_it_does_not_compute(self, options):
+        lstm = nn.LSTM(3, 4, batch_first=True, **options)
+        run_lstm(lstm, torch.zeros(1, 2, 3), torch.tensor([2]))  # the packed path runs them
+        with unrolled_lstms(), pytest.raises(ValueError, match="biases and without projections"):
+            run_lstm(lstm, torch.zeros(1, 2, 3), torch.tensor([2]))
+
 
 class TestRecurrence:
     def test_backward_is_autograds(self):
