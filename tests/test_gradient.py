@@ -199,7 +199,7 @@ class TestInstanceTailoring:
         words = torch.tensor([[7, 3, 7, 0], [3, 3, 5, 9]])
         assert _own_rows(words).tolist() == [[1, 2, 1, 0], [1, 1, 3, 4]]
 
-    @pytest.mark.parametrize("arch", ["cnn13", "blstm"])
+    @pytest.mark.parametrize("arch", ["cnn13", "blstm", "seq2seq"])
     def test_trace_records_every_n_of_one_trajectory(self, arch):
         # The outputs after N = 0, 2, 5 steps of one trajectory are those of three separate runs.
         from core.tailoring import tailor_trace
