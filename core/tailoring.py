@@ -35,18 +35,34 @@ def tailor_trace(net, crf, words, chars, lengths, unary, steps: Sequence[int], l
     """instance_tailor's outputs after each N in `steps` (strictly increasing, >= 0), all from one
     trajectory per sentence: a list of InfnetOutput, one per N.
 
-    The whole batch is tailored at once: the B copies' parameters are stacked on a leading axis
-    and torch.func.vmap runs every copy's forward and gradient as one tensor program. The
-    recurrent networks run their LSTMs unrolled there (core.lstm.unrolled_lstms: packing needs
-    the lengths' values and torch's fused LSTM kernels have no batching rule), with backpropagation
-    through time written out so that the per-copy recurrent weights' gradients are one GEMM per
-    layer, not one outer product per step. `_tailor_one_by_one`, a deep copy and torch.optim.SGD
-    per sentence, is the reference the batched path is tested against (and was the recurrent
-    networks' path until session 14: benchmarks/RESULTS.md "Batched recurrent tailoring")."""
+    The batch is tailored at once where that is faster (`batched_is_faster`): the B copies'
+    parameters are stacked on a leading axis and torch.func.vmap runs every copy's forward and
+    gradient as one tensor program. The recurrent networks run their LSTMs unrolled there
+    (core.lstm.unrolled_lstms: packing needs the lengths' values and torch's fused LSTM kernels
+    have no batching rule), with backpropagation through time written out so that the per-copy
+    recurrent weights' gradients are one GEMM per layer, not one outer product per step.
+    Otherwise one sentence at a time (`_tailor_one_by_one`: a deep copy and torch.optim.SGD per
+    sentence), which is also the reference the batched path is tested against."""
     steps = tuple(int(n) for n in steps)
     if not steps or list(steps) != sorted(set(steps)) or steps[0] < 0 or lr <= 0:
         raise ValueError(f"instance tailoring needs increasing steps >= 0 and lr > 0, got {steps} and {lr}")
-    return _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum)
+    tailor = _tailor_batched if batched_is_faster(net, words.device) else _tailor_one_by_one
+    return tailor(net, crf, words, chars, lengths, unary, steps, lr, momentum)
+
+
+# Recurrent networks on the CPU are tailored as a batch up to this H (per direction): every step
+# reads each copy's own W_hh (4H x H) from memory, where the loop keeps its one copy in cache.
+# Measured (benchmarks/RESULTS.md "Batched recurrent tailoring", session 14): H = 100, NER's
+# networks, 1.5-2.5x faster batched; H = 200 0.6-0.7x (BLSTM) and H = 400 0.3-0.4x.
+CPU_BATCHED_MAX_HIDDEN = 100
+
+
+def batched_is_faster(net, device: torch.device) -> bool:
+    """Whether tailor_trace tailors `net`'s copies as one vmapped batch on `device`: CNNs always
+    (session 3), recurrent networks off the CPU or up to CPU_BATCHED_MAX_HIDDEN."""
+    if net.config.arch in ("cnn13", "cnn15") or device.type != "cpu":
+        return True
+    return net.config.hidden <= CPU_BATCHED_MAX_HIDDEN
 
 
 def _tailor_batched(net, crf, words, chars, lengths, unary, steps, lr, momentum):

@@ -193,6 +193,17 @@ class TestInstanceTailoring:
             assert torch.equal(b.labels, l.labels)
         assert not torch.allclose(batched[0].logits, batched[2].logits)  # the steps moved the network
 
+    def test_batched_where_measured_faster(self):
+        from core.tailoring import CPU_BATCHED_MAX_HIDDEN, batched_is_faster
+
+        cpu, cuda = torch.device("cpu"), torch.device("cuda")
+        big = CPU_BATCHED_MAX_HIDDEN + 1
+        for arch in ("blstm", "seq2seq"):
+            assert batched_is_faster(tiny_infnet(arch, hidden=CPU_BATCHED_MAX_HIDDEN), cpu)
+            assert not batched_is_faster(tiny_infnet(arch, hidden=big), cpu)
+            assert batched_is_faster(tiny_infnet(arch, hidden=big), cuda)
+        assert batched_is_faster(tiny_infnet("cnn15", hidden=big), cpu)
+
     def test_own_rows_share_a_repeated_word(self):
         from core.tailoring import _own_rows
 
