@@ -133,30 +133,40 @@ def test_ctrl_c_interrupts_as_a_kill_does(tmp_path, signum):
     reported the stopped trials TERMINATED and the sweep done), MLflow told so; `--resume` then runs
     every trial to its last epoch (checked after SIGINT; the sweep is left the same way)."""
     storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db"
-    # Enough epochs that the trials cannot finish before the driver handles the signal. With 3, on
-    # a loaded machine (the full suite beside two trainings), one run exited 0 with "2 trials (0
-    # failed)": either both trials ended before the driver took the signal, or the interrupt was
-    # lost inside Tune's loop; not established (passes alone, 4 of 4, before and after).
+    # The trials must not finish before the driver handles the signal. Twice, on a loaded machine
+    # (the suite beside trainings, and with the test's own process reniced below Ray's workers,
+    # which Ray starts at nice 15), the run exited 0 with "2 trials (0 failed)": the trials had
+    # trained all their epochs while this process waited for the CPU. So the trials' workers are
+    # stopped (SIGSTOP) before the signal is sent: nothing they do can race it.
     epochs = 12
     spec = {"name": "c", "task": "synthetic", "stage": "ce", "epochs": epochs, "fixed": TINY, "num_samples": 2,
             "max_concurrent": 2, "space": {"lr": {"loguniform": [3.0e-3, 3.0e-2]}}, "search": {"seed": 1},
             "scheduler": {"type": "fifo"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    tag = f"BEAMTUNE_CTRL_C_TEST={tmp_path.name}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local", "BEAMTUNE_CTRL_C_TEST": tmp_path.name}
     common = ["--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--quiet"]
     directory = storage / "c"
     driver = subprocess.Popen([str(BEAMTUNE), "sweep", str(tmp_path / "c.yaml"), *common], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stopped: list[int] = []
     try:
         deadline = time.monotonic() + 240
         while not list(directory.glob("*/checkpoint_000000")):
             assert driver.poll() is None, driver.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no trial made a checkpoint in time"
             time.sleep(0.2)
+        stopped = [pid for pid in processes_with(tag) if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc")]
+        assert stopped, "no trial worker found to stop"
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
         assert len(terminated_trials(directory)) < 2, "interrupted too late to test anything"
         driver.send_signal(signum)
         out, err = driver.communicate(timeout=120)
     finally:
+        for pid in stopped:  # let them be stopped for good, whoever still has to do it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out[-2000:] + err[-3000:]
