@@ -150,15 +150,20 @@ def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
     return experiment_id, run_id
 
 
-def _refuse_drift(study: Study, root: Path, stages: list[str] | None) -> None:
-    """StudyError, before anything starts, for each stage to run whose sweep finished or was
-    interrupted under another spec: skipping or resuming it would give the old spec's results."""
+def _refuse_before_start(study: Study, root: Path, stages: list[str] | None) -> None:
+    """StudyError, before anything starts (the study's MLflow run included, which other drivers of
+    the study may be using), for each stage to run whose sweep another process is driving now, or
+    that finished or was interrupted under another spec: skipping or resuming it would give the old
+    spec's results."""
     problems = []
     for name, stage in study.stages.items():
         if stages is not None and name not in stages:
             continue
         status = _one_status(root, study.sweep_name(name), stage.spec)
-        if status.drift and status.state in ("finished", "interrupted", "failed"):
+        if status.state == "running":
+            problems.append(f"stages.{name}: its sweep {study.sweep_name(name)} is being run by another process: wait "
+                            f"for it, or run the stages that do not need it (--stages)")
+        elif status.drift and status.state in ("finished", "interrupted", "failed"):
             problems.append(f"stages.{name}: its sweep {study.sweep_name(name)} {status.state} under another spec "
                             f"({'; '.join(status.drift)}): run it with the spec it ran under, or remove "
                             f"{root / study.sweep_name(name)} (or use another sweeps folder) to run this one")
@@ -178,7 +183,7 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
     from sweeps.launch import connect, run_sweep
 
     root = resolve_storage(storage)
-    _refuse_drift(study, root, stages)
+    _refuse_before_start(study, root, stages)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     _, study_run = _study_run(study, root, uri)
     started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
@@ -195,7 +200,7 @@ def run_study(study: Study, *, storage: str | os.PathLike | None = None, trackin
                 raise StudyError([f"stages.{name}: failed in an earlier run ({status.failed} of {status.trials} trials); "
                                   f"fix it and run its failed trials again with --retry-failed, or start it afresh by "
                                   f"removing {root / study.sweep_name(name)}"])
-            if status.state == "running":
+            if status.state == "running":  # started by another process since _refuse_before_start
                 raise StudyError([f"stages.{name}: sweep {study.sweep_name(name)} is being run by another process"])
             resume = status.state != "pending"
             say(f"stage {name}: {'resuming' if resume else 'starting'} sweep {study.sweep_name(name)}"

@@ -277,6 +277,28 @@ class TestSpecDrift:
         assert sorted(p.name for p in folder.iterdir()) == ["spec.yaml"]
 
 
+    def test_run_refuses_a_stage_another_process_drives(self, tmp_path):
+        """A stage's sweep whose driver lock another process holds (a second `study run` beside the
+        first): one problem naming it, before the study's MLflow run, which the first driver is
+        using, is touched."""
+        import fcntl
+
+        from storage.best import DRIVER_LOCK
+        from sweeps.study_run import run_study
+
+        folder = tmp_path / "sweeps" / "s-ce"
+        folder.mkdir(parents=True)
+        (folder / "spec.yaml").write_text(self.spec(tmp_path).to_yaml())
+        study = load_study(tmp_path / "study.yaml")
+        with open(folder / DRIVER_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as sweeps.launch.driver_lock holds it
+            with pytest.raises(StudyError) as info:
+                run_study(study, storage=tmp_path / "sweeps", tracking_uri=f"sqlite:///{tmp_path}/m.db")
+        assert info.value.problems == ["stages.ce: its sweep s-ce is being run by another process: wait for it, or run "
+                                       "the stages that do not need it (--stages)"]
+        assert not (tmp_path / "m.db").exists() and not (tmp_path / "sweeps" / ".studies").exists()
+
+
 class TestSelectStages:
     def study(self, tmp_path):
         return load_study(write_study(tmp_path, {
