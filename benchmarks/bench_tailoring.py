@@ -33,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from core.data import load_task, make_batches
-    from core.tailoring import _tailor_batched, _tailor_one_by_one
+    from core.tailoring import _tailor_batched, _tailor_one_by_one, batched_is_faster
     from core.loading import load_crf, load_infnet
 
     infnet, vocabs, meta = load_infnet(args.checkpoint)
@@ -69,6 +69,8 @@ def main() -> None:
     print(f"| batched / one-by-one speed | {seconds['one_by_one'] / seconds['batched']:.2f}x |")
     print(f"| max logit difference | {max_diff:.2e} |")
     print(f"| labels agreeing | {100 * same_labels / tokens:.3f} % of {tokens} tokens |")
+    choice = "batched" if batched_is_faster(infnet, next(infnet.parameters()).device) else "one_by_one"
+    print(f"| tailor_trace's path for this network here | {choice} |")
 
 
 if __name__ == "__main__":
