@@ -81,7 +81,8 @@ def run_lstm_cell(cell: nn.LSTMCell, x: torch.Tensor, state: tuple[torch.Tensor,
     """x (N, D), state (h, c) each (N, H) -> new (h, c): `cell(x, state)`, unrolled or fused."""
     if not _UNROLLED.get():
         return cell(x, state)
-    return _cell(x @ cell.weight_ih.T + cell.bias_ih, state, cell.weight_hh, cell.bias_hh)
+    h, c, _ = _step(x @ cell.weight_ih.T + cell.bias_ih + cell.bias_hh, *state, cell.weight_hh)  # (N, H) each
+    return h, c
 
 
 def _layer(lstm: nn.LSTM, x: torch.Tensor, layer: int, suffix: str) -> torch.Tensor:
@@ -98,13 +99,14 @@ def recurrence(projected: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
     return _Recurrence.apply(projected, w_hh)[0]
 
 
-def _cell(projected: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], w_hh: torch.Tensor,
-          b_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """projected = W_ih x + b_ih (N, 4H), state (h, c) (N, H) -> (h', c')."""
-    h, c = state
-    i, f, g, o = (projected + h @ w_hh.T + b_hh).chunk(4, dim=-1)  # (N, H) each
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (N, H)
-    return torch.sigmoid(o) * torch.tanh(c), c
+def _step(projected: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step: projected = W_ih x + b_ih + b_hh (N, 4H), h, c (N, H) -> (h', c', the gates i, f,
+    g, o after their nonlinearities (N, 4H), which _Recurrence's backward reads)."""
+    i, f, g, o = (projected + h @ w_hh.T).chunk(4, dim=-1)  # (N, H) each
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = f * c + i * g  # (N, H)
+    return o * torch.tanh(c), c, torch.cat([i, f, g, o], dim=-1)
 
 
 class _Recurrence(torch.autograd.Function):
@@ -124,11 +126,8 @@ class _Recurrence(torch.autograd.Function):
         h = c = projected.new_zeros(B, w_hh.shape[1])  # (B, H)
         hs, cs, gates = [], [], []
         for t in range(T):
-            i, f, g, o = (projected[:, t] + h @ w_hh.T).chunk(4, dim=-1)  # (B, H) each
-            i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-            c = f * c + i * g  # (B, H)
-            h = o * torch.tanh(c)  # (B, H)
-            hs.append(h), cs.append(c), gates.append(torch.cat([i, f, g, o], dim=-1))
+            h, c, step_gates = _step(projected[:, t], h, c, w_hh)  # (B, H), (B, H), (B, 4H)
+            hs.append(h), cs.append(c), gates.append(step_gates)
         return torch.stack(hs, 1), torch.stack(cs, 1), torch.stack(gates, 1)  # (B, T, H) x2, (B, T, 4H)
 
     @staticmethod

@@ -227,6 +227,10 @@ class Seq2SeqTagger(nn.Module):
             raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}")
         if lstms_unrolled() and self.attention is None:
             return self._unrolled_scores(memory, labels, feed)
+        return self._step_loop(memory, labels, feed)
+
+    def _step_loop(self, memory: Memory, labels: torch.Tensor, feed: str) -> torch.Tensor:
+        """teacher_forced_scores one decoder step at a time: (B, T, L)."""
         B, T = labels.shape
         state = self.initial_state(B, labels.device)
         prev = self.start_embedding(B)  # (B, E)
@@ -252,7 +256,7 @@ class Seq2SeqTagger(nn.Module):
         memory: (B, T, S) states, labels: (B, T) -> log-probabilities (B, T, L)."""
         if feed == "predicted":
             with torch.no_grad():
-                labels = self._fed_predictions(memory, labels.shape[1])  # (B, T)
+                labels = self._step_loop(memory, labels, feed).argmax(dim=-1)  # (B, T): what each step fed
         B, T = labels.shape
         start = self.start_embedding(B).unsqueeze(1)  # (B, 1, E)
         fed = torch.cat([start, self.embed_labels(labels[:, :-1].clamp(min=0))], dim=1)  # (B, T, E): y_{t-1}
@@ -260,18 +264,6 @@ class Seq2SeqTagger(nn.Module):
         projected = fed @ cell.weight_ih.T + cell.bias_ih + cell.bias_hh  # (B, T, 4H)
         h = recurrence(projected, cell.weight_hh)  # (B, T, H)
         return self.output(torch.cat([h, memory.states], dim=-1)).log_softmax(dim=-1)  # (B, T, L)
-
-    def _fed_predictions(self, memory: Memory, T: int) -> torch.Tensor:
-        """The labels the decoder feeds itself, argmax of each step's scores: (B, T)."""
-        B = memory.states.shape[0]
-        state = self.initial_state(B, memory.states.device)
-        prev = self.start_embedding(B)  # (B, E)
-        out = []
-        for t in range(T):
-            state, scores = self.step(state, prev, t, memory)  # scores: (B, L)
-            out.append(scores.argmax(dim=-1))  # (B,)
-            prev = self.embed_labels(out[-1])  # (B, E)
-        return torch.stack(out, dim=1)  # (B, T)
 
     def sequence_score(self, memory: Memory, labels: torch.Tensor) -> torch.Tensor:
         """Model score s(y) = sum_t log p(y_t | y_<t, x) over real positions.
