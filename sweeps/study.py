@@ -13,12 +13,13 @@ earlier stage's best trial:
 Stage `S` of study `N` runs as the sweep `N-S` (its own folder, resume and MLflow runs, as every
 sweep); `warm_start: {stage: S}` becomes `warm_start: {sweep: N-S}` (that sweep's best trial by its
 metric, or `metric:` given here; among its trials with given parameter values with
-`where: {arch: blstm}`). Stages run in dependency order.
+`where: {arch: blstm}`). Stages run in dependency order, or with --parallel each as soon as the
+stage it warm-starts from has finished.
 
     load_study(path, overrides) -> Study       validated as a whole; StudyError lists every problem
     select_stages(study, names) -> [stage]     those stages and what they warm-start from (`--stages`)
-    stage_status(study, storage) -> {stage: Status}
-    run_study(study, ...)                      in sweeps.study_run (needs Ray)
+    stage_status(study, storage) -> {stage: Status}   in sweeps.study_status
+    run_study(study, ...)                      in sweeps.study_run (needs Ray; sweeps.study_parallel)
 
 Overrides (`--set`): `KEY=VALUE` sets a top-level spec field of every stage (`epochs=3`);
 `stages.S.PATH=VALUE` one field of stage S's spec (`stages.ce.num_samples=2`,

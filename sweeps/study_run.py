@@ -1,120 +1,31 @@
 """Running a study (sweeps.study): its stages in dependency order, each as a sweep on one Ray
 (local by default), nested under one MLflow run for the study, then the report.
 
-    stage_status(study, storage) -> {stage: StageStatus}
-    run_study(study, storage=..., tracking_uri=..., address=..., stages=..., retry_failed=...) -> {stage: StageStatus}
+    run_study(study, storage=..., tracking_uri=..., address=..., stages=..., retry_failed=...,
+              parallel=...) -> {stage: StageStatus}
+    study_run_id(study, storage, uri) -> the study's MLflow run
 
 Running a study again (or with --resume) skips finished stages, resumes an interrupted one from
 Ray's trial checkpoints and starts the rest; a failed stage stops the study (the stages after it
 would warm-start from nothing). With --retry-failed, the failed trials of the stages to run (a
 failed stage's, and those of a stage that finished with some) run again from their last
-checkpoints. A finished, interrupted or failed stage whose sweep ran under another spec
-(an edited study file or other --set overrides: more seeds, another grid) is refused, naming the
-fields: skipping it would report the old spec's results as the new one's (spec_drift).
+checkpoints. Stages that ran under another spec are refused (sweeps.study_status). With
+`parallel`, stages that do not depend on each other run at the same time (sweeps.study_parallel).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from storage import tracking
-from storage.best import SPEC_FILE, TRIALS_FILE, SweepNotFound, best_checkpoint, driver_alive, resolve_storage
-from sweeps.spec import SweepSpec, read_saved_spec
+from storage.best import resolve_storage
 from sweeps.study import Study, StudyError
+from sweeps.study_parallel import run_stages_in_parallel
+from sweeps.study_status import StageStatus, check_stage_ended, plan_stage, refuse_before_start, stage_status
 
 STUDY_FILE = "beamtune_study.json"  # under STORAGE/.studies/NAME: the study's MLflow run
-UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
-# Spec fields that say how a sweep runs, not what it finds: a stage that finished with 4 trials at
-# a time, or found the same data under another path, is still this spec's result.
-OPERATIONAL_FIELDS = frozenset({"data_root", "max_concurrent", "resources", "max_failures", "keep_checkpoints",
-                                "experiment", "max_trials"})
-
-
-@dataclass
-class StageStatus:
-    state: str  # pending | running | interrupted | finished | failed
-    trials: int = 0
-    failed: int = 0
-    best_trial: str | None = None
-    best_value: float | None = None
-    drift: tuple[str, ...] = ()  # spec_drift of its sweep against the study's spec
-
-    def line(self, stage: str, metric: str) -> str:
-        text = f"{stage:<18} {self.state:<11}"  # tu_ner's infnetplus_layers is 17
-        if self.trials:
-            text += f" {self.trials} trials, {self.failed} failed"
-        if self.best_trial is not None:
-            text += f"; best {self.best_trial} {metric} {self.best_value:.4f}"
-        if self.drift:
-            text += f"; ran under another spec ({'; '.join(self.drift)})"
-        return text
-
-
-_UNSET = object()  # a field one of two specs lacks
-
-
-def _flat(data: dict, prefix: str = "") -> dict[str, object]:
-    """{"space.seed.grid": [1], ...}: nested mappings as dotted paths (lists are values)."""
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def spec_drift(saved: dict, spec: SweepSpec) -> tuple[str, ...]:
-    """"FIELD: SAVED -> NOW" for each field outside OPERATIONAL_FIELDS where a sweep's saved spec
-    (its spec.yaml, as SweepSpec.to_yaml wrote it) and `spec` differ. The saved spec is read back
-    through SweepSpec first, so a field added to SweepSpec since, at its default, is no drift."""
-    try:
-        saved = SweepSpec.model_validate(saved).model_dump(mode="json", exclude_none=True)
-    except ValueError as error:  # pydantic's ValidationError is one
-        return (f"its spec.yaml no longer validates: {str(error).splitlines()[0]}",)
-    old, new = (_flat({k: v for k, v in data.items() if k not in OPERATIONAL_FIELDS})
-                for data in (saved, spec.model_dump(mode="json", exclude_none=True)))
-    return tuple(f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
-                 for key in sorted(old.keys() | new.keys()) if old.get(key, _UNSET) != new.get(key, _UNSET))
-
-
-def _one_status(root: Path, sweep: str, spec: SweepSpec) -> StageStatus:
-    """A stage's state from its sweep folder; its best trial named as its MLflow run is."""
-    metric = spec.metric
-    directory = root / sweep
-    if not directory.is_dir() or not any(directory.iterdir()):
-        return StageStatus("pending")
-    trials_file = directory / TRIALS_FILE
-    if not trials_file.is_file():  # running now, or its driver was killed before the sweep ended
-        return StageStatus("running" if driver_alive(directory) else "interrupted", drift=_drift(directory, spec))
-    statuses = json.loads(trials_file.read_text())
-    status = StageStatus("finished", trials=len(statuses), failed=sum(s == "ERROR" for s in statuses.values()),
-                         drift=_drift(directory, spec))
-    if any(s in UNFINISHED for s in statuses.values()):
-        status.state = "interrupted"
-    elif statuses and status.failed == len(statuses):
-        status.state = "failed"
-    try:
-        best = best_checkpoint(root, sweep, metric)
-        status.best_trial, status.best_value = tracking.trial_label(spec.stage, best.params, sorted(spec.space)), best.value
-    except SweepNotFound:
-        if status.state == "finished":
-            status.state = "failed"  # every trial ended, none left a checkpoint to start from
-    return status
-
-
-def _drift(directory: Path, spec: SweepSpec) -> tuple[str, ...]:
-    """spec_drift against the sweep's spec.yaml; none before start_tracking has written it."""
-    path = directory / SPEC_FILE
-    return spec_drift(read_saved_spec(path), spec) if path.is_file() else ()
-
-
-def stage_status(study: Study, storage: str | os.PathLike | None = None) -> dict[str, StageStatus]:
-    root = resolve_storage(storage)
-    return {name: _one_status(root, study.sweep_name(name), stage.spec) for name, stage in study.stages.items()}
 
 
 def study_run_id(study: Study, storage: str | os.PathLike | None, uri: str) -> str | None:
@@ -150,71 +61,52 @@ def _study_run(study: Study, root: Path, uri: str) -> tuple[str, str]:
     return experiment_id, run_id
 
 
-def _refuse_before_start(study: Study, root: Path, stages: list[str] | None) -> None:
-    """StudyError, before anything starts (the study's MLflow run included, which other drivers of
-    the study may be using), for each stage to run whose sweep another process is driving now, or
-    that finished or was interrupted under another spec: skipping or resuming it would give the old
-    spec's results."""
-    problems = []
-    for name, stage in study.stages.items():
-        if stages is not None and name not in stages:
-            continue
-        status = _one_status(root, study.sweep_name(name), stage.spec)
-        if status.state == "running":
-            problems.append(f"stages.{name}: its sweep {study.sweep_name(name)} is being run by another process: wait "
-                            f"for it, or run the stages that do not need it (--stages)")
-        elif status.drift and status.state in ("finished", "interrupted", "failed"):
-            problems.append(f"stages.{name}: its sweep {study.sweep_name(name)} {status.state} under another spec "
-                            f"({'; '.join(status.drift)}): run it with the spec it ran under, or remove "
-                            f"{root / study.sweep_name(name)} (or use another sweeps folder) to run this one")
-    if problems:
-        raise StudyError(problems)
-
-
 def run_study(study: Study, *, storage: str | os.PathLike | None = None, tracking_uri: str | None = None,
               address: str | None = None, num_cpus: int | None = None, verbose: int = 0,
               say: Callable[[str], None] = print, stages: list[str] | None = None,
-              retry_failed: bool = False) -> dict[str, StageStatus]:
+              retry_failed: bool = False, parallel: bool = False) -> dict[str, StageStatus]:
     """Run every stage that has not finished, in order (only `stages`, from sweeps.study.select_stages,
     when given); with `retry_failed`, also the failed trials of the stages that had some (each
-    from its last checkpoint). Returns the final status of each stage of the study."""
+    from its last checkpoint). With `parallel`, each stage starts as soon as the stage it
+    warm-starts from has finished, in its own driver process (sweeps.study_parallel), all on one
+    Ray. Returns the final status of each stage of the study."""
+    root = resolve_storage(storage)
+    refuse_before_start(study, root, stages)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    _, study_run = _study_run(study, root, uri)
+    names = [name for name in study.stages if stages is None or name in stages]
+    try:
+        if parallel:
+            run_stages_in_parallel(study, root, names, uri=uri, study_run=study_run, address=address,
+                                   num_cpus=num_cpus, verbose=verbose, say=say, retry_failed=retry_failed)
+        else:
+            _run_stages_in_order(study, root, names, uri=uri, study_run=study_run, address=address,
+                                 num_cpus=num_cpus, verbose=verbose, say=say, retry_failed=retry_failed)
+    except BaseException:
+        tracking.end_run(uri, study_run, "KILLED")
+        raise
+    tracking.end_run(uri, study_run, "FINISHED")
+    return stage_status(study, root)
+
+
+def _run_stages_in_order(study: Study, root: Path, names: list[str], *, uri: str, study_run: str,
+                         address: str | None, num_cpus: int | None, verbose: int, say: Callable[[str], None],
+                         retry_failed: bool) -> None:
+    """Each stage's sweep in this process, one after another (a failed stage stops the study)."""
     import ray
 
     from sweeps.launch import connect, run_sweep
 
-    root = resolve_storage(storage)
-    _refuse_before_start(study, root, stages)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    _, study_run = _study_run(study, root, uri)
     started_ray = connect(address, num_cpus, log_to_driver=verbose > 0)
     try:
-        for name, stage in study.stages.items():
-            if stages is not None and name not in stages:
+        for name in names:
+            run = plan_stage(study, root, name, retry_failed, say)
+            if run is None:
                 continue
-            status = _one_status(root, study.sweep_name(name), stage.spec)
-            retry = retry_failed and (status.failed > 0 or status.state == "interrupted")
-            if status.state == "finished" and not retry:
-                say(f"stage {name}: finished before, skipped ({status.best_trial} {stage.spec.metric} {status.best_value:.4f})")
-                continue
-            if status.state == "failed" and not retry:
-                raise StudyError([f"stages.{name}: failed in an earlier run ({status.failed} of {status.trials} trials); "
-                                  f"fix it and run its failed trials again with --retry-failed, or start it afresh by "
-                                  f"removing {root / study.sweep_name(name)}"])
-            if status.state == "running":  # started by another process since _refuse_before_start
-                raise StudyError([f"stages.{name}: sweep {study.sweep_name(name)} is being run by another process"])
-            resume = status.state != "pending"
-            say(f"stage {name}: {'resuming' if resume else 'starting'} sweep {study.sweep_name(name)}"
-                f"{' and retrying its failed trials' if retry else ''}")
-            run_sweep(stage.spec, storage=root, tracking_uri=uri, address=address, resume=resume, retry_failed=retry,
-                      verbose=verbose, study_run_id=study_run)
-            status = _one_status(root, study.sweep_name(name), stage.spec)
-            if status.state != "finished":
-                raise StudyError([f"stages.{name}: {status.state} ({status.failed} of {status.trials} trials failed)"])
-    except BaseException:
-        tracking.end_run(uri, study_run, "KILLED")
-        raise
+            say(run.line())
+            run_sweep(run.spec, storage=root, tracking_uri=uri, address=address, resume=run.resume,
+                      retry_failed=run.retry, verbose=verbose, study_run_id=study_run)
+            check_stage_ended(study, root, name)
     finally:
         if started_ray:
             ray.shutdown()
-    tracking.end_run(uri, study_run, "FINISHED")
-    return stage_status(study, root)

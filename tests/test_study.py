@@ -19,7 +19,7 @@ import yaml
 from storage import tracking
 from storage.runs import load_sweep
 from sweeps.study import StudyError, load_study, select_stages
-from sweeps.study_run import spec_drift
+from sweeps.study_status import spec_drift
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "sweeps" / "studies").glob("*.yaml"))
@@ -246,7 +246,7 @@ class TestSpecDrift:
         """GD, Table 6 and speed stages have no space: their saved spec.yaml compares as no drift, in
         today's form (no `space`) and as sweeps saved it before (`space: {}`), and resumes."""
         from sweeps.launch import load_sweep_spec
-        from sweeps.study_run import stage_status
+        from sweeps.study_status import stage_status
 
         study = load_study(write_study(tmp_path, {"ce": {"spec": {k: v for k, v in ce_spec().items() if k != "space"}}}), [])
         spec = study.stages["ce"].spec
@@ -260,7 +260,8 @@ class TestSpecDrift:
     def test_run_refuses_before_anything_starts(self, tmp_path):
         """An interrupted sweep (spec.yaml, no trials file, no driver) under epochs 1, run with epochs 2:
         one problem naming the stage, the field and the folder; no MLflow store, no study state."""
-        from sweeps.study_run import run_study, stage_status
+        from sweeps.study_run import run_study
+        from sweeps.study_status import stage_status
 
         folder = tmp_path / "sweeps" / "s-ce"
         folder.mkdir(parents=True)
@@ -535,3 +536,80 @@ def test_goyal_ner_study_is_the_papers_setting_and_its_reduced_command_validates
     reduced = load_study(path, overrides)
     assert reduced.reduced and len(overrides) == 14
     assert reduced.stages["ce"].spec.epochs == 20 and reduced.stages["dl"].spec.max_concurrent == 1
+
+
+@pytest.mark.slow
+def test_study_parallel_runs_independent_stages_together_and_resumes(tmp_path):
+    """--parallel: ce and ce2 (independent) start together and dl once ce has finished, each in its
+    own driver on one local Ray, nested under the study's MLflow run as in a serial run. A second
+    copy interrupted with SIGUSR1 while dl trains leaves no driver behind and dl resumable; run
+    again, it ends with the first copy's table."""
+    study = write_study(tmp_path, {"ce": {"spec": ce_spec(num_samples=1)}, "ce2": {"spec": ce_spec(num_samples=1)},
+                                   "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}}})
+
+    def common(tag: str) -> list[str]:
+        return ["--parallel", "--storage", str(tmp_path / tag / "sweeps"), "--tracking-uri",
+                f"sqlite:///{tmp_path / tag}/m.db", "--num-cpus", "2", "--out", str(tmp_path / tag / "report")]
+
+    whole = run_cli(["study", "run", str(study), *common("a")], tmp_path, "a")
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    said = [line for line in whole.stderr.splitlines() if line.startswith("stage ")]
+    position = {line.split(":")[0] + ":" + line.split(":")[1].split()[0]: i for i, line in enumerate(said)}
+    assert position["stage ce2:starting"] < position["stage ce:finished"] < position["stage dl:starting"], said
+    assert [line.split()[:2] for line in whole.stdout.splitlines()[:3]] == [["ce", "finished"], ["ce2", "finished"],
+                                                                            ["dl", "finished"]]
+    uri = f"sqlite:///{tmp_path / 'a'}/m.db"
+    client = tracking.client(uri)
+    parents = {client.get_run(load_sweep(uri, f"s-{name}").run_id).data.tags[tracking.PARENT_TAG]
+               for name in ("ce", "ce2", "dl")}
+    assert len(parents) == 1 and client.get_run(parents.pop()).info.status == "FINISHED"
+
+    storage = tmp_path / "b" / "sweeps"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    driver = subprocess.Popen([str(BEAMTUNE), "study", "run", str(study), *common("b")], env=env,
+                              stdout=open(tmp_path / "b.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not list((storage / "s-dl").glob("*/checkpoint_000000")):
+            assert driver.poll() is None, (tmp_path / "b.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the DL stage made no checkpoint in time"
+            time.sleep(0.5)
+        os.kill(driver.pid, signal.SIGUSR1)
+        assert driver.wait(timeout=300) == 130, (tmp_path / "b.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert "stage dl: interrupting its driver" in (tmp_path / "b.log").read_text()
+    status = run_cli(["study", "status", str(study), "--storage", str(storage)], tmp_path, "status")
+    assert status.stdout.splitlines()[2].split()[:2] == ["dl", "interrupted"]  # its driver is gone, not "running"
+    dl_state = json.loads((storage / "s-dl" / "beamtune_sweep.json").read_text())
+    dl_run = tracking.client(f"sqlite:///{tmp_path / 'b'}/m.db").get_run(dl_state["parent_run_id"])
+    assert dl_run.info.status == "KILLED" and "beamtune sweep --resume s-dl" in dl_run.data.tags[tracking.INCOMPLETE_TAG]
+    again = run_cli(["study", "run", str(study), *common("b")], tmp_path, "b2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "stage dl: resuming" in again.stderr
+    assert table_rows((tmp_path / "b" / "report" / "report.md").read_text()) == \
+        table_rows((tmp_path / "a" / "report" / "report.md").read_text())
+
+
+def test_a_stage_driver_is_interrupted_when_its_study_dies(tmp_path):
+    """sweeps.study_parallel._die_with_parent: the kernel sends SIGINT to a stage driver whose study
+    process was killed (Linux), so it leaves its sweep as an interrupted one."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    flag = tmp_path / "interrupted"
+    child = (f"import os, sys, time\nfrom sweeps.study_parallel import _die_with_parent\n"
+             f"try:\n    _die_with_parent({{parent}})\n    print('ready', flush=True)\n    time.sleep(60)\n"
+             f"except KeyboardInterrupt:\n    open({str(flag)!r}, 'w').close()\n")
+    middle = ("import os, subprocess, sys\n"
+              "code = sys.argv[1].replace('{parent}', str(os.getpid()))\n"
+              "grandchild = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)\n"
+              "print(grandchild.stdout.readline().strip(), grandchild.pid, flush=True)\n"
+              "os.kill(os.getpid(), 9)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", middle, child], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split()[0] == "ready", result.stderr
+    deadline = time.monotonic() + 30
+    while not flag.exists():
+        assert time.monotonic() < deadline, "the stage driver was not interrupted when its parent died"
+        time.sleep(0.1)

@@ -46,6 +46,9 @@ def study_run(
     num_cpus: Optional[int] = typer.Option(None, min=1, help="CPUs of the local Ray (default: all)."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default: STORAGE/.studies/NAME/report)."),
     verbose: bool = typer.Option(False, "--verbose", help="Ray's own progress tables instead of the compact view."),
+    parallel: bool = typer.Option(False, "--parallel", help="Start each stage as soon as the stage it warm-starts "
+                                  "from has finished, in its own driver process, all on one Ray (default: one stage "
+                                  "at a time)."),
 ) -> None:
     """Run the study's stages in dependency order (resuming what was interrupted), then its report."""
     from storage.best import resolve_storage
@@ -62,7 +65,7 @@ def study_run(
         _preflight(study, chosen)
         statuses = run_study(study, storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
                              verbose=1 if verbose else 0, say=lambda line: typer.echo(line, err=True), stages=chosen,
-                             retry_failed=retry_failed)
+                             retry_failed=retry_failed, parallel=parallel)
     except (StudyError, SpecError) as error:
         _fail(error.problems)
     except (SweepError, TrackingStoreError) as error:
@@ -116,7 +119,7 @@ def study_status(
     storage: Optional[Path] = typer.Option(None, envvar="BEAMTUNE_SWEEPS", help=STORAGE_HELP),
 ) -> None:
     """Each stage: pending, running, interrupted, finished (best trial and score) or failed."""
-    from sweeps.study_run import stage_status
+    from sweeps.study_status import stage_status
 
     from sweeps.launch import note_incomplete
 
