@@ -157,20 +157,26 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     """One stage's driver: run_sweep with the parent's settings; 0 once it returned, 130 when
-    interrupted, 2 with one `error: stages.NAME: ...` line for a sweep that could not run."""
+    interrupted (even while torch and Ray load), 2 with one `error: stages.NAME: ...` line for a
+    sweep that could not run."""
+    payload = json.loads(argv[0])
+    try:
+        _die_with_parent(payload["parent"])
+        return _drive(payload)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+
+
+def _drive(payload: dict) -> int:
     from storage.db import TrackingStoreError
     from sweeps.launch import SweepError, run_sweep
     from sweeps.spec import SweepSpec
 
-    payload = json.loads(argv[0])
     try:
-        _die_with_parent(payload["parent"])
         run_sweep(SweepSpec.model_validate(yaml.safe_load(payload["spec"])), storage=payload["storage"],
                   tracking_uri=payload["tracking_uri"], address=payload["address"], resume=payload["resume"],
                   retry_failed=payload["retry_failed"], verbose=payload["verbose"],
                   study_run_id=payload["study_run_id"])
-    except KeyboardInterrupt:
-        return INTERRUPTED
     except (SweepError, TrackingStoreError) as error:
         print(f"error: stages.{payload['stage']}: {error}", file=sys.stderr)
         return 2

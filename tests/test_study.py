@@ -613,3 +613,47 @@ def test_a_stage_driver_is_interrupted_when_its_study_dies(tmp_path):
     while not flag.exists():
         assert time.monotonic() < deadline, "the stage driver was not interrupted when its parent died"
         time.sleep(0.1)
+
+
+class TestParallelSchedule:
+    """sweeps.study_parallel._schedule with stand-in stage drivers (a process that sleeps and exits):
+    which stage starts when, and what a failed stage stops. The real drivers: the slow test above."""
+
+    def schedule(self, tmp_path, monkeypatch, outcome: dict[str, tuple[float, int]]) -> tuple[list[str], list[str]]:
+        import sweeps.study_parallel as parallel
+        from sweeps.study_status import StageRun, StageStatus
+
+        study = load_study(write_study(tmp_path, {
+            "a": {"spec": ce_spec()}, "b": {"spec": ce_spec()},
+            "c": {"spec": dl_spec(), "warm_start": {"stage": "b"}}, "d": {"spec": dl_spec(), "warm_start": {"stage": "a"}}}))
+
+        def start(run, root, **_):
+            seconds, code = outcome[run.name]
+            return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds}); raise SystemExit({code})"])
+
+        def ended(study, root, name):
+            if outcome[name][1]:
+                raise StudyError([f"stages.{name}: failed"])
+            return StageStatus("finished", trials=1, best_trial="t", best_value=0.5)
+
+        monkeypatch.setattr(parallel, "_start_driver", start)
+        monkeypatch.setattr(parallel, "check_stage_ended", ended)
+        monkeypatch.setattr(parallel, "plan_stage", lambda study, root, name, retry, say: StageRun(name, study.stages[name].spec, False, False))
+        said: list[str] = []
+        problems = parallel._schedule(study, tmp_path, list(study.stages), {}, uri="", study_run="", address="",
+                                      verbose=0, say=said.append, retry_failed=False)
+        return [line.split(" sweep")[0].split(" (")[0] for line in said], problems
+
+    def test_each_stage_starts_once_its_warm_start_has_finished(self, tmp_path, monkeypatch):
+        said, problems = self.schedule(tmp_path, monkeypatch, {"a": (2.0, 0), "b": (0.0, 0), "c": (0.0, 0), "d": (0.0, 0)})
+        assert problems == []
+        assert said[:2] == ["stage a: starting", "stage b: starting"]
+        assert said.index("stage b: finished") < said.index("stage c: starting") < said.index("stage a: finished")
+        assert said.index("stage a: finished") < said.index("stage d: starting")
+        assert sorted(said) == sorted(f"stage {s}: {w}" for s in "abcd" for w in ("starting", "finished"))
+
+    def test_a_failed_stage_starts_nothing_new_and_the_running_ones_end(self, tmp_path, monkeypatch):
+        said, problems = self.schedule(tmp_path, monkeypatch, {"a": (0.0, 1), "b": (1.5, 0), "c": (0.0, 0), "d": (0.0, 0)})
+        assert problems == ["stages.a: failed"]
+        assert said == ["stage a: starting", "stage b: starting", "stage a: its driver ended with status 1: stages.a: failed",
+                        "stage b: finished"]
