@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from storage import tracking
 from storage.runs import FINAL_PREFIX, Sweep, Trial
 
 SPLITS = ("dev", "test")
@@ -124,15 +125,20 @@ def selection_decoder(stage: str, decoders: list[tuple[str, str]]) -> str:
     return "greedy" if stage not in SEARCH_STAGES or not beams else beams[0]
 
 
-def select_group(trials: list[Trial], decoder: str, metric: str) -> tuple[list[Trial], int]:
+def select_group(trials: list[Trial], decoder: str, metric: str) -> tuple[list[Trial], int, list[Trial]]:
     """The trials of the hyperparameter setting (all but the seed) with the best mean dev score
-    among the settings with the most seeds, and how many settings there were. Only the
-    best-replicated settings are eligible, so one lucky seed of a side sweep (Figure 1's other
-    hidden sizes, run with one seed) cannot outrank a setting's mean over three."""
+    among the settings with the most seeds, how many settings there were, and the chosen setting's
+    repeated runs left out. Only the best-replicated settings are eligible, so one lucky seed of a
+    side sweep (Figure 1's other hidden sizes, run with one seed) cannot outrank a setting's mean
+    over three. A seed counts once per setting: a setting run again with the same seed (a scan
+    that includes the main setting, in a sweep beside the main one) is the same sample, and pooled
+    it would understate the sd. The first run of a seed in `trials`' order is kept."""
     groups: dict[tuple, list[Trial]] = defaultdict(list)
+    repeats: dict[tuple, list[Trial]] = defaultdict(list)
     for trial in trials:
         key = tuple(sorted((k, v) for k, v in trial.params.items() if k not in NOT_SELECTION_PARAMS))
-        groups[key].append(trial)
+        same_seed = any(t.seed == trial.seed for t in groups[key])
+        (repeats if same_seed else groups)[key].append(trial)
 
     def mean_dev(group: list[Trial]) -> float:
         scores = [t.final("dev", decoder, metric) for t in group]
@@ -140,8 +146,14 @@ def select_group(trials: list[Trial], decoder: str, metric: str) -> tuple[list[T
         return statistics.fmean(scores) if scores else float("-inf")
 
     most = max(len(group) for group in groups.values())
-    best = max((group for group in groups.values() if len(group) == most), key=mean_dev)
-    return best, len(groups)
+    key, best = max(((k, g) for k, g in groups.items() if len(g) == most), key=lambda item: mean_dev(item[1]))
+    return best, len(groups), repeats[key]
+
+
+def repeats_note(where: str, repeated: list[Trial]) -> str:
+    """The note for a cell whose setting ran a seed more than once (select_group)."""
+    runs = ", ".join(f"seed {t.seed} ({t.tags.get(tracking.SWEEP_TAG, t.run_id)})" for t in repeated)
+    return f"{where}: run again with a seed it already had, each seed counted once (its first run); left out: {runs}"
 
 
 def goyal_table(sweeps: list[Sweep], metric: str = "score", title: str = "") -> Table:
@@ -180,7 +192,9 @@ def _row_cells(key: str, trials: list[Trial], problems: list[str], decoders, met
         why = ", ".join(sorted(set(problems))) or "not run"
         return [Cell([], [], why) for _ in decoders for _ in SPLITS]
     stage = key.split(" ")[0]
-    chosen, settings = select_group(trials, selection_decoder(stage, decoders), metric)
+    chosen, settings, repeated = select_group(trials, selection_decoder(stage, decoders), metric)
+    if repeated:
+        notes.append(repeats_note(row_title(key), repeated))
     if settings > 1:
         notes.append(f"{row_title(key)}: best of {settings} hyperparameter settings by mean dev "
                      f"{selection_decoder(stage, decoders)} (those with the most seeds); {len(chosen)} seed(s)")

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from storage.runs import FINAL_PREFIX, Sweep, Trial
-from storage.tables_goyal import NOT_SELECTION_PARAMS, Cell, Table, select_group
+from storage.tables_goyal import NOT_SELECTION_PARAMS, Cell, Table, repeats_note, select_group
 
 CRF_COLUMN = "CRF"
 TRUE = ("true", "1", "yes")
@@ -99,13 +99,13 @@ def _scores(trial: Trial, stage: str) -> tuple[float | None, float | None]:
     return trial.final("dev", decoder), trial.final("test", decoder)
 
 
-def _select_by(trials: list[Trial], dev_of: dict[str, float | None]) -> tuple[list[Trial], int]:
+def _select_by(trials: list[Trial], dev_of: dict[str, float | None]) -> tuple[list[Trial], int, list[Trial]]:
     scored = [Trial(t.run_id, t.experiment_id, t.name, t.status, t.params, t.tags,
                     {**t.metrics, f"{FINAL_PREFIX}.dev.__sel__.score": dev_of[t.run_id]} if dev_of[t.run_id] is not None
                     else t.metrics) for t in trials]
-    chosen, settings = select_group(scored, "__sel__", "score")
-    ids = {t.run_id for t in chosen}
-    return [t for t in trials if t.run_id in ids], settings
+    chosen, settings, repeated = select_group(scored, "__sel__", "score")
+    ids, left_out = {t.run_id for t in chosen}, {t.run_id for t in repeated}
+    return [t for t in trials if t.run_id in ids], settings, [t for t in trials if t.run_id in left_out]
 
 
 @dataclass(frozen=True)
@@ -374,7 +374,9 @@ def _cell(entries: list[tuple[Trial, str]], notes: list[str], row: str, col: tup
     dev_of = {t.run_id: _scores(t, stage_of[t.run_id])[0] for t, _ in entries}
     trials = [t for t, _ in entries]
     if any(v is not None for v in dev_of.values()):
-        chosen, settings = _select_by(trials, dev_of)
+        chosen, settings, repeated = _select_by(trials, dev_of)
+        if repeated:
+            notes.append(repeats_note(f"{row}, {col[0]} {col[1]}", repeated))
         if settings > 1:
             notes.append(f"{row}, {col[0]} {col[1]}: best of {settings} settings by mean dev (those with the most "
                          f"seeds): {_setting_text(trials, chosen)}; {len(chosen)} seed(s)")

@@ -298,6 +298,26 @@ class TestTuTables:
         # Figure 1 still shows H = 400 at its own point
         assert figure1_points(sweeps)["twitter_pos"]["local baseline blstm"] == [(100, pytest.approx(0.85)), (400, pytest.approx(0.90))]
 
+    def test_a_seed_run_again_beside_the_main_sweep_counts_once(self, tmp_path):
+        """A scan (one seed per setting) that includes the main setting, reported beside the main
+        sweep's three seeds: the repeated seed 1 is the same sample, not a fourth seed, so the cell
+        is the main sweep's three seeds (and the setting is not preferred for having "more seeds")."""
+        from storage.tables_tu import paper_tables
+
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        main = [net(0.90, test, arch="blstm", lr=0.005, seed=seed) for seed, test in ((1, 0.85), (2, 0.86), (3, 0.87))]
+        add_sweep(uri, "local", "local", main, {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
+        add_sweep(uri, "scan", "local", [net(0.90, 0.85, arch="blstm", lr=0.005), net(0.80, 0.99, arch="blstm", lr=0.01)],
+                  {"lr": {"grid": [0.005, 0.01]}}, task="twitter_pos")
+        [one, *_] = paper_tables([load_sweep(uri, "local"), load_sweep(uri, "scan")])
+        blstm = cells_of(one)["local baseline"]["twitter_pos BLSTM"]
+        assert (blstm.n, blstm.mean) == (3, pytest.approx(0.86))
+        assert any("each seed counted once" in n and "seed 1 (scan)" in n for n in one.notes), one.notes
+        # the scan first: its seed 1 is the one counted, the main sweep's left out
+        [one, *_] = paper_tables([load_sweep(uri, "scan"), load_sweep(uri, "local")])
+        assert cells_of(one)["local baseline"]["twitter_pos BLSTM"].n == 3
+        assert any("seed 1 (local)" in n for n in one.notes), one.notes
+
     def test_networks_of_other_vectors_have_their_own_table(self, tmp_path):
         """Networks with fine-tuned vectors (an ablation) stay out of Table 1 and Figure 1 where the
         paper's fixed-vector networks ran, however good on dev, and get a table beside them."""
