@@ -37,8 +37,8 @@ What a finished trial is (`Place`) comes from its sweep's stage and its paramete
 
 A table appears when the sweeps have trials for it. In a cell, trials are grouped by their
 hyperparameters other than the seed; the group with the best mean dev score is reported as mean
-+- sd over its seeds (storage.tables_goyal.select_group), as the paper tunes on dev; the GD oracle
-reports one score per trial (on the split it ran on). Each table's `refs_key` names its section
++- sd over its seeds, each seed once (storage.tables_goyal.select_group), as the paper tunes on
+dev; the GD oracle reports one score per trial (on the split it ran on). Each table's `refs_key` names its section
 of a references file (benchmarks/references/tu2019_*.yaml).
 """
 from __future__ import annotations
