@@ -541,55 +541,48 @@ def test_goyal_ner_study_is_the_papers_setting_and_its_reduced_command_validates
 @pytest.mark.slow
 def test_study_parallel_runs_independent_stages_together_and_resumes(tmp_path):
     """--parallel: ce and ce2 (independent) start together and dl once ce has finished, each in its
-    own driver on one local Ray, nested under the study's MLflow run as in a serial run. A second
-    copy interrupted with SIGUSR1 while dl trains leaves no driver behind and dl resumable; run
-    again, it ends with the first copy's table."""
+    own driver on one local Ray. SIGUSR1 to the study while dl trains leaves no driver behind and
+    dl resumable; run again, dl resumes and every stage's run nests under the study's MLflow run,
+    as in a serial run. (That a resumed sweep ends with the uninterrupted one's results is
+    run_sweep's, tested on the serial study above.)"""
     study = write_study(tmp_path, {"ce": {"spec": ce_spec(num_samples=1)}, "ce2": {"spec": ce_spec(num_samples=1)},
                                    "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}}})
+    storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/m.db"
+    common = ["--parallel", "--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--out", str(tmp_path / "report")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    driver = subprocess.Popen([str(BEAMTUNE), "study", "run", str(study), *common], env=env,
+                              stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not list((storage / "s-dl").glob("*/checkpoint_000000")):
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the DL stage made no checkpoint in time"
+            time.sleep(0.5)
+        os.kill(driver.pid, signal.SIGUSR1)
+        assert driver.wait(timeout=300) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    said = [line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("stage ")]
+    position = {" ".join(line.split()[:3]): i for i, line in enumerate(said)}
+    assert position["stage ce2: starting"] < position["stage ce: finished"] < position["stage dl: starting"], said
+    assert "stage dl: interrupting" in position, said
+    status = run_cli(["study", "status", str(study), "--storage", str(storage)], tmp_path, "status")
+    assert status.stdout.splitlines()[2].split()[:2] == ["dl", "interrupted"]  # its driver is gone, not "running"
+    dl_state = json.loads((storage / "s-dl" / "beamtune_sweep.json").read_text())
+    dl_run = tracking.client(uri).get_run(dl_state["parent_run_id"])
+    assert dl_run.info.status == "KILLED" and "beamtune sweep --resume s-dl" in dl_run.data.tags[tracking.INCOMPLETE_TAG]
 
-    def common(tag: str) -> list[str]:
-        return ["--parallel", "--storage", str(tmp_path / tag / "sweeps"), "--tracking-uri",
-                f"sqlite:///{tmp_path / tag}/m.db", "--num-cpus", "2", "--out", str(tmp_path / tag / "report")]
-
-    whole = run_cli(["study", "run", str(study), *common("a")], tmp_path, "a")
-    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
-    said = [line for line in whole.stderr.splitlines() if line.startswith("stage ")]
-    position = {line.split(":")[0] + ":" + line.split(":")[1].split()[0]: i for i, line in enumerate(said)}
-    assert position["stage ce2:starting"] < position["stage ce:finished"] < position["stage dl:starting"], said
-    assert [line.split()[:2] for line in whole.stdout.splitlines()[:3]] == [["ce", "finished"], ["ce2", "finished"],
+    again = run_cli(["study", "run", str(study), *common], tmp_path, "again")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "stage dl: resuming" in again.stderr and "stage ce2: finished before, skipped" in again.stderr
+    assert [line.split()[:2] for line in again.stdout.splitlines()[:3]] == [["ce", "finished"], ["ce2", "finished"],
                                                                             ["dl", "finished"]]
-    uri = f"sqlite:///{tmp_path / 'a'}/m.db"
     client = tracking.client(uri)
     parents = {client.get_run(load_sweep(uri, f"s-{name}").run_id).data.tags[tracking.PARENT_TAG]
                for name in ("ce", "ce2", "dl")}
     assert len(parents) == 1 and client.get_run(parents.pop()).info.status == "FINISHED"
-
-    storage = tmp_path / "b" / "sweeps"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
-    driver = subprocess.Popen([str(BEAMTUNE), "study", "run", str(study), *common("b")], env=env,
-                              stdout=open(tmp_path / "b.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 400
-        while not list((storage / "s-dl").glob("*/checkpoint_000000")):
-            assert driver.poll() is None, (tmp_path / "b.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the DL stage made no checkpoint in time"
-            time.sleep(0.5)
-        os.kill(driver.pid, signal.SIGUSR1)
-        assert driver.wait(timeout=300) == 130, (tmp_path / "b.log").read_text()[-3000:]
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert "stage dl: interrupting its driver" in (tmp_path / "b.log").read_text()
-    status = run_cli(["study", "status", str(study), "--storage", str(storage)], tmp_path, "status")
-    assert status.stdout.splitlines()[2].split()[:2] == ["dl", "interrupted"]  # its driver is gone, not "running"
-    dl_state = json.loads((storage / "s-dl" / "beamtune_sweep.json").read_text())
-    dl_run = tracking.client(f"sqlite:///{tmp_path / 'b'}/m.db").get_run(dl_state["parent_run_id"])
-    assert dl_run.info.status == "KILLED" and "beamtune sweep --resume s-dl" in dl_run.data.tags[tracking.INCOMPLETE_TAG]
-    again = run_cli(["study", "run", str(study), *common("b")], tmp_path, "b2")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "stage dl: resuming" in again.stderr
-    assert table_rows((tmp_path / "b" / "report" / "report.md").read_text()) == \
-        table_rows((tmp_path / "a" / "report" / "report.md").read_text())
+    assert len(table_rows((tmp_path / "report" / "report.md").read_text())) > 2
 
 
 def test_a_stage_driver_is_interrupted_when_its_study_dies(tmp_path):
