@@ -585,6 +585,7 @@ def test_study_parallel_runs_independent_stages_together_and_resumes(tmp_path):
     assert len(table_rows((tmp_path / "report" / "report.md").read_text())) > 2
 
 
+@pytest.mark.slow  # two Python subprocesses, one importing sweeps (seconds)
 def test_a_stage_driver_is_interrupted_when_its_study_dies(tmp_path):
     """sweeps.study_parallel._die_with_parent: the kernel sends SIGINT to a stage driver whose study
     process was killed (Linux), so it leaves its sweep as an interrupted one."""
@@ -629,6 +630,7 @@ class TestParallelSchedule:
                 raise StudyError([f"stages.{name}: failed"])
             return StageStatus("finished", trials=1, best_trial="t", best_value=0.5)
 
+        monkeypatch.setattr(parallel, "POLL_S", 0.05)
         monkeypatch.setattr(parallel, "_start_driver", start)
         monkeypatch.setattr(parallel, "check_stage_ended", ended)
         monkeypatch.setattr(parallel, "plan_stage", lambda study, root, name, retry, say: StageRun(name, study.stages[name].spec, False, False))
@@ -638,7 +640,7 @@ class TestParallelSchedule:
         return [line.split(" sweep")[0].split(" (")[0] for line in said], problems
 
     def test_each_stage_starts_once_its_warm_start_has_finished(self, tmp_path, monkeypatch):
-        said, problems = self.schedule(tmp_path, monkeypatch, {"a": (2.0, 0), "b": (0.0, 0), "c": (0.0, 0), "d": (0.0, 0)})
+        said, problems = self.schedule(tmp_path, monkeypatch, {"a": (1.0, 0), "b": (0.0, 0), "c": (0.0, 0), "d": (0.0, 0)})
         assert problems == []
         assert said[:2] == ["stage a: starting", "stage b: starting"]
         assert said.index("stage b: finished") < said.index("stage c: starting") < said.index("stage a: finished")
@@ -646,7 +648,7 @@ class TestParallelSchedule:
         assert sorted(said) == sorted(f"stage {s}: {w}" for s in "abcd" for w in ("starting", "finished"))
 
     def test_a_failed_stage_starts_nothing_new_and_the_running_ones_end(self, tmp_path, monkeypatch):
-        said, problems = self.schedule(tmp_path, monkeypatch, {"a": (0.0, 1), "b": (1.5, 0), "c": (0.0, 0), "d": (0.0, 0)})
+        said, problems = self.schedule(tmp_path, monkeypatch, {"a": (0.0, 1), "b": (0.6, 0), "c": (0.0, 0), "d": (0.0, 0)})
         assert problems == ["stages.a: failed"]
         assert said == ["stage a: starting", "stage b: starting", "stage a: its driver ended with status 1: stages.a: failed",
                         "stage b: finished"]
