@@ -127,8 +127,8 @@ def selection_decoder(stage: str, decoders: list[tuple[str, str]]) -> str:
 
 def select_group(trials: list[Trial], decoder: str, metric: str) -> tuple[list[Trial], int, list[Trial]]:
     """The trials of the hyperparameter setting (all but the seed) with the best mean dev score
-    among the settings with the most seeds, how many settings there were, and the chosen setting's
-    repeated runs left out. Only the best-replicated settings are eligible, so one lucky seed of a
+    among the settings with the most seeds, how many settings there were, and the repeated runs
+    left out (of any setting: a repeat counted would have changed which settings are eligible). Only the best-replicated settings are eligible, so one lucky seed of a
     side sweep (Figure 1's other hidden sizes, run with one seed) cannot outrank a setting's mean
     over three. A seed counts once per setting: a setting run again with the same seed (a scan
     that includes the main setting, in a sweep beside the main one) is the same sample, and pooled
@@ -146,14 +146,14 @@ def select_group(trials: list[Trial], decoder: str, metric: str) -> tuple[list[T
         return statistics.fmean(scores) if scores else float("-inf")
 
     most = max(len(group) for group in groups.values())
-    key, best = max(((k, g) for k, g in groups.items() if len(g) == most), key=lambda item: mean_dev(item[1]))
-    return best, len(groups), repeats[key]
+    best = max((group for group in groups.values() if len(group) == most), key=mean_dev)
+    return best, len(groups), [t for group in repeats.values() for t in group]
 
 
 def repeats_note(where: str, repeated: list[Trial]) -> str:
-    """The note for a cell whose setting ran a seed more than once (select_group)."""
-    runs = ", ".join(f"seed {t.seed} ({t.tags.get(tracking.SWEEP_TAG, t.run_id)})" for t in repeated)
-    return f"{where}: run again with a seed it already had, each seed counted once (its first run); left out: {runs}"
+    """The note for a cell where a setting ran a seed more than once (select_group)."""
+    runs = ", ".join(f"{t.name} ({t.tags.get(tracking.SWEEP_TAG, t.run_id)})" for t in repeated)
+    return f"{where}: a setting run again with a seed it already had counts each seed once (its first run); left out: {runs}"
 
 
 def goyal_table(sweeps: list[Sweep], metric: str = "score", title: str = "") -> Table:

@@ -312,11 +312,29 @@ class TestTuTables:
         [one, *_] = paper_tables([load_sweep(uri, "local"), load_sweep(uri, "scan")])
         blstm = cells_of(one)["local baseline"]["twitter_pos BLSTM"]
         assert (blstm.n, blstm.mean) == (3, pytest.approx(0.86))
-        assert any("each seed counted once" in n and "seed 1 (scan)" in n for n in one.notes), one.notes
+        assert any("counts each seed once" in n and "left out: scan-0 (scan)" in n for n in one.notes), one.notes
         # the scan first: its seed 1 is the one counted, the main sweep's left out
         [one, *_] = paper_tables([load_sweep(uri, "scan"), load_sweep(uri, "local")])
         assert cells_of(one)["local baseline"]["twitter_pos BLSTM"].n == 3
-        assert any("seed 1 (local)" in n for n in one.notes), one.notes
+        assert any("left out: local-0 (local)" in n for n in one.notes), one.notes
+
+    def test_a_repeated_seed_does_not_make_a_setting_the_best_replicated(self, tmp_path):
+        """Session 15's case: lr 0.005 ran seeds 1-3, a scan ran its seed 1 again, and lr 0.01
+        ran seeds 1-3 with the better mean dev. Counted twice, lr 0.005 had "4 seeds" and won the
+        cell by the most-seeds rule; counted once, the cell is lr 0.01's, and the note names the
+        repeat although its setting lost."""
+        from storage.tables_tu import paper_tables
+
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        add_sweep(uri, "main", "local", [net(0.90, 0.85, arch="blstm", lr=0.005, seed=s) for s in (1, 2, 3)],
+                  {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
+        add_sweep(uri, "scan", "local", [net(0.90, 0.85, arch="blstm", lr=0.005)], {"lr": {"grid": [0.005]}}, task="twitter_pos")
+        add_sweep(uri, "best", "local", [net(0.92, 0.87, arch="blstm", lr=0.01, seed=s) for s in (1, 2, 3)],
+                  {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
+        [one, *_] = paper_tables([load_sweep(uri, n) for n in ("main", "scan", "best")])
+        blstm = cells_of(one)["local baseline"]["twitter_pos BLSTM"]
+        assert (blstm.n, blstm.mean) == (3, pytest.approx(0.87))
+        assert any("left out: scan-0 (scan)" in n for n in one.notes), one.notes
 
     def test_networks_of_other_vectors_have_their_own_table(self, tmp_path):
         """Networks with fine-tuned vectors (an ablation) stay out of Table 1 and Figure 1 where the
