@@ -298,43 +298,35 @@ class TestTuTables:
         # Figure 1 still shows H = 400 at its own point
         assert figure1_points(sweeps)["twitter_pos"]["local baseline blstm"] == [(100, pytest.approx(0.85)), (400, pytest.approx(0.90))]
 
-    def test_a_seed_run_again_beside_the_main_sweep_counts_once(self, tmp_path):
+    def test_a_seed_run_again_in_another_sweep_counts_once(self, tmp_path):
         """A scan (one seed per setting) that includes the main setting, reported beside the main
-        sweep's three seeds: the repeated seed 1 is the same sample, not a fourth seed, so the cell
-        is the main sweep's three seeds (and the setting is not preferred for having "more seeds")."""
+        sweep's three seeds: the repeated seed 1 is the same sample, not a fourth seed. Session
+        15's case: counted twice, lr 0.005 had "4 seeds" and won the cell from lr 0.01's three with
+        the better mean dev, by the most-seeds rule. The note names the run left out (the later
+        one in the sweeps' order), also when its setting lost."""
         from storage.tables_tu import paper_tables
 
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        main = [net(0.90, test, arch="blstm", lr=0.005, seed=seed) for seed, test in ((1, 0.85), (2, 0.86), (3, 0.87))]
-        add_sweep(uri, "local", "local", main, {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
-        add_sweep(uri, "scan", "local", [net(0.90, 0.85, arch="blstm", lr=0.005), net(0.80, 0.99, arch="blstm", lr=0.01)],
-                  {"lr": {"grid": [0.005, 0.01]}}, task="twitter_pos")
-        [one, *_] = paper_tables([load_sweep(uri, "local"), load_sweep(uri, "scan")])
-        blstm = cells_of(one)["local baseline"]["twitter_pos BLSTM"]
+        add_sweep(uri, "main", "local", [net(0.90, test, arch="blstm", lr=0.005, seed=seed)
+                                         for seed, test in ((1, 0.85), (2, 0.86), (3, 0.87))],
+                  {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
+        add_sweep(uri, "scan", "local", [net(0.90, 0.85, arch="blstm", lr=0.005), net(0.80, 0.99, arch="blstm", lr=0.02)],
+                  {"lr": {"grid": [0.005, 0.02]}}, task="twitter_pos")
+        add_sweep(uri, "best", "local", [net(0.92, 0.88, arch="blstm", lr=0.01, seed=s) for s in (1, 2, 3)],
+                  {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
+
+        def cell_and_notes(names):
+            [one, *_] = paper_tables([load_sweep(uri, n) for n in names])
+            return cells_of(one)["local baseline"]["twitter_pos BLSTM"], one.notes
+
+        blstm, notes = cell_and_notes(["main", "scan"])
         assert (blstm.n, blstm.mean) == (3, pytest.approx(0.86))
-        assert any("counts each seed once" in n and "left out: scan-0 (scan)" in n for n in one.notes), one.notes
-        # the scan first: its seed 1 is the one counted, the main sweep's left out
-        [one, *_] = paper_tables([load_sweep(uri, "scan"), load_sweep(uri, "local")])
-        assert cells_of(one)["local baseline"]["twitter_pos BLSTM"].n == 3
-        assert any("left out: local-0 (local)" in n for n in one.notes), one.notes
-
-    def test_a_repeated_seed_does_not_make_a_setting_the_best_replicated(self, tmp_path):
-        """Session 15's case: lr 0.005 ran seeds 1-3, a scan ran its seed 1 again, and lr 0.01
-        ran seeds 1-3 with the better mean dev. Counted twice, lr 0.005 had "4 seeds" and won the
-        cell by the most-seeds rule; counted once, the cell is lr 0.01's, and the note names the
-        repeat although its setting lost."""
-        from storage.tables_tu import paper_tables
-
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        add_sweep(uri, "main", "local", [net(0.90, 0.85, arch="blstm", lr=0.005, seed=s) for s in (1, 2, 3)],
-                  {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
-        add_sweep(uri, "scan", "local", [net(0.90, 0.85, arch="blstm", lr=0.005)], {"lr": {"grid": [0.005]}}, task="twitter_pos")
-        add_sweep(uri, "best", "local", [net(0.92, 0.87, arch="blstm", lr=0.01, seed=s) for s in (1, 2, 3)],
-                  {"seed": {"grid": [1, 2, 3]}}, task="twitter_pos")
-        [one, *_] = paper_tables([load_sweep(uri, n) for n in ("main", "scan", "best")])
-        blstm = cells_of(one)["local baseline"]["twitter_pos BLSTM"]
-        assert (blstm.n, blstm.mean) == (3, pytest.approx(0.87))
-        assert any("left out: scan-0 (scan)" in n for n in one.notes), one.notes
+        assert any("counts each seed once" in n and "left out: scan-0 (scan)" in n for n in notes), notes
+        blstm, notes = cell_and_notes(["scan", "main"])
+        assert blstm.n == 3 and any("left out: main-0 (main)" in n for n in notes), notes
+        blstm, notes = cell_and_notes(["main", "scan", "best"])
+        assert (blstm.n, blstm.mean) == (3, pytest.approx(0.88))
+        assert any("left out: scan-0 (scan)" in n for n in notes), notes
 
     def test_networks_of_other_vectors_have_their_own_table(self, tmp_path):
         """Networks with fine-tuned vectors (an ablation) stay out of Table 1 and Figure 1 where the
