@@ -437,6 +437,23 @@ def run_cli(args: list[str], tmp_path: Path, log: str, **kwargs) -> subprocess.C
     return subprocess.run([str(BEAMTUNE), *args], env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+def study_until_dl_checkpoint(args: list[str], storage: Path, log: Path) -> subprocess.Popen:
+    """`beamtune study run ARGS` in a session of its own, returned once stage dl has its first
+    checkpoint (asserting it is still running), for a test to kill or interrupt."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
+    driver = subprocess.Popen([str(BEAMTUNE), "study", "run", *args], env=env, stdout=open(log, "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 400
+    while not list((storage / "s-dl").glob("*/checkpoint_000000")):
+        if driver.poll() is not None or time.monotonic() > deadline:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+            raise AssertionError(f"the DL stage made no checkpoint in time:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return driver
+
+
 @pytest.mark.slow
 def test_study_end_to_end_and_resume(tmp_path):
     """CE -> DL -> report on the synthetic task: the report's cells are the MLflow metrics, the
@@ -444,7 +461,6 @@ def test_study_end_to_end_and_resume(tmp_path):
     and run again ends with the same table."""
     study = write_study(tmp_path, {"ce": {"spec": ce_spec()}, "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}}},
                         about="test study")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
 
     def common(tag: str) -> list[str]:
         return ["--storage", str(tmp_path / tag / "sweeps"), "--tracking-uri", f"sqlite:///{tmp_path / tag}/m.db",
@@ -477,17 +493,9 @@ def test_study_end_to_end_and_resume(tmp_path):
 
     # a second copy, killed once the DL stage has its first checkpoint, then run again
     storage = tmp_path / "b" / "sweeps"
-    driver = subprocess.Popen([str(BEAMTUNE), "study", "run", str(study), *common("b")], env=env,
-                              stdout=open(tmp_path / "b.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 400
-        while not list((storage / "s-dl").glob("*/checkpoint_000000")):
-            assert driver.poll() is None, (tmp_path / "b.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the DL stage made no checkpoint in time"
-            time.sleep(0.5)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    driver = study_until_dl_checkpoint([str(study), *common("b")], storage, tmp_path / "b.log")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
     status = run_cli(["study", "status", str(study), "--storage", str(storage)], tmp_path, "status")
     assert status.stdout.splitlines()[0].split()[:2] == ["ce", "finished"]
     assert status.stdout.splitlines()[1].split()[1] == "interrupted"  # its driver is gone
@@ -549,15 +557,8 @@ def test_study_parallel_runs_independent_stages_together_and_resumes(tmp_path):
                                    "dl": {"spec": dl_spec(), "warm_start": {"stage": "ce"}}})
     storage, uri = tmp_path / "sweeps", f"sqlite:///{tmp_path}/m.db"
     common = ["--parallel", "--storage", str(storage), "--tracking-uri", uri, "--num-cpus", "2", "--out", str(tmp_path / "report")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "local"}
-    driver = subprocess.Popen([str(BEAMTUNE), "study", "run", str(study), *common], env=env,
-                              stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    driver = study_until_dl_checkpoint([str(study), *common], storage, tmp_path / "first.log")
     try:
-        deadline = time.monotonic() + 400
-        while not list((storage / "s-dl").glob("*/checkpoint_000000")):
-            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the DL stage made no checkpoint in time"
-            time.sleep(0.5)
         os.kill(driver.pid, signal.SIGUSR1)
         assert driver.wait(timeout=300) == 130, (tmp_path / "first.log").read_text()[-3000:]
     finally:
